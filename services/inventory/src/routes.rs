@@ -1,0 +1,171 @@
+//! The inventory API: create, read, list and restock products.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use shared::http::{check_length, ApiError, ValidJson, ValidPath, ValidQuery, Validate};
+use sqlx::PgPool;
+
+pub fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/products", post(create_product).get(list_products))
+        .route("/products/{sku}", get(get_product))
+        .route("/products/{sku}/restock", post(restock))
+        .with_state(pool)
+}
+
+const MAX_SKU_CHARS: usize = 64;
+const MAX_NAME_CHARS: usize = 200;
+const MAX_PRICE_CENTS: i64 = 1_000_000_000;
+const MAX_STOCK: i32 = 1_000_000;
+const DEFAULT_PAGE_SIZE: i64 = 50;
+const MAX_PAGE_SIZE: i64 = 500;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Product {
+    sku: String,
+    name: String,
+    price_cents: i64,
+    available: i32,
+    reserved: i32,
+    sold: i32,
+}
+
+const PRODUCT_COLUMNS: &str = "sku, name, price_cents, available, reserved, sold";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProduct {
+    sku: String,
+    name: String,
+    price_cents: i64,
+    stock: i32,
+}
+
+fn check_sku(sku: &str) -> Result<(), ApiError> {
+    check_length("sku", sku, MAX_SKU_CHARS)?;
+    if !sku.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')) {
+        return Err(ApiError::invalid("sku may only hold letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+impl Validate for NewProduct {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_sku(&self.sku)?;
+        check_length("name", &self.name, MAX_NAME_CHARS)?;
+        if !(0..=MAX_PRICE_CENTS).contains(&self.price_cents) {
+            return Err(ApiError::invalid(format!("price_cents must be between 0 and {MAX_PRICE_CENTS}")));
+        }
+        if !(0..=MAX_STOCK).contains(&self.stock) {
+            return Err(ApiError::invalid(format!("stock must be between 0 and {MAX_STOCK}")));
+        }
+        Ok(())
+    }
+}
+
+async fn create_product(
+    State(pool): State<PgPool>,
+    ValidJson(product): ValidJson<NewProduct>,
+) -> Result<Response, ApiError> {
+    let created: Option<Product> = sqlx::query_as(&format!(
+        "insert into products (sku, name, price_cents, available) values ($1, $2, $3, $4)
+         on conflict (sku) do nothing returning {PRODUCT_COLUMNS}"
+    ))
+    .bind(&product.sku)
+    .bind(&product.name)
+    .bind(product.price_cents)
+    .bind(product.stock)
+    .fetch_optional(&pool)
+    .await?;
+    let created =
+        created.ok_or_else(|| ApiError::conflict("product_exists", format!("product {} already exists", product.sku)))?;
+    let location = format!("/products/{}", created.sku);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+}
+
+async fn find(pool: &PgPool, sku: &str) -> Result<Product, ApiError> {
+    sqlx::query_as(&format!("select {PRODUCT_COLUMNS} from products where sku = $1"))
+        .bind(sku)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("product_not_found", format!("no product {sku}")))
+}
+
+async fn get_product(State(pool): State<PgPool>, ValidPath(sku): ValidPath<String>) -> Result<Json<Product>, ApiError> {
+    find(&pool, &sku).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Restock {
+    quantity: i32,
+}
+
+impl Validate for Restock {
+    fn validate(&self) -> Result<(), ApiError> {
+        if !(1..=MAX_STOCK).contains(&self.quantity) {
+            return Err(ApiError::invalid(format!("quantity must be between 1 and {MAX_STOCK}")));
+        }
+        Ok(())
+    }
+}
+
+async fn restock(
+    State(pool): State<PgPool>,
+    ValidPath(sku): ValidPath<String>,
+    ValidJson(restock): ValidJson<Restock>,
+) -> Result<Json<Product>, ApiError> {
+    let updated: Option<Product> = sqlx::query_as(&format!(
+        "update products set available = available + $2, updated_at = now()
+         where sku = $1 and available + $2 <= {MAX_STOCK} returning {PRODUCT_COLUMNS}"
+    ))
+    .bind(&sku)
+    .bind(restock.quantity)
+    .fetch_optional(&pool)
+    .await?;
+    match updated {
+        Some(product) => Ok(Json(product)),
+        None => {
+            find(&pool, &sku).await?;
+            Err(ApiError::invalid(format!("available stock may not exceed {MAX_STOCK}")))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ProductPage {
+    products: Vec<Product>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+async fn list_products(
+    State(pool): State<PgPool>,
+    ValidQuery(query): ValidQuery<ListQuery>,
+) -> Result<Json<ProductPage>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_PAGE_SIZE}")));
+    }
+    let products: Vec<Product> = sqlx::query_as(&format!(
+        "select {PRODUCT_COLUMNS} from products where ($1::text is null or sku > $1) order by sku limit $2"
+    ))
+    .bind(query.cursor)
+    .bind(limit)
+    .fetch_all(&pool)
+    .await?;
+    let next_cursor =
+        if products.len() as i64 == limit { products.last().map(|product| product.sku.clone()) } else { None };
+    Ok(Json(ProductPage { products, next_cursor }))
+}

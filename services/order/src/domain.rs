@@ -1,0 +1,237 @@
+//! The order saga as pure functions: an order's state plus one saga event gives its next state
+//! and the commands (events) to emit. No I/O here; `handler` and `routes` persist the result.
+//!
+//! The saga, choreographed: `order.created` -> inventory reserves -> payment charges ->
+//! shipping schedules -> the order is confirmed. A failure at any step cancels the order, and
+//! `order.cancelled` makes every service undo what it did. Terminal states absorb every later
+//! event, so duplicates and late events change nothing.
+
+use serde::{Deserialize, Serialize};
+use shared::events::{CancellationReason, StockRejection};
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "PENDING" => Some(Self::Pending),
+            "CONFIRMED" => Some(Self::Confirmed),
+            "CANCELLED" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != Self::Pending
+    }
+}
+
+/// The part of an order the saga decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderState {
+    pub status: OrderStatus,
+    pub total_cents: Option<i64>,
+    pub cancellation_reason: Option<CancellationReason>,
+}
+
+impl OrderState {
+    pub fn new() -> Self {
+        Self { status: OrderStatus::Pending, total_cents: None, cancellation_reason: None }
+    }
+}
+
+impl Default for OrderState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What happened elsewhere in the saga, as the order service sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaEvent {
+    StockReserved { total_cents: i64 },
+    StockRejected(StockRejection),
+    PaymentCharged,
+    PaymentDeclined,
+    ShipmentScheduled,
+    ShipmentRejected,
+    /// Compensations that were carried out; recorded in the timeline, no decision needed.
+    Compensated,
+    CustomerCancelled,
+}
+
+/// What the order service must publish as a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Confirm,
+    Cancel(CancellationReason),
+}
+
+/// Applies `event` to `state`.
+pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
+    if state.status.is_terminal() {
+        return (state.clone(), Vec::new());
+    }
+    let cancel = |reason| {
+        let next = OrderState {
+            status: OrderStatus::Cancelled,
+            cancellation_reason: Some(reason),
+            ..state.clone()
+        };
+        (next, vec![Command::Cancel(reason)])
+    };
+    match event {
+        SagaEvent::StockReserved { total_cents } => {
+            // The first reservation's total stands; a re-delivered one cannot change it.
+            let total_cents = state.total_cents.or(Some(total_cents));
+            (OrderState { total_cents, ..state.clone() }, Vec::new())
+        }
+        SagaEvent::StockRejected(StockRejection::OutOfStock) => cancel(CancellationReason::OutOfStock),
+        SagaEvent::StockRejected(StockRejection::UnknownProduct) => cancel(CancellationReason::UnknownProduct),
+        SagaEvent::PaymentDeclined => cancel(CancellationReason::PaymentDeclined),
+        SagaEvent::ShipmentRejected => cancel(CancellationReason::ShippingUnavailable),
+        SagaEvent::CustomerCancelled => cancel(CancellationReason::CancelledByCustomer),
+        SagaEvent::ShipmentScheduled => {
+            (OrderState { status: OrderStatus::Confirmed, ..state.clone() }, vec![Command::Confirm])
+        }
+        SagaEvent::PaymentCharged | SagaEvent::Compensated => (state.clone(), Vec::new()),
+    }
+}
+
+/// Runs `events` from a new order; returns the final state and every command emitted.
+pub fn replay(events: impl IntoIterator<Item = SagaEvent>) -> (OrderState, Vec<Command>) {
+    events.into_iter().fold((OrderState::new(), Vec::new()), |(state, mut commands), event| {
+        let (next, emitted) = transition(&state, event);
+        commands.extend(emitted);
+        (next, commands)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn happy_path() -> Vec<SagaEvent> {
+        vec![
+            SagaEvent::StockReserved { total_cents: 1_500 },
+            SagaEvent::PaymentCharged,
+            SagaEvent::ShipmentScheduled,
+        ]
+    }
+
+    #[test]
+    fn every_step_succeeding_confirms_the_order() {
+        let (state, commands) = replay(happy_path());
+        assert_eq!(state.status, OrderStatus::Confirmed);
+        assert_eq!(state.total_cents, Some(1_500));
+        assert_eq!(commands, vec![Command::Confirm]);
+    }
+
+    #[test]
+    fn each_failure_cancels_with_its_reason() {
+        let cases = [
+            (vec![SagaEvent::StockRejected(StockRejection::OutOfStock)], CancellationReason::OutOfStock),
+            (vec![SagaEvent::StockRejected(StockRejection::UnknownProduct)], CancellationReason::UnknownProduct),
+            (
+                vec![SagaEvent::StockReserved { total_cents: 10 }, SagaEvent::PaymentDeclined],
+                CancellationReason::PaymentDeclined,
+            ),
+            (
+                vec![SagaEvent::StockReserved { total_cents: 10 }, SagaEvent::PaymentCharged, SagaEvent::ShipmentRejected],
+                CancellationReason::ShippingUnavailable,
+            ),
+            (vec![SagaEvent::CustomerCancelled], CancellationReason::CancelledByCustomer),
+        ];
+        for (events, reason) in cases {
+            let (state, commands) = replay(events);
+            assert_eq!(state.status, OrderStatus::Cancelled);
+            assert_eq!(state.cancellation_reason, Some(reason));
+            assert_eq!(commands, vec![Command::Cancel(reason)]);
+        }
+    }
+
+    #[test]
+    fn terminal_orders_ignore_later_events() {
+        let (confirmed, _) = replay(happy_path());
+        for event in [SagaEvent::CustomerCancelled, SagaEvent::PaymentDeclined, SagaEvent::ShipmentRejected] {
+            assert_eq!(transition(&confirmed, event), (confirmed.clone(), Vec::new()));
+        }
+        let (cancelled, _) = replay([SagaEvent::CustomerCancelled]);
+        assert_eq!(transition(&cancelled, SagaEvent::ShipmentScheduled), (cancelled.clone(), Vec::new()));
+    }
+
+    fn any_event() -> impl Strategy<Value = SagaEvent> {
+        prop_oneof![
+            (1i64..100_000).prop_map(|total_cents| SagaEvent::StockReserved { total_cents }),
+            Just(SagaEvent::StockRejected(StockRejection::OutOfStock)),
+            Just(SagaEvent::StockRejected(StockRejection::UnknownProduct)),
+            Just(SagaEvent::PaymentCharged),
+            Just(SagaEvent::PaymentDeclined),
+            Just(SagaEvent::ShipmentScheduled),
+            Just(SagaEvent::ShipmentRejected),
+            Just(SagaEvent::Compensated),
+            Just(SagaEvent::CustomerCancelled),
+        ]
+    }
+
+    /// Each event of `events` delivered again at a random later point (a duplicate or a
+    /// re-delivery after a rewind).
+    fn with_redeliveries(events: Vec<SagaEvent>) -> impl Strategy<Value = (Vec<SagaEvent>, Vec<SagaEvent>)> {
+        let len = events.len();
+        proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
+            let mut delivered: Vec<(usize, SagaEvent)> =
+                events.iter().enumerate().map(|(i, e)| (i * 2 + 1, *e)).collect();
+            for (which, after) in redeliveries {
+                if let Some(event) = events.get(which) {
+                    // Never before its first delivery: a duplicate comes after the original.
+                    let position = after.max(which) * 2 + 2;
+                    delivered.push((position, *event));
+                }
+            }
+            delivered.sort_by_key(|(position, _)| *position);
+            (events.clone(), delivered.into_iter().map(|(_, e)| e).collect())
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn duplicates_and_redeliveries_change_nothing(
+            (original, delivered) in proptest::collection::vec(any_event(), 0..8).prop_flat_map(with_redeliveries)
+        ) {
+            let (once, once_commands) = replay(original.iter().copied());
+            let (again, again_commands) = replay(delivered.iter().copied());
+            prop_assert_eq!(&once, &again);
+            prop_assert_eq!(once_commands, again_commands);
+        }
+
+        #[test]
+        fn a_saga_emits_at_most_one_outcome(events in proptest::collection::vec(any_event(), 0..12)) {
+            let (state, commands) = replay(events);
+            prop_assert!(commands.len() <= 1);
+            match commands.first() {
+                Some(Command::Confirm) => prop_assert_eq!(state.status, OrderStatus::Confirmed),
+                Some(Command::Cancel(reason)) => {
+                    prop_assert_eq!(state.status, OrderStatus::Cancelled);
+                    prop_assert_eq!(state.cancellation_reason, Some(*reason));
+                }
+                None => prop_assert_eq!(state.status, OrderStatus::Pending),
+            }
+        }
+    }
+}

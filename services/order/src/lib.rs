@@ -1,0 +1,15 @@
+//! The order service: accepts orders over HTTP, owns their status, and drives the saga to
+//! `CONFIRMED` or `CANCELLED` from the events of the other services.
+
+mod config;
+pub mod domain;
+mod handler;
+mod repository;
+mod routes;
+mod startup;
+
+pub use config::Config;
+pub use startup::{migrate, router, Application};
+
+/// This service's name in event envelopes.
+pub const SERVICE: &str = "order";

@@ -1,0 +1,256 @@
+//! Reads and writes of the order service's tables.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::events::{CancellationReason, OrderLine, PricedLine, ShippingAddress};
+use shared::Envelope;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{OrderState, OrderStatus};
+
+/// One line of an order; the price is known once inventory reserved it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct OrderItem {
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_cents: Option<i64>,
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Order {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_cents: Option<i64>,
+    pub cancellation_reason: Option<CancellationReason>,
+    pub shipping_address: ShippingAddress,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Order {
+    pub fn state(&self) -> OrderState {
+        OrderState {
+            status: self.status,
+            total_cents: self.total_cents,
+            cancellation_reason: self.cancellation_reason,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    order_id: Uuid,
+    customer_id: String,
+    status: String,
+    items: Json<Vec<OrderItem>>,
+    total_cents: Option<i64>,
+    cancellation_reason: Option<String>,
+    shipping_address: Json<ShippingAddress>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    fn into_order(self) -> Result<Order, sqlx::Error> {
+        let status = OrderStatus::parse(&self.status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown order status {}", self.status).into()))?;
+        let cancellation_reason = self
+            .cancellation_reason
+            .map(|reason| serde_json::from_value(serde_json::Value::String(reason)))
+            .transpose()
+            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        Ok(Order {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            status,
+            items: self.items.0,
+            total_cents: self.total_cents,
+            cancellation_reason,
+            shipping_address: self.shipping_address.0,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const ORDER_COLUMNS: &str = "order_id, customer_id, status, items, total_cents, cancellation_reason, \
+                             shipping_address, created_at, updated_at";
+
+/// Inserts a new `PENDING` order.
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    customer_id: &str,
+    lines: &[OrderLine],
+    address: &ShippingAddress,
+) -> Result<(), sqlx::Error> {
+    let items: Vec<OrderItem> = lines
+        .iter()
+        .map(|line| OrderItem { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents: None })
+        .collect();
+    sqlx::query(
+        "insert into orders (order_id, customer_id, status, items, shipping_address)
+         values ($1, $2, 'PENDING', $3, $4)",
+    )
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(Json(items))
+    .bind(Json(address))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn find_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let query = format!("select {ORDER_COLUMNS} from orders where order_id = $1");
+    sqlx::query_as::<_, OrderRow>(&query)
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?
+        .map(OrderRow::into_order)
+        .transpose()
+}
+
+/// Loads an order and locks it for the rest of the transaction.
+pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let query = format!("select {ORDER_COLUMNS} from orders where order_id = $1 for update");
+    sqlx::query_as::<_, OrderRow>(&query)
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await?
+        .map(OrderRow::into_order)
+        .transpose()
+}
+
+/// Filters and keyset pagination for listing orders, newest first.
+pub struct OrderFilter<'a> {
+    pub customer_id: Option<&'a str>,
+    pub status: Option<OrderStatus>,
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+pub async fn list_orders(pool: &PgPool, filter: OrderFilter<'_>) -> Result<Vec<Order>, sqlx::Error> {
+    let query = format!(
+        "select {ORDER_COLUMNS} from orders
+         where ($1::text is null or customer_id = $1)
+           and ($2::text is null or status = $2)
+           and ($3::uuid is null or order_id < $3)
+         order by order_id desc
+         limit $4"
+    );
+    sqlx::query_as::<_, OrderRow>(&query)
+        .bind(filter.customer_id)
+        .bind(filter.status.map(OrderStatus::as_str))
+        .bind(filter.before)
+        .bind(filter.limit)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(OrderRow::into_order)
+        .collect()
+}
+
+/// Persists the saga's decision about an order.
+pub async fn save_state(conn: &mut PgConnection, order_id: Uuid, state: &OrderState) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update orders set status = $2, total_cents = $3, cancellation_reason = $4, updated_at = now()
+         where order_id = $1",
+    )
+    .bind(order_id)
+    .bind(state.status.as_str())
+    .bind(state.total_cents)
+    .bind(state.cancellation_reason.map(CancellationReason::as_str))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the prices inventory reserved the lines at.
+pub async fn save_prices(conn: &mut PgConnection, order_id: Uuid, lines: &[PricedLine]) -> Result<(), sqlx::Error> {
+    let items: Vec<OrderItem> = lines
+        .iter()
+        .map(|line| OrderItem {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents: Some(line.unit_price_cents),
+        })
+        .collect();
+    sqlx::query("update orders set items = $2 where order_id = $1")
+        .bind(order_id)
+        .bind(Json(items))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores an Idempotency-Key; `false` means the key was already taken.
+pub async fn claim_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+    request: &serde_json::Value,
+    order_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "insert into idempotency_keys (idempotency_key, request, order_id) values ($1, $2, $3)
+         on conflict (idempotency_key) do nothing",
+    )
+    .bind(key)
+    .bind(request)
+    .bind(order_id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The request and order an Idempotency-Key was first used for.
+pub async fn find_idempotency_key(
+    pool: &PgPool,
+    key: &str,
+) -> Result<Option<(serde_json::Value, Uuid)>, sqlx::Error> {
+    sqlx::query_as("select request, order_id from idempotency_keys where idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// One entry of an order's saga timeline.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TimelineEntry {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub source: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub async fn record_timeline(conn: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into order_timeline (order_id, event_id, event_type, source, occurred_at)
+         values ($1, $2, $3, $4, $5) on conflict (event_id) do nothing",
+    )
+    .bind(envelope.order_id)
+    .bind(envelope.id)
+    .bind(&envelope.event_type)
+    .bind(&envelope.source)
+    .bind(envelope.occurred_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn timeline(pool: &PgPool, order_id: Uuid) -> Result<Vec<TimelineEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "select event_id, event_type, source, occurred_at from order_timeline
+         where order_id = $1 order by occurred_at, seq",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await
+}

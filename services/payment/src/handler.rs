@@ -1,0 +1,115 @@
+//! Applies saga events to accounts: charge on `inventory.reserved`, refund on `order.cancelled`.
+
+use shared::events::{OrderCancelled, PaymentCharged, PaymentDeclined, PaymentRefunded, StockReserved};
+use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
+use sqlx::PgConnection;
+
+use crate::domain::{self, decide, Action, PaymentStatus, SagaEvent};
+use crate::SERVICE;
+
+pub struct PaymentEventHandler;
+
+impl EventHandler for PaymentEventHandler {
+    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+        let order_id = envelope.order_id;
+        let event = match envelope.event_type.as_str() {
+            StockReserved::TYPE => SagaEvent::StockReserved,
+            OrderCancelled::TYPE => SagaEvent::OrderCancelled,
+            _ => return Ok(()),
+        };
+        let payment: Option<(String, Option<String>, i64)> =
+            sqlx::query_as("select status, customer_id, amount_cents from payments where order_id = $1 for update")
+                .bind(order_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let status = payment
+            .as_ref()
+            .map(|(status, _, _)| {
+                PaymentStatus::parse(status)
+                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown payment status {status}").into()))
+            })
+            .transpose()?;
+        match decide(status, event) {
+            Action::Charge => {
+                let reserved = envelope.decode::<StockReserved>()?;
+                let balance: Option<i64> =
+                    sqlx::query_scalar("select balance_cents from accounts where customer_id = $1 for update")
+                        .bind(&reserved.customer_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                match domain::charge(balance, reserved.total_cents) {
+                    Ok(new_balance) => {
+                        set_balance(conn, &reserved.customer_id, new_balance).await?;
+                        insert_payment(conn, &reserved, PaymentStatus::Charged, None).await?;
+                        let charged = PaymentCharged {
+                            order_id,
+                            customer_id: reserved.customer_id.clone(),
+                            amount_cents: reserved.total_cents,
+                            shipping_address: reserved.shipping_address.clone(),
+                        };
+                        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &charged).await?;
+                    }
+                    Err(reason) => {
+                        let reason_text = serde_json::to_value(reason)?;
+                        insert_payment(conn, &reserved, PaymentStatus::Declined, reason_text.as_str()).await?;
+                        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &PaymentDeclined { order_id, reason })
+                            .await?;
+                    }
+                }
+            }
+            Action::Refund => {
+                let (_, customer_id, amount_cents) = payment.unwrap_or_default();
+                sqlx::query(
+                    "update accounts set balance_cents = balance_cents + $2, updated_at = now() where customer_id = $1",
+                )
+                .bind(&customer_id)
+                .bind(amount_cents)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("update payments set status = 'REFUNDED', updated_at = now() where order_id = $1")
+                    .bind(order_id)
+                    .execute(&mut *conn)
+                    .await?;
+                outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &PaymentRefunded { order_id, amount_cents })
+                    .await?;
+            }
+            Action::Void => {
+                envelope.decode::<OrderCancelled>()?;
+                sqlx::query("insert into payments (order_id, status) values ($1, 'VOIDED')")
+                    .bind(order_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Action::Nothing => tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do"),
+        }
+        Ok(())
+    }
+}
+
+async fn set_balance(conn: &mut PgConnection, customer_id: &str, balance_cents: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("update accounts set balance_cents = $2, updated_at = now() where customer_id = $1")
+        .bind(customer_id)
+        .bind(balance_cents)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_payment(
+    conn: &mut PgConnection,
+    reserved: &StockReserved,
+    status: PaymentStatus,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into payments (order_id, customer_id, amount_cents, status, reason) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(reserved.order_id)
+    .bind(&reserved.customer_id)
+    .bind(reserved.total_cents)
+    .bind(status.as_str())
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

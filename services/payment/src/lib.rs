@@ -1,0 +1,14 @@
+//! The payment service: owns customer accounts, charges an order's total once stock is
+//! reserved, and refunds it when the order is cancelled.
+
+mod config;
+pub mod domain;
+mod handler;
+mod routes;
+mod startup;
+
+pub use config::Config;
+pub use startup::{migrate, router, Application};
+
+/// This service's name in event envelopes.
+pub const SERVICE: &str = "payment";

@@ -1,0 +1,10 @@
+use clap::Parser;
+use payment_service::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init();
+    let application = Application::build(Config::parse()).await?;
+    tracing::info!(port = application.port(), "payment service listening");
+    application.run_until_stopped().await
+}

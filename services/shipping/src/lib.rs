@@ -1,0 +1,14 @@
+//! The shipping service: schedules a shipment once an order is paid, if its destination
+//! country is served, and cancels it when the order is cancelled.
+
+mod config;
+pub mod domain;
+mod handler;
+mod routes;
+mod startup;
+
+pub use config::Config;
+pub use startup::{migrate, router, Application};
+
+/// This service's name in event envelopes.
+pub const SERVICE: &str = "shipping";

@@ -1,0 +1,49 @@
+//! Wiring: database, Kafka, HTTP routes and the event handler.
+
+use axum::Router;
+use shared::service::{CancellationToken, Infrastructure, ServiceRunner};
+use shared::topics::Topic;
+use sqlx::PgPool;
+
+use crate::domain::Countries;
+use crate::handler::ShippingEventHandler;
+use crate::{routes, Config, SERVICE};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The shipping service, built and bound to its port.
+pub struct Application(ServiceRunner);
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let countries = Countries::parse(&config.countries)?;
+        let infrastructure = Infrastructure::start(SERVICE, &config.common, &MIGRATOR).await?;
+        let routes = router(infrastructure.pool.clone(), countries.clone());
+        let handler = ShippingEventHandler { countries };
+        let consumes = [Topic::Payment, Topic::Order];
+        let runner = ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler).await?;
+        Ok(Self(runner))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.0.shutdown_token()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.0.run_until_stopped().await
+    }
+}
+
+/// The HTTP API alone, for tests that need no broker.
+pub fn router(pool: PgPool, countries: Countries) -> Router {
+    routes::router(pool, countries)
+}
+
+/// Applies this service's migrations (for tests that build the router alone).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    shared::db::prepare(pool, &MIGRATOR).await
+}

@@ -1,0 +1,72 @@
+//! Settings every service shares, read once from the environment (or flags) into typed structs.
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// Settings common to all four services; each service flattens this into its own `Config`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// PostgreSQL URL of this service's own database.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// Maximum connections in the database pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Address the HTTP server binds to.
+    #[arg(long, env = "HTTP_HOST", default_value = "127.0.0.1")]
+    pub http_host: String,
+
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+
+    /// Safety-net poll interval of the outbox relay, in milliseconds (it is woken by NOTIFY on
+    /// every commit; the poll only covers a lost notification).
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub outbox_poll_interval_ms: u64,
+}
+
+/// Kafka client settings. The defaults suit both Apache Kafka and tansu (see README.md).
+#[derive(Debug, Clone, Args)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Prefix for every topic name (lets several independent systems share one broker).
+    #[arg(long = "kafka-topic-prefix", env = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Consumer group id; defaults to the service name (e.g. `order-service`).
+    #[arg(long = "kafka-group-id", env = "KAFKA_GROUP_ID")]
+    pub group_id: Option<String>,
+
+    /// `fetch.wait.max.ms`: how long a fetch waits for data. Apache Kafka answers as soon as
+    /// data arrives; tansu always waits this long, so it is the per-hop latency floor there.
+    #[arg(long = "kafka-fetch-wait-max-ms", env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 100)]
+    pub fetch_wait_max_ms: u32,
+
+    /// `session.timeout.ms` of the consumer group membership.
+    #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u32,
+
+    /// `auto.offset.reset` for a group with no committed offset: `earliest` or `latest`.
+    #[arg(long = "kafka-auto-offset-reset", env = "KAFKA_AUTO_OFFSET_RESET", default_value = "earliest")]
+    pub auto_offset_reset: String,
+
+    /// Partitions for the topics this service creates at start-up.
+    #[arg(long = "kafka-topic-partitions", env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
+
+    /// Replication factor for the topics this service creates at start-up.
+    #[arg(long = "kafka-replication-factor", env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+}
+
+impl CommonConfig {
+    pub fn outbox_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.outbox_poll_interval_ms)
+    }
+}

@@ -1,0 +1,94 @@
+//! The versioned event envelope every Sagashop event travels in.
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::topics::Topic;
+
+/// A typed event payload: its versioned type name and the topic of the service that emits it.
+pub trait EventPayload: Serialize + DeserializeOwned {
+    /// Versioned type name such as `payment.charged.v1`.
+    const TYPE: &'static str;
+    /// The topic owned by the emitting service.
+    const TOPIC: Topic;
+}
+
+/// An event as it is stored in the outbox and sent to Kafka (JSON body, keyed by `order_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Unique event id (UUID v7); consumers deduplicate on it.
+    pub id: Uuid,
+    /// Versioned type name, e.g. `inventory.reserved.v1`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The emitting service, e.g. `inventory`.
+    pub source: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The saga id: the order id. It is also the Kafka message key.
+    pub order_id: Uuid,
+    /// The id of the event that caused this one, if any.
+    pub causation_id: Option<Uuid>,
+    pub payload: serde_json::Value,
+}
+
+impl Envelope {
+    /// Wraps `payload` in a new envelope.
+    pub fn new<P: EventPayload>(
+        source: &str,
+        order_id: Uuid,
+        causation_id: Option<Uuid>,
+        payload: &P,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            event_type: P::TYPE.to_owned(),
+            source: source.to_owned(),
+            occurred_at: Utc::now(),
+            order_id,
+            causation_id,
+            payload: serde_json::to_value(payload).expect("event payloads serialize to JSON"),
+        }
+    }
+
+    /// Whether this envelope carries a `P`.
+    pub fn is<P: EventPayload>(&self) -> bool {
+        self.event_type == P::TYPE
+    }
+
+    /// Decodes the payload as a `P`; an error means the message does not match its schema.
+    pub fn decode<P: EventPayload>(&self) -> Result<P, serde_json::Error> {
+        P::deserialize(&self.payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::OrderConfirmed;
+
+    #[test]
+    fn round_trips_through_json() {
+        let order_id = Uuid::now_v7();
+        let envelope = Envelope::new("order", order_id, None, &OrderConfirmed { order_id });
+        let bytes = serde_json::to_vec(&envelope).unwrap();
+        let back: Envelope = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, envelope);
+        assert!(back.is::<OrderConfirmed>());
+        assert_eq!(back.decode::<OrderConfirmed>().unwrap().order_id, order_id);
+        assert_eq!(back.event_type, "order.confirmed.v1");
+    }
+
+    #[test]
+    fn payload_that_does_not_match_its_schema_is_an_error() {
+        let mut envelope = Envelope::new(
+            "order",
+            Uuid::now_v7(),
+            None,
+            &OrderConfirmed { order_id: Uuid::now_v7() },
+        );
+        envelope.payload = serde_json::json!({"order_id": "not-a-uuid"});
+        assert!(envelope.decode::<OrderConfirmed>().is_err());
+    }
+}

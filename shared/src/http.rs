@@ -1,0 +1,262 @@
+//! HTTP plumbing: the one JSON error shape, extractors that turn every bad input into a 4xx
+//! with a stable code, and the layers every service router gets.
+
+use std::borrow::Cow;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// Largest request body accepted, in bytes; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An HTTP error: `{"error": {"code": "...", "message": "..."}}` with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self { status, code: code.into(), message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    /// 422: well-formed JSON whose content is not acceptable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: &self.code, message: &self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A database failure is the server's problem, never the input's: 503, so clients retry.
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        tracing::error!(%error, "database error while serving a request");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service cannot reach its database; retry later",
+        )
+    }
+}
+
+/// Request bodies check their own content after parsing; the message names the field.
+pub trait Validate {
+    fn validate(&self) -> Result<(), ApiError>;
+}
+
+/// Checks that `value` is between 1 and `max` characters.
+pub fn check_length(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    let length = value.chars().count();
+    if length == 0 || value.trim().is_empty() {
+        Err(ApiError::invalid(format!("{field} must not be empty")))
+    } else if length > max {
+        Err(ApiError::invalid(format!("{field} must be at most {max} characters")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Like `axum::Json`, but every rejection is an [`ApiError`] and the body is validated.
+pub struct ValidJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ValidJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Validate,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await.map_err(json_rejection)?;
+        value.validate()?;
+        Ok(Self(value))
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(error) => ApiError::invalid(error.body_text()),
+        JsonRejection::JsonSyntaxError(error) => ApiError::bad_request("malformed_json", error.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a request body with `Content-Type: application/json`",
+        ),
+        JsonRejection::BytesRejection(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        other => ApiError::bad_request("unreadable_body", other.body_text()),
+    }
+}
+
+/// Like `axum::extract::Path`, with a JSON 400 on rejection.
+pub struct ValidPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ValidPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|rejection: PathRejection| ApiError::bad_request("invalid_path", rejection.body_text()))
+    }
+}
+
+/// Like `axum::extract::Query`, with a JSON 400 on rejection.
+pub struct ValidQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ValidQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection: QueryRejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+/// Adds what every service router needs: JSON 404/405, the body limit, request ids and a
+/// request span.
+pub fn with_common_layers(router: Router) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::post;
+    use serde::Deserialize;
+    use tower::ServiceExt;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Thing {
+        name: String,
+    }
+
+    impl Validate for Thing {
+        fn validate(&self) -> Result<(), ApiError> {
+            check_length("name", &self.name, 5)
+        }
+    }
+
+    async fn create(ValidJson(thing): ValidJson<Thing>) -> String {
+        thing.name
+    }
+
+    async fn send(content_type: Option<&str>, body: impl Into<Body>) -> (StatusCode, serde_json::Value) {
+        let app = with_common_layers(Router::new().route("/things", post(create)));
+        let mut request = Request::post("/things");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = app.oneshot(request.body(body.into()).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn every_bad_body_gets_its_status_and_a_json_error() {
+        let json = Some("application/json");
+        let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
+            (json, b"{".to_vec(), 400, "malformed_json"),
+            (Some("text/plain"), br#"{"name":"a"}"#.to_vec(), 415, "unsupported_media_type"),
+            (None, br#"{"name":"a"}"#.to_vec(), 415, "unsupported_media_type"),
+            (json, br#"{"name":"a","extra":1}"#.to_vec(), 422, "validation_failed"),
+            (json, br#"{}"#.to_vec(), 422, "validation_failed"),
+            (json, br#"{"name":"toolong"}"#.to_vec(), 422, "validation_failed"),
+            (json, br#"{"name":42}"#.to_vec(), 422, "validation_failed"),
+            (json, vec![b' '; MAX_BODY_BYTES + 1], 413, "payload_too_large"),
+        ];
+        for (content_type, body, status, code) in cases {
+            let (actual, error) = send(content_type, body).await;
+            assert_eq!(actual.as_u16(), status, "{error}");
+            assert_eq!(error["error"]["code"], code);
+            assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        let (status, _) = send(json, br#"{"name":"ok"}"#.to_vec()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_get_json_errors() {
+        let app = with_common_layers(Router::new().route("/things", post(create)));
+        let response = app.clone().oneshot(Request::get("/nope").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let response = app.oneshot(Request::get("/things").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(error["error"]["code"], "method_not_allowed");
+    }
+}

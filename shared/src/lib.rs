@@ -1,0 +1,20 @@
+//! Contracts and plumbing shared by the Sagashop services: the event envelope and the event
+//! types, Kafka clients, the transactional outbox and its relay, the idempotent inbox consumer,
+//! telemetry and the HTTP layers. Domain rules live in the services, never here.
+
+pub mod config;
+pub mod db;
+pub mod envelope;
+pub mod events;
+pub mod http;
+pub mod kafka;
+pub mod outbox;
+pub mod service;
+pub mod telemetry;
+pub mod topics;
+
+mod consumer;
+mod inbox;
+
+pub use consumer::{EventHandler, HandlerError};
+pub use envelope::{Envelope, EventPayload};

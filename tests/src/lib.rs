@@ -1,0 +1,376 @@
+//! The end-to-end harness: starts the four services once per test process, against the real
+//! broker at `KAFKA_BROKERS` and fresh, uniquely named databases on the PostgreSQL server at
+//! `DATABASE_URL` (both set by `cargo xtask test`), with a unique topic prefix and consumer
+//! groups so runs never share state. Tests talk to the services over HTTP like a user would.
+
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use shared::topics::Topic;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The running system shared by every test of this process.
+pub struct System {
+    pub order_url: String,
+    pub payment_url: String,
+    pub inventory_url: String,
+    pub shipping_url: String,
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub database_urls: Databases,
+}
+
+/// The URL of each service's own database.
+pub struct Databases {
+    pub order: String,
+    pub payment: String,
+    pub inventory: String,
+    pub shipping: String,
+}
+
+/// Countries the test system's shipping service serves (`AQ` is not one of them).
+pub const SERVED_COUNTRIES: &str = "FR,DE,US,GB";
+
+static SYSTEM: OnceLock<System> = OnceLock::new();
+
+/// Starts the system on first use (on a runtime of its own that outlives each test).
+pub fn system() -> &'static System {
+    SYSTEM.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sagashop-system".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime for the services");
+                runtime.block_on(async move {
+                    match start().await {
+                        Ok((system, applications)) => {
+                            let _ = sender.send(Ok(system));
+                            futures_run_forever(applications).await;
+                        }
+                        Err(error) => {
+                            let _ = sender.send(Err(format!("{error:#}")));
+                        }
+                    }
+                });
+            })
+            .expect("spawning the system thread");
+        match receiver.recv() {
+            Ok(Ok(system)) => system,
+            Ok(Err(error)) => panic!("could not start the system: {error}"),
+            Err(_) => panic!("the system thread died while starting"),
+        }
+    })
+}
+
+type Running = Vec<tokio::task::JoinHandle<anyhow::Result<()>>>;
+
+async fn futures_run_forever(applications: Running) {
+    for application in applications {
+        match application.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("a service stopped with an error: {error:#}"),
+            Err(error) => eprintln!("a service task failed: {error}"),
+        }
+    }
+}
+
+fn required_env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| {
+        format!("{name} is not set: run the suite with `cargo xtask test`, which starts PostgreSQL and the broker")
+    })
+}
+
+async fn start() -> anyhow::Result<(System, Running)> {
+    let admin_url = required_env("DATABASE_URL")?;
+    let brokers = required_env("KAFKA_BROKERS")?;
+    let run = Uuid::new_v4().simple().to_string();
+    let topic_prefix = format!("e2e-{}.", &run[..12]);
+    let database_urls = Databases {
+        order: shared::db::create_fresh_database(&admin_url, "e2e_order").await?,
+        payment: shared::db::create_fresh_database(&admin_url, "e2e_payment").await?,
+        inventory: shared::db::create_fresh_database(&admin_url, "e2e_inventory").await?,
+        shipping: shared::db::create_fresh_database(&admin_url, "e2e_shipping").await?,
+    };
+    let args = |binary: &str, service: &str, database_url: &str| -> Vec<String> {
+        [
+            binary,
+            "--database-url",
+            database_url,
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-topic-prefix",
+            &topic_prefix,
+            "--kafka-group-id",
+            &format!("{topic_prefix}{service}-service"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let order = order_service::Application::build(order_service::Config::try_parse_from(args(
+        "order-service",
+        "order",
+        &database_urls.order,
+    ))?)
+    .await?;
+    let payment = payment_service::Application::build(payment_service::Config::try_parse_from(args(
+        "payment-service",
+        "payment",
+        &database_urls.payment,
+    ))?)
+    .await?;
+    let inventory = inventory_service::Application::build(inventory_service::Config::try_parse_from(args(
+        "inventory-service",
+        "inventory",
+        &database_urls.inventory,
+    ))?)
+    .await?;
+    let mut shipping_args = args("shipping-service", "shipping", &database_urls.shipping);
+    shipping_args.extend(["--countries".to_owned(), SERVED_COUNTRIES.to_owned()]);
+    let shipping =
+        shipping_service::Application::build(shipping_service::Config::try_parse_from(shipping_args)?).await?;
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let system = System {
+        order_url: url(order.port()),
+        payment_url: url(payment.port()),
+        inventory_url: url(inventory.port()),
+        shipping_url: url(shipping.port()),
+        brokers,
+        topic_prefix,
+        database_urls,
+    };
+    let running = vec![
+        tokio::spawn(order.run_until_stopped()),
+        tokio::spawn(payment.run_until_stopped()),
+        tokio::spawn(inventory.run_until_stopped()),
+        tokio::spawn(shipping.run_until_stopped()),
+    ];
+    Ok((system, running))
+}
+
+/// A unique identifier for test data, e.g. `sku-3f2a9c1e`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// How long a saga may take in these tests before it counts as stuck.
+pub const SAGA_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An HTTP client for one test (clients are not shared across test runtimes).
+pub struct Api {
+    pub system: &'static System,
+    pub http: reqwest::Client,
+}
+
+/// A response's status and JSON body (`Null` when the body is not JSON).
+pub type Reply = (u16, Value);
+
+impl Api {
+    pub fn new() -> Self {
+        Self { system: system(), http: reqwest::Client::new() }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("the service answers");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("a response body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, url: String) -> Reply {
+        self.send(self.http.get(url)).await
+    }
+
+    pub async fn post(&self, url: String, body: Value) -> Reply {
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    pub async fn create_product(&self, sku: &str, price_cents: i64, stock: i32) {
+        let body = json!({"sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "stock": stock});
+        let (status, reply) = self.post(format!("{}/products", self.system.inventory_url), body).await;
+        assert_eq!(status, 201, "creating product {sku}: {reply}");
+    }
+
+    pub async fn open_account(&self, customer_id: &str, balance_cents: i64) {
+        let body = json!({"customer_id": customer_id, "balance_cents": balance_cents});
+        let (status, reply) = self.post(format!("{}/accounts", self.system.payment_url), body).await;
+        assert_eq!(status, 201, "opening account {customer_id}: {reply}");
+    }
+
+    /// Places an order and returns its id; panics unless it is accepted.
+    pub async fn place_order(&self, customer_id: &str, items: &[(&str, i32)], country: &str) -> Uuid {
+        let (status, reply) = self.post(format!("{}/orders", self.system.order_url), order_body(customer_id, items, country)).await;
+        assert_eq!(status, 202, "placing an order: {reply}");
+        assert_eq!(reply["status"], "PENDING");
+        reply["order_id"].as_str().and_then(|id| id.parse().ok()).expect("an order id")
+    }
+
+    pub async fn order(&self, order_id: Uuid) -> Value {
+        let (status, order) = self.get(format!("{}/orders/{order_id}", self.system.order_url)).await;
+        assert_eq!(status, 200, "{order}");
+        order
+    }
+
+    /// Waits until the order is `CONFIRMED` or `CANCELLED` and returns it.
+    pub async fn wait_terminal(&self, order_id: Uuid) -> Value {
+        let deadline = tokio::time::Instant::now() + SAGA_TIMEOUT;
+        loop {
+            let order = self.order(order_id).await;
+            if order["status"] != "PENDING" {
+                return order;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "order {order_id} still PENDING after {SAGA_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn product(&self, sku: &str) -> Value {
+        let (status, product) = self.get(format!("{}/products/{sku}", self.system.inventory_url)).await;
+        assert_eq!(status, 200, "{product}");
+        product
+    }
+
+    pub async fn balance(&self, customer_id: &str) -> i64 {
+        let (status, account) = self.get(format!("{}/accounts/{customer_id}", self.system.payment_url)).await;
+        assert_eq!(status, 200, "{account}");
+        account["balance_cents"].as_i64().expect("a balance")
+    }
+
+    pub async fn payment(&self, order_id: Uuid) -> Reply {
+        self.get(format!("{}/payments/{order_id}", self.system.payment_url)).await
+    }
+
+    pub async fn shipment(&self, order_id: Uuid) -> Reply {
+        self.get(format!("{}/shipments/{order_id}", self.system.shipping_url)).await
+    }
+
+    pub async fn timeline(&self, order_id: Uuid) -> Vec<String> {
+        let (status, timeline) = self.get(format!("{}/orders/{order_id}/timeline", self.system.order_url)).await;
+        assert_eq!(status, 200, "{timeline}");
+        timeline["events"]
+            .as_array()
+            .expect("a list of events")
+            .iter()
+            .map(|event| event["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The JSON body of `POST /orders`.
+pub fn order_body(customer_id: &str, items: &[(&str, i32)], country: &str) -> Value {
+    let items: Vec<Value> = items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect();
+    json!({"customer_id": customer_id, "items": items, "shipping_address": {"country": country, "city": "Paris"}})
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Direct access to the broker and the services' databases, for fault injection and checks.
+pub struct Backdoor {
+    pub system: &'static System,
+}
+
+impl Backdoor {
+    pub fn new() -> Self {
+        Self { system: system() }
+    }
+
+    /// A pool on one service's database.
+    pub async fn database(&self, url: &str) -> PgPool {
+        shared::db::connect(url, 2).await.expect("connecting to a service database")
+    }
+
+    /// Publishes raw bytes to a saga topic, keyed by `key`; returns (partition, offset).
+    pub async fn produce(&self, topic: Topic, key: &str, payload: &[u8], event_type: Option<&str>) -> (i32, i64) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.system.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .expect("a producer");
+        let name = topic.name(&self.system.topic_prefix);
+        let mut headers = OwnedHeaders::new();
+        if let Some(event_type) = event_type {
+            headers = headers.insert(Header { key: "event_type", value: Some(event_type) });
+        }
+        let record = FutureRecord::to(&name).key(key).payload(payload).headers(headers);
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("the broker accepts it");
+        (delivery.partition, delivery.offset)
+    }
+
+    /// Waits until `service`'s consumer group has committed past `offset` of `topic`/`partition`:
+    /// the message was processed (and its transaction committed) by then.
+    pub async fn wait_consumed(&self, service: &str, topic: Topic, partition: i32, offset: i64) {
+        let group = format!("{}{service}-service", self.system.topic_prefix);
+        let name = topic.name(&self.system.topic_prefix);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.system.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer to read committed offsets");
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition(&name, partition);
+        let consumer = std::sync::Arc::new(consumer);
+        eventually(&format!("{group} to consume {name}[{partition}]@{offset}"), SAGA_TIMEOUT, || {
+            let consumer = consumer.clone();
+            let partitions = partitions.clone();
+            let name = name.clone();
+            async move {
+                let committed = tokio::task::spawn_blocking(move || consumer.committed_offsets(partitions, Duration::from_secs(5)))
+                    .await
+                    .ok()?
+                    .ok()?;
+                match committed.find_partition(&name, partition)?.offset() {
+                    Offset::Offset(committed) if committed > offset => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Default for Backdoor {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,100 @@
+//! The `up` and `test` subcommands.
+
+use crate::broker::Broker;
+use crate::postgres::Postgres;
+use crate::process::{run_status, tail, Stop};
+use crate::services::{self, Running, Service, SERVICES};
+use anyhow::{bail, Result};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitCode;
+
+/// PostgreSQL and the broker; dropping it stops what it started (broker first).
+struct Infra {
+    broker: Broker,
+    postgres: Postgres,
+}
+
+impl Infra {
+    async fn start(stop: &Stop, pg_port: Option<u16>, broker_port: Option<u16>) -> Result<Self> {
+        let postgres = Postgres::start(stop, pg_port).await?;
+        drop(stop.guard(postgres.connect()).await?);
+        let broker = Broker::start(stop, broker_port).await?;
+        Ok(Self { broker, postgres })
+    }
+}
+
+pub async fn up(stop: &Stop) -> Result<ExitCode> {
+    let ports = SERVICES
+        .iter()
+        .map(Service::port)
+        .collect::<Result<Vec<_>>>()?;
+    let infra = Infra::start(stop, Some(55432), Some(9092)).await?;
+    let databases: Vec<_> = SERVICES.iter().map(Service::database).collect();
+    stop.guard(infra.postgres.create_databases(&databases))
+        .await?;
+    let bin_dir = services::build(stop).await?;
+    let mut running = Running::spawn(&bin_dir, &ports, |service| {
+        let url = infra.postgres.url_for(&service.database());
+        vec![
+            ("DATABASE_URL", url.into()),
+            ("KAFKA_BROKERS", infra.broker.address.clone()),
+        ]
+    })?;
+    let result = supervise(stop, &mut running, &infra).await;
+    running.shutdown().await;
+    result
+}
+
+/// Prints the banner once all are ready; returns on a stop signal or when a service exits.
+async fn supervise(stop: &Stop, running: &mut Running, infra: &Infra) -> Result<ExitCode> {
+    let ports = running.ports();
+    let ready = services::wait_ready(ports.clone());
+    tokio::pin!(ready);
+    let mut is_ready = false;
+    loop {
+        tokio::select! {
+            result = &mut ready, if !is_ready => {
+                result?;
+                is_ready = true;
+                println!("\nSagashop is up:");
+                for (name, port) in &ports {
+                    println!("  {name:<10} http://127.0.0.1:{port}");
+                }
+                println!("  broker     {}", infra.broker.describe());
+                println!("  database   {}", infra.postgres.describe());
+                println!("Ctrl-C to stop\n");
+            }
+            _ = stop.wait() => return Ok(ExitCode::SUCCESS),
+            (name, status) = running.first_exit() => bail!("{name} exited unexpectedly ({status})"),
+        }
+    }
+}
+
+pub async fn test(stop: &Stop, args: Vec<String>) -> Result<ExitCode> {
+    let infra = Infra::start(stop, None, None).await?;
+    let mut cmd = services::cargo();
+    cmd.args(["test", "--workspace", "--locked"]).args(&args);
+    let extra: String = args.iter().map(|a| format!(" {a}")).collect();
+    eprintln!("xtask: running cargo test --workspace --locked{extra}");
+    cmd.env("DATABASE_URL", infra.postgres.admin_url.as_str());
+    cmd.env("KAFKA_BROKERS", &infra.broker.address);
+    let status = run_status(cmd, "cargo test", stop).await?;
+    // Not after Ctrl-C (then cargo is stopped by a signal or sees the stop first).
+    if status.code().is_some_and(|c| c != 0) && !stop.is_set() {
+        eprintln!("xtask: cargo test failed ({status})");
+        for log in [infra.broker.log(), infra.postgres.log()]
+            .into_iter()
+            .flatten()
+        {
+            eprintln!(
+                "xtask: last 40 lines of {}:\n{}",
+                log.display(),
+                tail(&log, 40)
+            );
+        }
+    }
+    let code = status.code().or(status.signal().map(|s| 128 + s));
+    Ok(ExitCode::from(
+        code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+    ))
+}

@@ -1,0 +1,78 @@
+//! `cargo xtask`: run the whole Sagashop system locally, or run the workspace tests.
+
+mod broker;
+mod commands;
+mod postgres;
+mod process;
+mod services;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Sagashop developer tasks",
+    after_help = "Environment:\n  \
+        DATABASE_URL    use this PostgreSQL server (server-level URL) instead of a private cluster\n  \
+        KAFKA_BROKERS   use this Kafka broker instead of a private tansu\n  \
+        TANSU_LOG       RUST_LOG for tansu (default: warn)\n  \
+        RUST_LOG        log filter for the services (default: info)\n  \
+        ORDER_HTTP_PORT, PAYMENT_HTTP_PORT, INVENTORY_HTTP_PORT, SHIPPING_HTTP_PORT  (8081-8084)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start PostgreSQL, the Kafka broker and the four services in the foreground (Ctrl-C stops all)
+    Up,
+    /// Run `cargo test --workspace --locked [ARGS...]` against a throwaway PostgreSQL and broker
+    #[command(disable_help_flag = true)]
+    Test {
+        /// Appended to `cargo test --workspace --locked`, e.g. `-- --nocapture`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Some(command) = Cli::parse().command else {
+        let _ = Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    };
+    let stop = match process::Stop::install() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
+        Command::Up => commands::up(&stop).await,
+        Command::Test { .. } => commands::test(&stop, test_args()).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(_) if stop.is_set() => {
+            eprintln!("xtask: interrupted");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything after `test`, verbatim (clap would swallow the `--` of `test -- --nocapture`).
+fn test_args() -> Vec<String> {
+    std::env::args()
+        .skip_while(|a| a != "test")
+        .skip(1)
+        .collect()
+}

@@ -1,0 +1,230 @@
+//! Builds, runs and supervises the four services, prefixing their output with their names.
+
+use crate::process::{port_is_free, run, terminate, Stop};
+use anyhow::{bail, ensure, Context, Result};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// A service: short name, default HTTP port, ANSI color of its output prefix.
+pub struct Service(pub &'static str, u16, u8);
+
+pub const SERVICES: [Service; 4] = [
+    Service("order", 8081, 36),
+    Service("payment", 8082, 35),
+    Service("inventory", 8083, 33),
+    Service("shipping", 8084, 32),
+];
+
+impl Service {
+    /// Package and binary name.
+    pub fn package(&self) -> String {
+        format!("{}-service", self.0)
+    }
+
+    pub fn database(&self) -> String {
+        format!("sagashop_{}", self.0)
+    }
+
+    /// The HTTP port (from e.g. ORDER_HTTP_PORT, else the default), checked to be free.
+    pub fn port(&self) -> Result<u16> {
+        let var = format!("{}_HTTP_PORT", self.0.to_uppercase());
+        let port = match std::env::var(&var) {
+            Ok(v) => v
+                .parse()
+                .with_context(|| format!("{var}={v} is not a port number"))?,
+            Err(_) => self.1,
+        };
+        ensure!(
+            port_is_free(port),
+            "port {port} for {} is in use (set {var})",
+            self.0
+        );
+        Ok(port)
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the four binaries and returns the directory holding them.
+pub async fn build(stop: &Stop) -> Result<PathBuf> {
+    eprintln!("xtask: building the services");
+    let mut cmd = cargo();
+    cmd.args(["build", "--bins"]);
+    for service in &SERVICES {
+        cmd.arg("-p").arg(service.package());
+    }
+    run(cmd, "cargo build", None, stop).await?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    Ok(workspace_root().join(target).join("debug"))
+}
+
+struct Proc {
+    service: &'static Service,
+    port: u16,
+    child: tokio::process::Child,
+    output: Vec<JoinHandle<()>>,
+}
+
+pub struct Running(Vec<Proc>);
+
+impl Running {
+    /// Starts every service on its port; `env` gives each one's extra environment.
+    pub fn spawn(
+        bin_dir: &Path,
+        ports: &[u16],
+        env: impl Fn(&Service) -> Vec<(&'static str, String)>,
+    ) -> Result<Self> {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let mut procs = Vec::new();
+        for (service, &port) in SERVICES.iter().zip(ports) {
+            let exe = bin_dir.join(service.package());
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.envs(env(service))
+                .env("HTTP_PORT", port.to_string())
+                .env("RUST_LOG", &rust_log);
+            cmd.current_dir(workspace_root())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            // Own process group: on Ctrl-C xtask stops them in order with SIGTERM.
+            cmd.process_group(0).kill_on_drop(true);
+            let mut child = cmd
+                .spawn()
+                .with_context(|| format!("starting {}", exe.display()))?;
+            let prefix = match color {
+                true => format!("\x1b[{}m{:<9} |\x1b[0m ", service.2, service.0),
+                false => format!("{:<9} | ", service.0),
+            };
+            let output = [
+                child.stdout.take().map(|o| forward(o, prefix.clone())),
+                child.stderr.take().map(|e| forward(e, prefix)),
+            ];
+            procs.push(Proc {
+                service,
+                port,
+                child,
+                output: output.into_iter().flatten().collect(),
+            });
+        }
+        Ok(Self(procs))
+    }
+
+    pub fn ports(&self) -> Vec<(&'static str, u16)> {
+        self.0.iter().map(|p| (p.service.0, p.port)).collect()
+    }
+
+    /// Resolves when the first service exits.
+    pub async fn first_exit(&mut self) -> (&'static str, ExitStatus) {
+        loop {
+            for p in &mut self.0 {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    return (p.service.0, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGTERM to all, then SIGKILL to those still running after 10 s.
+    pub async fn shutdown(mut self) {
+        eprintln!("xtask: stopping the services");
+        for p in &mut self.0 {
+            if let (Ok(None), Some(pid)) = (p.child.try_wait(), p.child.id()) {
+                terminate(pid);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for p in &mut self.0 {
+            if tokio::time::timeout_at(deadline, p.child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "xtask: {} did not stop within 10 s; killing it",
+                    p.service.0
+                );
+                let _ = p.child.start_kill();
+                let _ = p.child.wait().await;
+            }
+            for handle in p.output.drain(..) {
+                let _ = tokio::time::timeout(Duration::from_secs(1), handle).await;
+            }
+        }
+    }
+}
+
+/// Copies `reader` line by line to stdout, each line prefixed.
+fn forward(reader: impl AsyncRead + Unpin + Send + 'static, prefix: String) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(reader);
+        let mut line = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{prefix}{}",
+                text.trim_end_matches(['\r', '\n'])
+            );
+            line.clear();
+        }
+    })
+}
+
+/// Waits (up to 120 s) until every service answers 200 on GET /health/ready.
+pub async fn wait_ready(ports: Vec<(&'static str, u16)>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut pending = ports;
+    loop {
+        let mut still = Vec::new();
+        for (name, port) in pending {
+            if !ready(port).await {
+                still.push((name, port));
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let names: Vec<_> = pending.iter().map(|(name, _)| *name).collect();
+            bail!(
+                "not ready after 120 s (GET /health/ready): {}",
+                names.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn ready(port: u16) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /health/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let status = response.split(|&b| b == b' ').nth(1).map(<[u8]>::to_vec);
+        Ok::<_, std::io::Error>(status.as_deref() == Some(b"200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(true))
+    )
+}

@@ -30,6 +30,11 @@ begin
 end
 $$;
 
-drop trigger if exists outbox_notify on outbox;
-create trigger outbox_notify after insert on outbox
-    for each statement execute function notify_outbox();
+do $$
+begin
+    if not exists (select 1 from pg_trigger where tgname = 'outbox_notify') then
+        create trigger outbox_notify after insert on outbox
+            for each statement execute function notify_outbox();
+    end if;
+end
+$$;

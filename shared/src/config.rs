@@ -32,11 +32,19 @@ pub struct CommonConfig {
 #[derive(Debug, Clone, Args)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated.
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub brokers: String,
 
     /// Prefix for every topic name (lets several independent systems share one broker).
-    #[arg(long = "kafka-topic-prefix", env = "KAFKA_TOPIC_PREFIX", default_value = "")]
+    #[arg(
+        long = "kafka-topic-prefix",
+        env = "KAFKA_TOPIC_PREFIX",
+        default_value = ""
+    )]
     pub topic_prefix: String,
 
     /// Consumer group id; defaults to the service name (e.g. `order-service`).
@@ -45,23 +53,43 @@ pub struct KafkaConfig {
 
     /// `fetch.wait.max.ms`: how long a fetch waits for data. Apache Kafka answers as soon as
     /// data arrives; tansu always waits this long, so it is the per-hop latency floor there.
-    #[arg(long = "kafka-fetch-wait-max-ms", env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 100)]
+    #[arg(
+        long = "kafka-fetch-wait-max-ms",
+        env = "KAFKA_FETCH_WAIT_MAX_MS",
+        default_value_t = 100
+    )]
     pub fetch_wait_max_ms: u32,
 
     /// `session.timeout.ms` of the consumer group membership.
-    #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long = "kafka-session-timeout-ms",
+        env = "KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub session_timeout_ms: u32,
 
     /// `auto.offset.reset` for a group with no committed offset: `earliest` or `latest`.
-    #[arg(long = "kafka-auto-offset-reset", env = "KAFKA_AUTO_OFFSET_RESET", default_value = "earliest")]
+    #[arg(
+        long = "kafka-auto-offset-reset",
+        env = "KAFKA_AUTO_OFFSET_RESET",
+        default_value = "earliest"
+    )]
     pub auto_offset_reset: String,
 
     /// Partitions for the topics this service creates at start-up.
-    #[arg(long = "kafka-topic-partitions", env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    #[arg(
+        long = "kafka-topic-partitions",
+        env = "KAFKA_TOPIC_PARTITIONS",
+        default_value_t = 3
+    )]
     pub topic_partitions: i32,
 
     /// Replication factor for the topics this service creates at start-up.
-    #[arg(long = "kafka-replication-factor", env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(
+        long = "kafka-replication-factor",
+        env = "KAFKA_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
     pub replication_factor: i32,
 }
 

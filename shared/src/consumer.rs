@@ -88,7 +88,13 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let envelope = match message.payload().map(serde_json::from_slice::<Envelope>) {
             Some(Ok(envelope)) => envelope,
             Some(Err(error)) => {
-                return self.dead_letter(message, &format!("not an event envelope: {error}"), shutdown).await;
+                return self
+                    .dead_letter(
+                        message,
+                        &format!("not an event envelope: {error}"),
+                        shutdown,
+                    )
+                    .await;
             }
             None => return self.dead_letter(message, "empty message", shutdown).await,
         };
@@ -100,14 +106,20 @@ impl<H: EventHandler> ConsumerLoop<H> {
         );
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.apply(&envelope, &origin).instrument(span.clone()).await {
+            match self
+                .apply(&envelope, &origin)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(()) => return true,
                 Err(HandlerError::Malformed(error)) => {
                     let reason = format!("{}: {error}", envelope.event_type);
                     return self.dead_letter(message, &reason, shutdown).await;
                 }
                 Err(HandlerError::Database(error)) => {
-                    span.in_scope(|| tracing::warn!(%error, "transient failure; retrying in {backoff:?}"));
+                    span.in_scope(
+                        || tracing::warn!(%error, "transient failure; retrying in {backoff:?}"),
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return false,
                         _ = tokio::time::sleep(backoff) => {}
@@ -132,7 +144,12 @@ impl<H: EventHandler> ConsumerLoop<H> {
 
     /// Sends the original bytes and headers, plus the error and origin, to the dead-letter
     /// topic; retries until the broker accepts it. `false` means shutdown interrupted it.
-    async fn dead_letter(&self, message: &BorrowedMessage<'_>, error: &str, shutdown: &CancellationToken) -> bool {
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
         tracing::error!(
             topic = message.topic(),
             partition = message.partition(),
@@ -146,18 +163,37 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
             for header in original.iter() {
-                headers = headers.insert(Header { key: header.key, value: header.value });
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
             }
         }
         let headers = headers
-            .insert(Header { key: "dlq.error", value: Some(error) })
-            .insert(Header { key: "dlq.topic", value: Some(message.topic()) })
-            .insert(Header { key: "dlq.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "dlq.offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "dlq.group", value: Some(self.group_id.as_str()) });
+            .insert(Header {
+                key: "dlq.error",
+                value: Some(error),
+            })
+            .insert(Header {
+                key: "dlq.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "dlq.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.group",
+                value: Some(self.group_id.as_str()),
+            });
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers.clone());
+            let mut record =
+                FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers.clone());
             if let Some(key) = message.key() {
                 record = record.key(key);
             }

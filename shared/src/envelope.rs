@@ -86,7 +86,9 @@ mod tests {
             "order",
             Uuid::now_v7(),
             None,
-            &OrderConfirmed { order_id: Uuid::now_v7() },
+            &OrderConfirmed {
+                order_id: Uuid::now_v7(),
+            },
         );
         envelope.payload = serde_json::json!({"order_id": "not-a-uuid"});
         assert!(envelope.decode::<OrderConfirmed>().is_err());

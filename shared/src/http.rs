@@ -3,10 +3,11 @@
 
 use std::borrow::Cow;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -37,8 +38,16 @@ struct ErrorDetail<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into() }
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -51,19 +60,34 @@ impl ApiError {
     }
     /// 422: well-formed JSON whose content is not acceptable.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            message,
+        )
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: &self.code, message: &self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: &self.code,
+                message: &self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -71,6 +95,15 @@ impl IntoResponse for ApiError {
 /// A database failure is the server's problem, never the input's: 503, so clients retry.
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        // 22021: the input holds a character PostgreSQL cannot store (a NUL): the caller's fault.
+        if let Some(database_error) = error.as_database_error() {
+            if database_error.code().as_deref() == Some("22021") {
+                return Self::bad_request(
+                    "invalid_characters",
+                    "text may not contain NUL characters",
+                );
+            }
+        }
         tracing::error!(%error, "database error while serving a request");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -85,13 +118,19 @@ pub trait Validate {
     fn validate(&self) -> Result<(), ApiError>;
 }
 
-/// Checks that `value` is between 1 and `max` characters.
+/// Checks that `value` is 1 to `max` characters, not blank, with no control characters.
 pub fn check_length(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     let length = value.chars().count();
-    if length == 0 || value.trim().is_empty() {
+    if value.chars().any(char::is_control) {
+        Err(ApiError::invalid(format!(
+            "{field} must not contain control characters"
+        )))
+    } else if length == 0 || value.trim().is_empty() {
         Err(ApiError::invalid(format!("{field} must not be empty")))
     } else if length > max {
-        Err(ApiError::invalid(format!("{field} must be at most {max} characters")))
+        Err(ApiError::invalid(format!(
+            "{field} must be at most {max} characters"
+        )))
     } else {
         Ok(())
     }
@@ -108,28 +147,56 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(request, state).await.map_err(json_rejection)?;
+        if !has_json_content_type(&request) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a request body with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::bad_request("unreadable_body", rejection.body_text())
+                }
+            })?;
+        // Syntax first, so a truncated body is a 400 even when its first field is unknown.
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
+            ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {error}"),
+            )
+        })?;
+        let value = T::deserialize(json)
+            .map_err(|error| ApiError::invalid(format!("invalid request body: {error}")))?;
         value.validate()?;
         Ok(Self(value))
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(error) => ApiError::invalid(error.body_text()),
-        JsonRejection::JsonSyntaxError(error) => ApiError::bad_request("malformed_json", error.body_text()),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected a request body with `Content-Type: application/json`",
-        ),
-        JsonRejection::BytesRejection(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-        ),
-        other => ApiError::bad_request("unreadable_body", other.body_text()),
-    }
+fn has_json_content_type(request: &Request) -> bool {
+    let Some(content_type) = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Like `axum::extract::Path`, with a JSON 400 on rejection.
@@ -143,10 +210,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        reject_nul(parts.uri.path())?;
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Self(value))
-            .map_err(|rejection: PathRejection| ApiError::bad_request("invalid_path", rejection.body_text()))
+            .map_err(|rejection: PathRejection| {
+                ApiError::bad_request("invalid_path", rejection.body_text())
+            })
     }
 }
 
@@ -161,11 +231,38 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        reject_nul(parts.uri.query().unwrap_or_default())?;
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Self(value))
-            .map_err(|rejection: QueryRejection| ApiError::bad_request("invalid_query", rejection.body_text()))
+            .map_err(|rejection: QueryRejection| {
+                ApiError::bad_request("invalid_query", rejection.body_text())
+            })
     }
+}
+
+/// A percent-encoded NUL can never match stored text (PostgreSQL cannot store it).
+fn reject_nul(raw: &str) -> Result<(), ApiError> {
+    if raw.to_ascii_lowercase().contains("%00") {
+        return Err(ApiError::bad_request(
+            "invalid_characters",
+            "the URL may not contain NUL characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Percent-encodes `value` for use as one path segment (e.g. in a `Location` header).
+pub fn path_segment(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 async fn not_found() -> ApiError {
@@ -173,7 +270,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }
 
 /// Adds what every service router needs: JSON 404/405, the body limit, request ids and a
@@ -213,16 +314,27 @@ mod tests {
         thing.name
     }
 
-    async fn send(content_type: Option<&str>, body: impl Into<Body>) -> (StatusCode, serde_json::Value) {
+    async fn send(
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> (StatusCode, serde_json::Value) {
         let app = with_common_layers(Router::new().route("/things", post(create)));
         let mut request = Request::post("/things");
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
-        let response = app.oneshot(request.body(body.into()).unwrap()).await.unwrap();
+        let response = app
+            .oneshot(request.body(body.into()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]
@@ -230,32 +342,84 @@ mod tests {
         let json = Some("application/json");
         let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
             (json, b"{".to_vec(), 400, "malformed_json"),
-            (Some("text/plain"), br#"{"name":"a"}"#.to_vec(), 415, "unsupported_media_type"),
-            (None, br#"{"name":"a"}"#.to_vec(), 415, "unsupported_media_type"),
-            (json, br#"{"name":"a","extra":1}"#.to_vec(), 422, "validation_failed"),
+            (json, br#"{"extra":"#.to_vec(), 400, "malformed_json"),
+            (
+                Some("text/plain"),
+                br#"{"name":"a"}"#.to_vec(),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                None,
+                br#"{"name":"a"}"#.to_vec(),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                json,
+                br#"{"name":"a","extra":1}"#.to_vec(),
+                422,
+                "validation_failed",
+            ),
             (json, br#"{}"#.to_vec(), 422, "validation_failed"),
-            (json, br#"{"name":"toolong"}"#.to_vec(), 422, "validation_failed"),
+            (
+                json,
+                br#"{"name":"toolong"}"#.to_vec(),
+                422,
+                "validation_failed",
+            ),
             (json, br#"{"name":42}"#.to_vec(), 422, "validation_failed"),
-            (json, vec![b' '; MAX_BODY_BYTES + 1], 413, "payload_too_large"),
+            (
+                json,
+                vec![b' '; MAX_BODY_BYTES + 1],
+                413,
+                "payload_too_large",
+            ),
         ];
         for (content_type, body, status, code) in cases {
             let (actual, error) = send(content_type, body).await;
             assert_eq!(actual.as_u16(), status, "{error}");
             assert_eq!(error["error"]["code"], code);
-            assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
         }
         let (status, _) = send(json, br#"{"name":"ok"}"#.to_vec()).await;
         assert_eq!(status, StatusCode::OK);
+        let (status, _) = send(
+            Some("application/merge+json; charset=utf-8"),
+            br#"{"name":"ok"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(
+            path_segment("team/alice?x=1#é"),
+            "team%2Falice%3Fx%3D1%23%C3%A9"
+        );
+        assert_eq!(path_segment("plain-Sku_1.0~"), "plain-Sku_1.0~");
     }
 
     #[tokio::test]
     async fn unknown_routes_and_methods_get_json_errors() {
         let app = with_common_layers(Router::new().route("/things", post(create)));
-        let response = app.clone().oneshot(Request::get("/nope").body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .clone()
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let response = app.oneshot(Request::get("/things").body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .oneshot(Request::get("/things").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
         let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(error["error"]["code"], "method_not_allowed");
     }

@@ -70,19 +70,20 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> anyhow::R
     let mut delay = Duration::from_millis(200);
     loop {
         let outcome = match admin.create_topics(&new_topics, &options).await {
-            Ok(results) => results
-                .into_iter()
-                .try_for_each(|result| match result {
-                    Ok(_) => Ok(()),
-                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
-                    Err((topic, code)) => Err(anyhow::anyhow!("creating topic {topic}: {code}")),
-                }),
+            Ok(results) => results.into_iter().try_for_each(|result| match result {
+                Ok(_) => Ok(()),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
+                Err((topic, code)) => Err(anyhow::anyhow!("creating topic {topic}: {code}")),
+            }),
             Err(error) => Err(anyhow::Error::new(error).context("creating topics")),
         };
         match outcome {
             Ok(()) => return Ok(()),
             Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = format!("{error:#}"), "broker not ready; retrying in {delay:?}");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "broker not ready; retrying in {delay:?}"
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -93,7 +93,12 @@ impl OutboxRelay {
         topic_prefix: String,
         poll_interval: Duration,
     ) -> Self {
-        Self { pool, producer, topic_prefix, poll_interval }
+        Self {
+            pool,
+            producer,
+            topic_prefix,
+            poll_interval,
+        }
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -107,7 +112,10 @@ impl OutboxRelay {
             match self.drain().await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "outbox relay failed; retrying in {backoff:?}");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "outbox relay failed; retrying in {backoff:?}"
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -164,8 +172,14 @@ impl OutboxRelay {
             let topic = format!("{}{}", self.topic_prefix, row.topic);
             let event_id = row.event_id.to_string();
             let headers = OwnedHeaders::new()
-                .insert(Header { key: EVENT_TYPE_HEADER, value: Some(row.event_type.as_str()) })
-                .insert(Header { key: EVENT_ID_HEADER, value: Some(event_id.as_str()) });
+                .insert(Header {
+                    key: EVENT_TYPE_HEADER,
+                    value: Some(row.event_type.as_str()),
+                })
+                .insert(Header {
+                    key: EVENT_ID_HEADER,
+                    value: Some(event_id.as_str()),
+                });
             let producer = &self.producer;
             async move {
                 let record = FutureRecord::to(&topic)

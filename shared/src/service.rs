@@ -36,7 +36,11 @@ pub struct Infrastructure {
 impl Infrastructure {
     /// Connects to PostgreSQL and Kafka, applies migrations and creates the topics.
     /// `service` is the short name (`order`, `payment`, ...).
-    pub async fn start(service: &'static str, config: &CommonConfig, migrator: &Migrator) -> anyhow::Result<Self> {
+    pub async fn start(
+        service: &'static str,
+        config: &CommonConfig,
+        migrator: &Migrator,
+    ) -> anyhow::Result<Self> {
         let pool = db::connect(&config.database_url, config.database_max_connections).await?;
         db::prepare(&pool, migrator).await?;
         let producer = kafka::producer(&config.kafka)?;
@@ -44,7 +48,12 @@ impl Infrastructure {
         let mut topics: Vec<String> = Topic::ALL.iter().map(|topic| topic.name(prefix)).collect();
         topics.push(dead_letter_topic(prefix, &format!("{service}-service")));
         kafka::ensure_topics(&config.kafka, &topics).await?;
-        Ok(Self { pool, producer, config: config.clone(), service })
+        Ok(Self {
+            pool,
+            producer,
+            config: config.clone(),
+            service,
+        })
     }
 }
 
@@ -67,7 +76,12 @@ impl ServiceRunner {
         consumes: &[Topic],
         handler: H,
     ) -> anyhow::Result<Self> {
-        let Infrastructure { pool, producer, config, service } = infrastructure;
+        let Infrastructure {
+            pool,
+            producer,
+            config,
+            service,
+        } = infrastructure;
         let address = format!("{}:{}", config.http_host, http_port);
         let listener = TcpListener::bind(&address)
             .await
@@ -82,7 +96,9 @@ impl ServiceRunner {
         let consumer = kafka::consumer(&config.kafka, &group_id)?;
         let names: Vec<String> = consumes.iter().map(|topic| topic.name(prefix)).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        consumer.subscribe(&names).context("subscribing to topics")?;
+        consumer
+            .subscribe(&names)
+            .context("subscribing to topics")?;
         let consumer_loop = ConsumerLoop {
             consumer,
             pool: pool.clone(),
@@ -113,7 +129,10 @@ impl ServiceRunner {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|address| address.port()).unwrap_or(0)
+        self.listener
+            .local_addr()
+            .map(|address| address.port())
+            .unwrap_or(0)
     }
 
     /// Cancelling this token stops the service as a signal would.
@@ -170,11 +189,12 @@ async fn live() -> impl IntoResponse {
 /// Ready only when the database and the broker both answer.
 async fn ready(State(health): State<Health>) -> impl IntoResponse {
     const TIMEOUT: Duration = Duration::from_secs(2);
-    let database = match tokio::time::timeout(TIMEOUT, sqlx::query("select 1").execute(&health.pool)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("timed out".to_owned()),
-    };
+    let database =
+        match tokio::time::timeout(TIMEOUT, sqlx::query("select 1").execute(&health.pool)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        };
     let broker = kafka::check_reachable(&health.producer, TIMEOUT)
         .await
         .map_err(|error| format!("{error:#}"));
@@ -184,7 +204,10 @@ async fn ready(State(health): State<Health>) -> impl IntoResponse {
     };
     let checks = serde_json::json!({"database": describe(&database), "kafka": describe(&broker)});
     if database.is_ok() && broker.is_ok() {
-        (StatusCode::OK, Json(serde_json::json!({"status": "ready", "checks": checks})))
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "checks": checks})),
+        )
     } else {
         let body = serde_json::json!({
             "error": {"code": "not_ready", "message": "a dependency is unreachable"},

@@ -10,7 +10,12 @@ pub enum Topic {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 4] = [Topic::Order, Topic::Inventory, Topic::Payment, Topic::Shipping];
+    pub const ALL: [Topic; 4] = [
+        Topic::Order,
+        Topic::Inventory,
+        Topic::Payment,
+        Topic::Shipping,
+    ];
 
     /// The base name, without prefix.
     pub fn base_name(self) -> &'static str {
@@ -26,7 +31,6 @@ impl Topic {
     pub fn name(self, prefix: &str) -> String {
         format!("{prefix}{}", self.base_name())
     }
-
 }
 
 /// The dead-letter topic of one consumer (service): messages it could not process, with the

@@ -128,22 +128,23 @@ async fn start() -> anyhow::Result<(System, Running)> {
         &database_urls.order,
     ))?)
     .await?;
-    let payment = payment_service::Application::build(payment_service::Config::try_parse_from(args(
-        "payment-service",
-        "payment",
-        &database_urls.payment,
-    ))?)
+    let payment = payment_service::Application::build(payment_service::Config::try_parse_from(
+        args("payment-service", "payment", &database_urls.payment),
+    )?)
     .await?;
-    let inventory = inventory_service::Application::build(inventory_service::Config::try_parse_from(args(
-        "inventory-service",
-        "inventory",
-        &database_urls.inventory,
-    ))?)
-    .await?;
+    let inventory =
+        inventory_service::Application::build(inventory_service::Config::try_parse_from(args(
+            "inventory-service",
+            "inventory",
+            &database_urls.inventory,
+        ))?)
+        .await?;
     let mut shipping_args = args("shipping-service", "shipping", &database_urls.shipping);
     shipping_args.extend(["--countries".to_owned(), SERVED_COUNTRIES.to_owned()]);
-    let shipping =
-        shipping_service::Application::build(shipping_service::Config::try_parse_from(shipping_args)?).await?;
+    let shipping = shipping_service::Application::build(shipping_service::Config::try_parse_from(
+        shipping_args,
+    )?)
+    .await?;
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let system = System {
         order_url: url(order.port()),
@@ -182,14 +183,20 @@ pub type Reply = (u16, Value);
 
 impl Api {
     pub fn new() -> Self {
-        Self { system: system(), http: reqwest::Client::new() }
+        Self {
+            system: system(),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("the service answers");
         let status = response.status().as_u16();
         let bytes = response.bytes().await.expect("a response body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     pub async fn get(&self, url: String) -> Reply {
@@ -202,26 +209,45 @@ impl Api {
 
     pub async fn create_product(&self, sku: &str, price_cents: i64, stock: i32) {
         let body = json!({"sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "stock": stock});
-        let (status, reply) = self.post(format!("{}/products", self.system.inventory_url), body).await;
+        let (status, reply) = self
+            .post(format!("{}/products", self.system.inventory_url), body)
+            .await;
         assert_eq!(status, 201, "creating product {sku}: {reply}");
     }
 
     pub async fn open_account(&self, customer_id: &str, balance_cents: i64) {
         let body = json!({"customer_id": customer_id, "balance_cents": balance_cents});
-        let (status, reply) = self.post(format!("{}/accounts", self.system.payment_url), body).await;
+        let (status, reply) = self
+            .post(format!("{}/accounts", self.system.payment_url), body)
+            .await;
         assert_eq!(status, 201, "opening account {customer_id}: {reply}");
     }
 
     /// Places an order and returns its id; panics unless it is accepted.
-    pub async fn place_order(&self, customer_id: &str, items: &[(&str, i32)], country: &str) -> Uuid {
-        let (status, reply) = self.post(format!("{}/orders", self.system.order_url), order_body(customer_id, items, country)).await;
+    pub async fn place_order(
+        &self,
+        customer_id: &str,
+        items: &[(&str, i32)],
+        country: &str,
+    ) -> Uuid {
+        let (status, reply) = self
+            .post(
+                format!("{}/orders", self.system.order_url),
+                order_body(customer_id, items, country),
+            )
+            .await;
         assert_eq!(status, 202, "placing an order: {reply}");
         assert_eq!(reply["status"], "PENDING");
-        reply["order_id"].as_str().and_then(|id| id.parse().ok()).expect("an order id")
+        reply["order_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("an order id")
     }
 
     pub async fn order(&self, order_id: Uuid) -> Value {
-        let (status, order) = self.get(format!("{}/orders/{order_id}", self.system.order_url)).await;
+        let (status, order) = self
+            .get(format!("{}/orders/{order_id}", self.system.order_url))
+            .await;
         assert_eq!(status, 200, "{order}");
         order
     }
@@ -234,33 +260,50 @@ impl Api {
             if order["status"] != "PENDING" {
                 return order;
             }
-            assert!(tokio::time::Instant::now() < deadline, "order {order_id} still PENDING after {SAGA_TIMEOUT:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} still PENDING after {SAGA_TIMEOUT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn product(&self, sku: &str) -> Value {
-        let (status, product) = self.get(format!("{}/products/{sku}", self.system.inventory_url)).await;
+        let (status, product) = self
+            .get(format!("{}/products/{sku}", self.system.inventory_url))
+            .await;
         assert_eq!(status, 200, "{product}");
         product
     }
 
     pub async fn balance(&self, customer_id: &str) -> i64 {
-        let (status, account) = self.get(format!("{}/accounts/{customer_id}", self.system.payment_url)).await;
+        let (status, account) = self
+            .get(format!(
+                "{}/accounts/{customer_id}",
+                self.system.payment_url
+            ))
+            .await;
         assert_eq!(status, 200, "{account}");
         account["balance_cents"].as_i64().expect("a balance")
     }
 
     pub async fn payment(&self, order_id: Uuid) -> Reply {
-        self.get(format!("{}/payments/{order_id}", self.system.payment_url)).await
+        self.get(format!("{}/payments/{order_id}", self.system.payment_url))
+            .await
     }
 
     pub async fn shipment(&self, order_id: Uuid) -> Reply {
-        self.get(format!("{}/shipments/{order_id}", self.system.shipping_url)).await
+        self.get(format!("{}/shipments/{order_id}", self.system.shipping_url))
+            .await
     }
 
     pub async fn timeline(&self, order_id: Uuid) -> Vec<String> {
-        let (status, timeline) = self.get(format!("{}/orders/{order_id}/timeline", self.system.order_url)).await;
+        let (status, timeline) = self
+            .get(format!(
+                "{}/orders/{order_id}/timeline",
+                self.system.order_url
+            ))
+            .await;
         assert_eq!(status, 200, "{timeline}");
         timeline["events"]
             .as_array()
@@ -279,7 +322,10 @@ impl Default for Api {
 
 /// The JSON body of `POST /orders`.
 pub fn order_body(customer_id: &str, items: &[(&str, i32)], country: &str) -> Value {
-    let items: Vec<Value> = items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect();
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+        .collect();
     json!({"customer_id": customer_id, "items": items, "shipping_address": {"country": country, "city": "Paris"}})
 }
 
@@ -294,7 +340,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -311,11 +360,19 @@ impl Backdoor {
 
     /// A pool on one service's database.
     pub async fn database(&self, url: &str) -> PgPool {
-        shared::db::connect(url, 2).await.expect("connecting to a service database")
+        shared::db::connect(url, 2)
+            .await
+            .expect("connecting to a service database")
     }
 
     /// Publishes raw bytes to a saga topic, keyed by `key`; returns (partition, offset).
-    pub async fn produce(&self, topic: Topic, key: &str, payload: &[u8], event_type: Option<&str>) -> (i32, i64) {
+    pub async fn produce(
+        &self,
+        topic: Topic,
+        key: &str,
+        payload: &[u8],
+        event_type: Option<&str>,
+    ) -> (i32, i64) {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.system.brokers)
             .set("enable.idempotence", "true")
@@ -325,9 +382,15 @@ impl Backdoor {
         let name = topic.name(&self.system.topic_prefix);
         let mut headers = OwnedHeaders::new();
         if let Some(event_type) = event_type {
-            headers = headers.insert(Header { key: "event_type", value: Some(event_type) });
+            headers = headers.insert(Header {
+                key: "event_type",
+                value: Some(event_type),
+            });
         }
-        let record = FutureRecord::to(&name).key(key).payload(payload).headers(headers);
+        let record = FutureRecord::to(&name)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
         let delivery = producer
             .send(record, Duration::from_secs(30))
             .await
@@ -350,21 +413,27 @@ impl Backdoor {
         let mut partitions = TopicPartitionList::new();
         partitions.add_partition(&name, partition);
         let consumer = std::sync::Arc::new(consumer);
-        eventually(&format!("{group} to consume {name}[{partition}]@{offset}"), SAGA_TIMEOUT, || {
-            let consumer = consumer.clone();
-            let partitions = partitions.clone();
-            let name = name.clone();
-            async move {
-                let committed = tokio::task::spawn_blocking(move || consumer.committed_offsets(partitions, Duration::from_secs(5)))
+        eventually(
+            &format!("{group} to consume {name}[{partition}]@{offset}"),
+            SAGA_TIMEOUT,
+            || {
+                let consumer = consumer.clone();
+                let partitions = partitions.clone();
+                let name = name.clone();
+                async move {
+                    let committed = tokio::task::spawn_blocking(move || {
+                        consumer.committed_offsets(partitions, Duration::from_secs(5))
+                    })
                     .await
                     .ok()?
                     .ok()?;
-                match committed.find_partition(&name, partition)?.offset() {
-                    Offset::Offset(committed) if committed > offset => Some(()),
-                    _ => None,
+                    match committed.find_partition(&name, partition)?.offset() {
+                        Offset::Offset(committed) if committed > offset => Some(()),
+                        _ => None,
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 }

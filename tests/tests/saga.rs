@@ -6,27 +6,43 @@ use serde_json::json;
 
 /// Waits until the product is back to `available` with nothing reserved.
 async fn wait_stock(api: &Api, sku: &str, available: i64, sold: i64) {
-    eventually(&format!("stock of {sku} to settle at {available} available, {sold} sold"), SAGA_TIMEOUT, || async {
-        let product = api.product(sku).await;
-        (product["available"] == available && product["reserved"] == 0 && product["sold"] == sold).then_some(())
-    })
+    eventually(
+        &format!("stock of {sku} to settle at {available} available, {sold} sold"),
+        SAGA_TIMEOUT,
+        || async {
+            let product = api.product(sku).await;
+            (product["available"] == available
+                && product["reserved"] == 0
+                && product["sold"] == sold)
+                .then_some(())
+        },
+    )
     .await
 }
 
 async fn wait_balance(api: &Api, customer: &str, balance: i64) {
-    eventually(&format!("balance of {customer} to be {balance}"), SAGA_TIMEOUT, || async {
-        (api.balance(customer).await == balance).then_some(())
-    })
+    eventually(
+        &format!("balance of {customer} to be {balance}"),
+        SAGA_TIMEOUT,
+        || async { (api.balance(customer).await == balance).then_some(()) },
+    )
     .await
 }
 
 /// Waits until the order's timeline holds every one of `events` (compensations are reported
 /// back to the order service asynchronously).
 async fn wait_timeline(api: &Api, order_id: uuid::Uuid, events: &[&str]) {
-    eventually(&format!("timeline of {order_id} to hold {events:?}"), SAGA_TIMEOUT, || async {
-        let timeline = api.timeline(order_id).await;
-        events.iter().all(|event| timeline.iter().any(|seen| seen == event)).then_some(())
-    })
+    eventually(
+        &format!("timeline of {order_id} to hold {events:?}"),
+        SAGA_TIMEOUT,
+        || async {
+            let timeline = api.timeline(order_id).await;
+            events
+                .iter()
+                .all(|event| timeline.iter().any(|seen| seen == event))
+                .then_some(())
+        },
+    )
     .await
 }
 
@@ -38,7 +54,9 @@ async fn an_order_with_stock_money_and_a_served_country_is_confirmed() {
     api.create_product(&pear, 1_000, 3).await;
     api.open_account(&customer, 10_000).await;
 
-    let order_id = api.place_order(&customer, &[(&apple, 4), (&pear, 1)], "FR").await;
+    let order_id = api
+        .place_order(&customer, &[(&apple, 4), (&pear, 1)], "FR")
+        .await;
     let order = api.wait_terminal(order_id).await;
 
     assert_eq!(order["status"], "CONFIRMED", "{order}");
@@ -49,12 +67,24 @@ async fn an_order_with_stock_money_and_a_served_country_is_confirmed() {
     wait_stock(&api, &pear, 2, 1).await;
     assert_eq!(api.balance(&customer).await, 8_000);
     let (status, payment) = api.payment(order_id).await;
-    assert_eq!((status, &payment["status"], &payment["amount_cents"]), (200, &json!("CHARGED"), &json!(2_000)));
+    assert_eq!(
+        (status, &payment["status"], &payment["amount_cents"]),
+        (200, &json!("CHARGED"), &json!(2_000))
+    );
     let (status, shipment) = api.shipment(order_id).await;
-    assert_eq!((status, &shipment["status"], &shipment["country"]), (200, &json!("SCHEDULED"), &json!("FR")));
+    assert_eq!(
+        (status, &shipment["status"], &shipment["country"]),
+        (200, &json!("SCHEDULED"), &json!("FR"))
+    );
     assert_eq!(
         api.timeline(order_id).await,
-        ["order.created.v1", "inventory.reserved.v1", "payment.charged.v1", "shipment.scheduled.v1", "order.confirmed.v1"]
+        [
+            "order.created.v1",
+            "inventory.reserved.v1",
+            "payment.charged.v1",
+            "shipment.scheduled.v1",
+            "order.confirmed.v1"
+        ]
     );
 }
 
@@ -67,7 +97,9 @@ async fn too_little_stock_cancels_with_out_of_stock_and_charges_nothing() {
     api.open_account(&customer, 5_000).await;
 
     // The second line cannot be served, so the first must not stay reserved either.
-    let order_id = api.place_order(&customer, &[(&other, 1), (&sku, 3)], "FR").await;
+    let order_id = api
+        .place_order(&customer, &[(&other, 1), (&sku, 3)], "FR")
+        .await;
     let order = api.wait_terminal(order_id).await;
 
     assert_eq!(order["status"], "CANCELLED", "{order}");
@@ -85,7 +117,9 @@ async fn an_unknown_product_cancels_with_unknown_product() {
     let customer = unique("customer");
     api.open_account(&customer, 5_000).await;
 
-    let order_id = api.place_order(&customer, &[(&unique("missing"), 1)], "FR").await;
+    let order_id = api
+        .place_order(&customer, &[(&unique("missing"), 1)], "FR")
+        .await;
     let order = api.wait_terminal(order_id).await;
 
     assert_eq!(order["status"], "CANCELLED", "{order}");
@@ -112,11 +146,23 @@ async fn a_declined_payment_releases_the_stock() {
         assert_eq!((status, &payment["status"]), (200, &json!("DECLINED")));
         assert_eq!(api.shipment(order_id).await.0, 404);
     }
-    assert_eq!(api.payment(low_balance).await.1["reason"], "insufficient_funds");
+    assert_eq!(
+        api.payment(low_balance).await.1["reason"],
+        "insufficient_funds"
+    );
     assert_eq!(api.payment(no_account).await.1["reason"], "no_account");
     wait_stock(&api, &sku, 5, 0).await;
     assert_eq!(api.balance(&poor).await, 1_000);
-    wait_timeline(&api, low_balance, &["payment.declined.v1", "order.cancelled.v1", "inventory.released.v1"]).await;
+    wait_timeline(
+        &api,
+        low_balance,
+        &[
+            "payment.declined.v1",
+            "order.cancelled.v1",
+            "inventory.released.v1",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -134,10 +180,21 @@ async fn an_unserved_country_refunds_the_payment_and_releases_the_stock() {
     wait_balance(&api, &customer, 10_000).await;
     wait_stock(&api, &sku, 4, 0).await;
     let (_, payment) = api.payment(order_id).await;
-    assert_eq!((&payment["status"], &payment["amount_cents"]), (&json!("REFUNDED"), &json!(2_500)));
+    assert_eq!(
+        (&payment["status"], &payment["amount_cents"]),
+        (&json!("REFUNDED"), &json!(2_500))
+    );
     let (_, shipment) = api.shipment(order_id).await;
-    assert_eq!((&shipment["status"], &shipment["country"]), (&json!("REJECTED"), &json!("AQ")));
-    let compensations = ["shipment.rejected.v1", "order.cancelled.v1", "payment.refunded.v1", "inventory.released.v1"];
+    assert_eq!(
+        (&shipment["status"], &shipment["country"]),
+        (&json!("REJECTED"), &json!("AQ"))
+    );
+    let compensations = [
+        "shipment.rejected.v1",
+        "order.cancelled.v1",
+        "payment.refunded.v1",
+        "inventory.released.v1",
+    ];
     wait_timeline(&api, order_id, &compensations).await;
 }
 
@@ -160,12 +217,21 @@ async fn a_customer_cancellation_undoes_whatever_was_done() {
     wait_balance(&api, &customer, 10_000).await;
     // Whatever got done before the cancellation landed is compensated; nothing ships.
     let (status, shipment) = api.shipment(order_id).await;
-    assert!(status == 404 || shipment["status"] == "CANCELLED", "{shipment}");
+    assert!(
+        status == 404 || shipment["status"] == "CANCELLED",
+        "{shipment}"
+    );
     let (status, payment) = api.payment(order_id).await;
-    assert!(status == 404 || payment["status"] == "REFUNDED", "{payment}");
+    assert!(
+        status == 404 || payment["status"] == "REFUNDED",
+        "{payment}"
+    );
 
     let (status, reply) = api.send(api.http.post(&url)).await;
-    assert_eq!((status, &reply["error"]["code"]), (409, &json!("order_not_pending")));
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (409, &json!("order_not_pending"))
+    );
 }
 
 #[tokio::test]
@@ -180,7 +246,10 @@ async fn a_confirmed_order_cannot_be_cancelled() {
     let url = format!("{}/orders/{order_id}/cancel", api.system.order_url);
     let (status, reply) = api.send(api.http.post(&url)).await;
 
-    assert_eq!((status, &reply["error"]["code"]), (409, &json!("order_not_pending")));
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (409, &json!("order_not_pending"))
+    );
     assert_eq!(api.order(order_id).await["status"], "CONFIRMED");
     assert_eq!(api.balance(&customer).await, 9_700);
 }
@@ -194,7 +263,11 @@ async fn an_idempotency_key_retry_creates_one_order() {
     let key = unique("key");
     let body = e2e::order_body(&customer, &[(&sku, 1)], "FR");
     let place = |body: serde_json::Value| {
-        let request = api.http.post(format!("{}/orders", api.system.order_url)).header("Idempotency-Key", &key).json(&body);
+        let request = api
+            .http
+            .post(format!("{}/orders", api.system.order_url))
+            .header("Idempotency-Key", &key)
+            .json(&body);
         api.send(request)
     };
 
@@ -212,14 +285,25 @@ async fn an_idempotency_key_retry_creates_one_order() {
 
     assert_eq!(api.wait_terminal(order_id).await["status"], "CONFIRMED");
     let (status, reply) = place(body.clone()).await;
-    assert_eq!((status, reply["order_id"].as_str()), (202, Some(order_id.to_string().as_str())));
+    assert_eq!(
+        (status, reply["order_id"].as_str()),
+        (202, Some(order_id.to_string().as_str()))
+    );
     assert_eq!(reply["status"], "CONFIRMED");
 
     let different = e2e::order_body(&customer, &[(&sku, 2)], "FR");
     let (status, reply) = place(different).await;
-    assert_eq!((status, &reply["error"]["code"]), (422, &json!("idempotency_key_reused")));
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (422, &json!("idempotency_key_reused"))
+    );
 
-    let (_, page) = api.get(format!("{}/orders?customer_id={customer}", api.system.order_url)).await;
+    let (_, page) = api
+        .get(format!(
+            "{}/orders?customer_id={customer}",
+            api.system.order_url
+        ))
+        .await;
     assert_eq!(page["orders"].as_array().map(Vec::len), Some(1), "{page}");
     wait_stock(&api, &sku, 49, 1).await;
     assert_eq!(api.balance(&customer).await, 99_900);
@@ -231,20 +315,42 @@ async fn a_hundred_concurrent_orders_for_the_last_ten_units_confirm_exactly_ten(
     let sku = unique("last-ten");
     api.create_product(&sku, 500, 10).await;
     let customers: Vec<String> = (0..100).map(|_| unique("buyer")).collect();
-    futures::future::join_all(customers.iter().map(|customer| api.open_account(customer, 10_000))).await;
+    futures::future::join_all(
+        customers
+            .iter()
+            .map(|customer| api.open_account(customer, 10_000)),
+    )
+    .await;
 
     let line = [(sku.as_str(), 1)];
-    let order_ids =
-        futures::future::join_all(customers.iter().map(|customer| api.place_order(customer, &line, "FR"))).await;
+    let order_ids = futures::future::join_all(
+        customers
+            .iter()
+            .map(|customer| api.place_order(customer, &line, "FR")),
+    )
+    .await;
     let orders = futures::future::join_all(order_ids.iter().map(|id| api.wait_terminal(*id))).await;
 
-    let confirmed = orders.iter().filter(|order| order["status"] == "CONFIRMED").count();
+    let confirmed = orders
+        .iter()
+        .filter(|order| order["status"] == "CONFIRMED")
+        .count();
     assert_eq!(confirmed, 10);
     for order in orders.iter().filter(|order| order["status"] == "CANCELLED") {
         assert_eq!(order["cancellation_reason"], "out_of_stock", "{order}");
     }
     wait_stock(&api, &sku, 0, 10).await;
-    let balances = futures::future::join_all(customers.iter().map(|customer| api.balance(customer))).await;
-    assert_eq!(balances.iter().filter(|balance| **balance == 9_500).count(), 10);
-    assert_eq!(balances.iter().filter(|balance| **balance == 10_000).count(), 90);
+    let balances =
+        futures::future::join_all(customers.iter().map(|customer| api.balance(customer))).await;
+    assert_eq!(
+        balances.iter().filter(|balance| **balance == 9_500).count(),
+        10
+    );
+    assert_eq!(
+        balances
+            .iter()
+            .filter(|balance| **balance == 10_000)
+            .count(),
+        90
+    );
 }

@@ -20,18 +20,31 @@ pub struct Rejection {
 }
 
 /// Prices every line at the current price, or rejects the whole order: all lines or none.
-pub fn reserve(lines: &[OrderLine], stock: &HashMap<String, Stock>) -> Result<(Vec<PricedLine>, i64), Rejection> {
+pub fn reserve(
+    lines: &[OrderLine],
+    stock: &HashMap<String, Stock>,
+) -> Result<(Vec<PricedLine>, i64), Rejection> {
     let mut priced = Vec::with_capacity(lines.len());
     let mut total: i64 = 0;
     for line in merge_lines(lines) {
         let Some(product) = stock.get(&line.sku) else {
-            return Err(Rejection { reason: StockRejection::UnknownProduct, sku: line.sku });
+            return Err(Rejection {
+                reason: StockRejection::UnknownProduct,
+                sku: line.sku,
+            });
         };
         if line.quantity < 1 || product.available < line.quantity {
-            return Err(Rejection { reason: StockRejection::OutOfStock, sku: line.sku });
+            return Err(Rejection {
+                reason: StockRejection::OutOfStock,
+                sku: line.sku,
+            });
         }
         total += product.price_cents * i64::from(line.quantity);
-        priced.push(PricedLine { sku: line.sku, quantity: line.quantity, unit_price_cents: product.price_cents });
+        priced.push(PricedLine {
+            sku: line.sku,
+            quantity: line.quantity,
+            unit_price_cents: product.price_cents,
+        });
     }
     Ok((priced, total))
 }
@@ -43,7 +56,9 @@ pub fn merge_lines(lines: &[OrderLine]) -> Vec<OrderLine> {
     sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
     for line in sorted {
         match merged.last_mut() {
-            Some(last) if last.sku == line.sku => last.quantity = last.quantity.saturating_add(line.quantity),
+            Some(last) if last.sku == line.sku => {
+                last.quantity = last.quantity.saturating_add(line.quantity)
+            }
             _ => merged.push(line),
         }
     }
@@ -73,9 +88,15 @@ impl ReservationStatus {
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Reserved, Self::Released, Self::Committed, Self::Rejected, Self::Voided]
-            .into_iter()
-            .find(|status| status.as_str() == value)
+        [
+            Self::Reserved,
+            Self::Released,
+            Self::Committed,
+            Self::Rejected,
+            Self::Voided,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == value)
     }
 }
 
@@ -119,13 +140,28 @@ mod tests {
     use proptest::prelude::*;
 
     fn line(sku: &str, quantity: i32) -> OrderLine {
-        OrderLine { sku: sku.to_owned(), quantity }
+        OrderLine {
+            sku: sku.to_owned(),
+            quantity,
+        }
     }
 
     fn stock() -> HashMap<String, Stock> {
         HashMap::from([
-            ("A".to_owned(), Stock { price_cents: 250, available: 5 }),
-            ("B".to_owned(), Stock { price_cents: 1_000, available: 1 }),
+            (
+                "A".to_owned(),
+                Stock {
+                    price_cents: 250,
+                    available: 5,
+                },
+            ),
+            (
+                "B".to_owned(),
+                Stock {
+                    price_cents: 1_000,
+                    available: 1,
+                },
+            ),
         ])
     }
 
@@ -133,13 +169,22 @@ mod tests {
     fn prices_every_line_at_the_current_price() {
         let (priced, total) = reserve(&[line("B", 1), line("A", 2)], &stock()).unwrap();
         assert_eq!(total, 1_500);
-        assert_eq!(priced.iter().map(|p| p.sku.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(
+            priced.iter().map(|p| p.sku.as_str()).collect::<Vec<_>>(),
+            ["A", "B"]
+        );
     }
 
     #[test]
     fn rejects_the_whole_order_when_one_line_fails() {
         let rejection = reserve(&[line("A", 1), line("B", 2)], &stock()).unwrap_err();
-        assert_eq!(rejection, Rejection { reason: StockRejection::OutOfStock, sku: "B".into() });
+        assert_eq!(
+            rejection,
+            Rejection {
+                reason: StockRejection::OutOfStock,
+                sku: "B".into()
+            }
+        );
         let rejection = reserve(&[line("A", 1), line("Z", 1)], &stock()).unwrap_err();
         assert_eq!(rejection.reason, StockRejection::UnknownProduct);
     }
@@ -184,7 +229,11 @@ mod tests {
     }
 
     fn any_event() -> impl Strategy<Value = SagaEvent> {
-        prop_oneof![Just(SagaEvent::OrderCreated), Just(SagaEvent::OrderCancelled), Just(SagaEvent::OrderConfirmed)]
+        prop_oneof![
+            Just(SagaEvent::OrderCreated),
+            Just(SagaEvent::OrderCancelled),
+            Just(SagaEvent::OrderConfirmed)
+        ]
     }
 
     proptest! {

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use shared::events::{OrderCancelled, OrderConfirmed, OrderCreated, PricedLine, StockRejected, StockReleased, StockReserved};
+use shared::events::{
+    OrderCancelled, OrderConfirmed, OrderCreated, PricedLine, StockRejected, StockReleased,
+    StockReserved,
+};
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -15,7 +18,11 @@ use crate::SERVICE;
 pub struct InventoryEventHandler;
 
 impl EventHandler for InventoryEventHandler {
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
         let event = match envelope.event_type.as_str() {
             OrderCreated::TYPE => SagaEvent::OrderCreated,
@@ -30,7 +37,14 @@ impl EventHandler for InventoryEventHandler {
                 let items = reservation.map(|(_, items)| items).unwrap_or_default();
                 move_stock(conn, &items, StockMove::Release).await?;
                 set_status(conn, order_id, ReservationStatus::Released).await?;
-                outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &StockReleased { order_id, items }).await?;
+                outbox::emit(
+                    conn,
+                    SERVICE,
+                    order_id,
+                    Some(envelope.id),
+                    &StockReleased { order_id, items },
+                )
+                .await?;
             }
             Action::Commit => {
                 let items = reservation.map(|(_, items)| items).unwrap_or_default();
@@ -43,13 +57,19 @@ impl EventHandler for InventoryEventHandler {
                     .execute(&mut *conn)
                     .await?;
             }
-            Action::Nothing => tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do"),
+            Action::Nothing => {
+                tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do")
+            }
         }
         Ok(())
     }
 }
 
-async fn reserve(conn: &mut PgConnection, envelope: &Envelope, order: OrderCreated) -> Result<(), HandlerError> {
+async fn reserve(
+    conn: &mut PgConnection,
+    envelope: &Envelope,
+    order: OrderCreated,
+) -> Result<(), HandlerError> {
     let order_id = order.order_id;
     let lines = domain::merge_lines(&order.items);
     let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
@@ -62,7 +82,15 @@ async fn reserve(conn: &mut PgConnection, envelope: &Envelope, order: OrderCreat
     .await?;
     let stock: HashMap<String, Stock> = rows
         .into_iter()
-        .map(|(sku, price_cents, available)| (sku, Stock { price_cents, available }))
+        .map(|(sku, price_cents, available)| {
+            (
+                sku,
+                Stock {
+                    price_cents,
+                    available,
+                },
+            )
+        })
         .collect();
     match domain::reserve(&lines, &stock) {
         Ok((items, total_cents)) => {
@@ -83,12 +111,18 @@ async fn reserve(conn: &mut PgConnection, envelope: &Envelope, order: OrderCreat
             outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &reserved).await?;
         }
         Err(rejection) => {
-            sqlx::query("insert into reservations (order_id, status, reason) values ($1, 'REJECTED', $2)")
-                .bind(order_id)
-                .bind(serde_json::to_value(rejection.reason)?.as_str())
-                .execute(&mut *conn)
-                .await?;
-            let rejected = StockRejected { order_id, reason: rejection.reason, sku: rejection.sku };
+            sqlx::query(
+                "insert into reservations (order_id, status, reason) values ($1, 'REJECTED', $2)",
+            )
+            .bind(order_id)
+            .bind(serde_json::to_value(rejection.reason)?.as_str())
+            .execute(&mut *conn)
+            .await?;
+            let rejected = StockRejected {
+                order_id,
+                reason: rejection.reason,
+                sku: rejection.sku,
+            };
             outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &rejected).await?;
         }
     }
@@ -101,7 +135,11 @@ enum StockMove {
     Sell,
 }
 
-async fn move_stock(conn: &mut PgConnection, items: &[PricedLine], movement: StockMove) -> Result<(), sqlx::Error> {
+async fn move_stock(
+    conn: &mut PgConnection,
+    items: &[PricedLine],
+    movement: StockMove,
+) -> Result<(), sqlx::Error> {
     let statement = match movement {
         StockMove::Reserve => "update products set available = available - $2, reserved = reserved + $2, updated_at = now() where sku = $1",
         StockMove::Release => "update products set available = available + $2, reserved = reserved - $2, updated_at = now() where sku = $1",
@@ -110,7 +148,11 @@ async fn move_stock(conn: &mut PgConnection, items: &[PricedLine], movement: Sto
     let mut sorted: Vec<&PricedLine> = items.iter().collect();
     sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
     for item in sorted {
-        sqlx::query(statement).bind(&item.sku).bind(item.quantity).execute(&mut *conn).await?;
+        sqlx::query(statement)
+            .bind(&item.sku)
+            .bind(item.quantity)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -127,12 +169,20 @@ async fn lock_reservation(
     row.map(|(status, items)| {
         ReservationStatus::parse(&status)
             .map(|status| (status, items.0))
-            .ok_or_else(|| HandlerError::Database(sqlx::Error::Decode(format!("unknown status {status}").into())))
+            .ok_or_else(|| {
+                HandlerError::Database(sqlx::Error::Decode(
+                    format!("unknown status {status}").into(),
+                ))
+            })
     })
     .transpose()
 }
 
-async fn set_status(conn: &mut PgConnection, order_id: Uuid, status: ReservationStatus) -> Result<(), sqlx::Error> {
+async fn set_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    status: ReservationStatus,
+) -> Result<(), sqlx::Error> {
     sqlx::query("update reservations set status = $2, updated_at = now() where order_id = $1")
         .bind(order_id)
         .bind(status.as_str())

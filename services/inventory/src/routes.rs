@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::http::{check_length, ApiError, ValidJson, ValidPath, ValidQuery, Validate};
+use shared::http::{
+    check_length, path_segment, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
+};
 use sqlx::PgPool;
 
 pub fn router(pool: PgPool) -> Router {
@@ -47,8 +49,18 @@ struct NewProduct {
 
 fn check_sku(sku: &str) -> Result<(), ApiError> {
     check_length("sku", sku, MAX_SKU_CHARS)?;
-    if !sku.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')) {
-        return Err(ApiError::invalid("sku may only hold letters, digits, '-', '_' and '.'"));
+    let starts_alphanumeric = sku
+        .bytes()
+        .next()
+        .is_some_and(|byte| byte.is_ascii_alphanumeric());
+    if !starts_alphanumeric
+        || !sku
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
+    {
+        return Err(ApiError::invalid(
+            "sku must start with a letter or digit and hold only letters, digits, '-', '_' and '.'",
+        ));
     }
     Ok(())
 }
@@ -58,10 +70,14 @@ impl Validate for NewProduct {
         check_sku(&self.sku)?;
         check_length("name", &self.name, MAX_NAME_CHARS)?;
         if !(0..=MAX_PRICE_CENTS).contains(&self.price_cents) {
-            return Err(ApiError::invalid(format!("price_cents must be between 0 and {MAX_PRICE_CENTS}")));
+            return Err(ApiError::invalid(format!(
+                "price_cents must be between 0 and {MAX_PRICE_CENTS}"
+            )));
         }
         if !(0..=MAX_STOCK).contains(&self.stock) {
-            return Err(ApiError::invalid(format!("stock must be between 0 and {MAX_STOCK}")));
+            return Err(ApiError::invalid(format!(
+                "stock must be between 0 and {MAX_STOCK}"
+            )));
         }
         Ok(())
     }
@@ -81,21 +97,35 @@ async fn create_product(
     .bind(product.stock)
     .fetch_optional(&pool)
     .await?;
-    let created =
-        created.ok_or_else(|| ApiError::conflict("product_exists", format!("product {} already exists", product.sku)))?;
-    let location = format!("/products/{}", created.sku);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+    let created = created.ok_or_else(|| {
+        ApiError::conflict(
+            "product_exists",
+            format!("product {} already exists", product.sku),
+        )
+    })?;
+    let location = format!("/products/{}", path_segment(&created.sku));
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(created),
+    )
+        .into_response())
 }
 
 async fn find(pool: &PgPool, sku: &str) -> Result<Product, ApiError> {
-    sqlx::query_as(&format!("select {PRODUCT_COLUMNS} from products where sku = $1"))
-        .bind(sku)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("product_not_found", format!("no product {sku}")))
+    sqlx::query_as(&format!(
+        "select {PRODUCT_COLUMNS} from products where sku = $1"
+    ))
+    .bind(sku)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("product_not_found", format!("no product {sku}")))
 }
 
-async fn get_product(State(pool): State<PgPool>, ValidPath(sku): ValidPath<String>) -> Result<Json<Product>, ApiError> {
+async fn get_product(
+    State(pool): State<PgPool>,
+    ValidPath(sku): ValidPath<String>,
+) -> Result<Json<Product>, ApiError> {
     find(&pool, &sku).await.map(Json)
 }
 
@@ -108,7 +138,9 @@ struct Restock {
 impl Validate for Restock {
     fn validate(&self) -> Result<(), ApiError> {
         if !(1..=MAX_STOCK).contains(&self.quantity) {
-            return Err(ApiError::invalid(format!("quantity must be between 1 and {MAX_STOCK}")));
+            return Err(ApiError::invalid(format!(
+                "quantity must be between 1 and {MAX_STOCK}"
+            )));
         }
         Ok(())
     }
@@ -131,7 +163,9 @@ async fn restock(
         Some(product) => Ok(Json(product)),
         None => {
             find(&pool, &sku).await?;
-            Err(ApiError::invalid(format!("available stock may not exceed {MAX_STOCK}")))
+            Err(ApiError::invalid(format!(
+                "available stock may not exceed {MAX_STOCK}"
+            )))
         }
     }
 }
@@ -156,7 +190,10 @@ async fn list_products(
 ) -> Result<Json<ProductPage>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_PAGE_SIZE}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
     }
     let products: Vec<Product> = sqlx::query_as(&format!(
         "select {PRODUCT_COLUMNS} from products where ($1::text is null or sku > $1) order by sku limit $2"
@@ -165,7 +202,13 @@ async fn list_products(
     .bind(limit)
     .fetch_all(&pool)
     .await?;
-    let next_cursor =
-        if products.len() as i64 == limit { products.last().map(|product| product.sku.clone()) } else { None };
-    Ok(Json(ProductPage { products, next_cursor }))
+    let next_cursor = if products.len() as i64 == limit {
+        products.last().map(|product| product.sku.clone())
+    } else {
+        None
+    };
+    Ok(Json(ProductPage {
+        products,
+        next_cursor,
+    }))
 }

@@ -19,7 +19,9 @@ impl Application {
         let routes = router(infrastructure.pool.clone());
         let handler = InventoryEventHandler;
         let consumes = [Topic::Order];
-        let runner = ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler).await?;
+        let runner =
+            ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)
+                .await?;
         Ok(Self(runner))
     }
 

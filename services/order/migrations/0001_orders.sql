@@ -13,12 +13,14 @@ create table orders (
 create index orders_by_customer on orders (customer_id, order_id desc);
 create index orders_by_status on orders (status, order_id desc);
 
--- Idempotency-Key: the first request's body decides what a retry must match.
+-- Idempotency-Key, scoped to the customer: the first request's body decides what a retry must match.
 create table idempotency_keys (
-    idempotency_key text primary key,
+    customer_id     text not null,
+    idempotency_key text not null,
     request         jsonb not null,
     order_id        uuid not null references orders (order_id),
-    created_at      timestamptz not null default now()
+    created_at      timestamptz not null default now(),
+    primary key (customer_id, idempotency_key)
 );
 
 -- Every saga event this service emitted or consumed, per order.

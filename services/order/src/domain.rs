@@ -51,7 +51,11 @@ pub struct OrderState {
 
 impl OrderState {
     pub fn new() -> Self {
-        Self { status: OrderStatus::Pending, total_cents: None, cancellation_reason: None }
+        Self {
+            status: OrderStatus::Pending,
+            total_cents: None,
+            cancellation_reason: None,
+        }
     }
 }
 
@@ -64,7 +68,9 @@ impl Default for OrderState {
 /// What happened elsewhere in the saga, as the order service sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaEvent {
-    StockReserved { total_cents: i64 },
+    StockReserved {
+        total_cents: i64,
+    },
     StockRejected(StockRejection),
     PaymentCharged,
     PaymentDeclined,
@@ -99,27 +105,44 @@ pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Comm
         SagaEvent::StockReserved { total_cents } => {
             // The first reservation's total stands; a re-delivered one cannot change it.
             let total_cents = state.total_cents.or(Some(total_cents));
-            (OrderState { total_cents, ..state.clone() }, Vec::new())
+            (
+                OrderState {
+                    total_cents,
+                    ..state.clone()
+                },
+                Vec::new(),
+            )
         }
-        SagaEvent::StockRejected(StockRejection::OutOfStock) => cancel(CancellationReason::OutOfStock),
-        SagaEvent::StockRejected(StockRejection::UnknownProduct) => cancel(CancellationReason::UnknownProduct),
+        SagaEvent::StockRejected(StockRejection::OutOfStock) => {
+            cancel(CancellationReason::OutOfStock)
+        }
+        SagaEvent::StockRejected(StockRejection::UnknownProduct) => {
+            cancel(CancellationReason::UnknownProduct)
+        }
         SagaEvent::PaymentDeclined => cancel(CancellationReason::PaymentDeclined),
         SagaEvent::ShipmentRejected => cancel(CancellationReason::ShippingUnavailable),
         SagaEvent::CustomerCancelled => cancel(CancellationReason::CancelledByCustomer),
-        SagaEvent::ShipmentScheduled => {
-            (OrderState { status: OrderStatus::Confirmed, ..state.clone() }, vec![Command::Confirm])
-        }
+        SagaEvent::ShipmentScheduled => (
+            OrderState {
+                status: OrderStatus::Confirmed,
+                ..state.clone()
+            },
+            vec![Command::Confirm],
+        ),
         SagaEvent::PaymentCharged | SagaEvent::Compensated => (state.clone(), Vec::new()),
     }
 }
 
 /// Runs `events` from a new order; returns the final state and every command emitted.
 pub fn replay(events: impl IntoIterator<Item = SagaEvent>) -> (OrderState, Vec<Command>) {
-    events.into_iter().fold((OrderState::new(), Vec::new()), |(state, mut commands), event| {
-        let (next, emitted) = transition(&state, event);
-        commands.extend(emitted);
-        (next, commands)
-    })
+    events.into_iter().fold(
+        (OrderState::new(), Vec::new()),
+        |(state, mut commands), event| {
+            let (next, emitted) = transition(&state, event);
+            commands.extend(emitted);
+            (next, commands)
+        },
+    )
 }
 
 #[cfg(test)]
@@ -146,17 +169,33 @@ mod tests {
     #[test]
     fn each_failure_cancels_with_its_reason() {
         let cases = [
-            (vec![SagaEvent::StockRejected(StockRejection::OutOfStock)], CancellationReason::OutOfStock),
-            (vec![SagaEvent::StockRejected(StockRejection::UnknownProduct)], CancellationReason::UnknownProduct),
             (
-                vec![SagaEvent::StockReserved { total_cents: 10 }, SagaEvent::PaymentDeclined],
+                vec![SagaEvent::StockRejected(StockRejection::OutOfStock)],
+                CancellationReason::OutOfStock,
+            ),
+            (
+                vec![SagaEvent::StockRejected(StockRejection::UnknownProduct)],
+                CancellationReason::UnknownProduct,
+            ),
+            (
+                vec![
+                    SagaEvent::StockReserved { total_cents: 10 },
+                    SagaEvent::PaymentDeclined,
+                ],
                 CancellationReason::PaymentDeclined,
             ),
             (
-                vec![SagaEvent::StockReserved { total_cents: 10 }, SagaEvent::PaymentCharged, SagaEvent::ShipmentRejected],
+                vec![
+                    SagaEvent::StockReserved { total_cents: 10 },
+                    SagaEvent::PaymentCharged,
+                    SagaEvent::ShipmentRejected,
+                ],
                 CancellationReason::ShippingUnavailable,
             ),
-            (vec![SagaEvent::CustomerCancelled], CancellationReason::CancelledByCustomer),
+            (
+                vec![SagaEvent::CustomerCancelled],
+                CancellationReason::CancelledByCustomer,
+            ),
         ];
         for (events, reason) in cases {
             let (state, commands) = replay(events);
@@ -169,11 +208,21 @@ mod tests {
     #[test]
     fn terminal_orders_ignore_later_events() {
         let (confirmed, _) = replay(happy_path());
-        for event in [SagaEvent::CustomerCancelled, SagaEvent::PaymentDeclined, SagaEvent::ShipmentRejected] {
-            assert_eq!(transition(&confirmed, event), (confirmed.clone(), Vec::new()));
+        for event in [
+            SagaEvent::CustomerCancelled,
+            SagaEvent::PaymentDeclined,
+            SagaEvent::ShipmentRejected,
+        ] {
+            assert_eq!(
+                transition(&confirmed, event),
+                (confirmed.clone(), Vec::new())
+            );
         }
         let (cancelled, _) = replay([SagaEvent::CustomerCancelled]);
-        assert_eq!(transition(&cancelled, SagaEvent::ShipmentScheduled), (cancelled.clone(), Vec::new()));
+        assert_eq!(
+            transition(&cancelled, SagaEvent::ShipmentScheduled),
+            (cancelled.clone(), Vec::new())
+        );
     }
 
     fn any_event() -> impl Strategy<Value = SagaEvent> {
@@ -192,11 +241,16 @@ mod tests {
 
     /// Each event of `events` delivered again at a random later point (a duplicate or a
     /// re-delivery after a rewind).
-    fn with_redeliveries(events: Vec<SagaEvent>) -> impl Strategy<Value = (Vec<SagaEvent>, Vec<SagaEvent>)> {
+    fn with_redeliveries(
+        events: Vec<SagaEvent>,
+    ) -> impl Strategy<Value = (Vec<SagaEvent>, Vec<SagaEvent>)> {
         let len = events.len();
         proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
-            let mut delivered: Vec<(usize, SagaEvent)> =
-                events.iter().enumerate().map(|(i, e)| (i * 2 + 1, *e)).collect();
+            let mut delivered: Vec<(usize, SagaEvent)> = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i * 2 + 1, *e))
+                .collect();
             for (which, after) in redeliveries {
                 if let Some(event) = events.get(which) {
                     // Never before its first delivery: a duplicate comes after the original.
@@ -205,7 +259,10 @@ mod tests {
                 }
             }
             delivered.sort_by_key(|(position, _)| *position);
-            (events.clone(), delivered.into_iter().map(|(_, e)| e).collect())
+            (
+                events.clone(),
+                delivered.into_iter().map(|(_, e)| e).collect(),
+            )
         })
     }
 

@@ -1,8 +1,9 @@
 //! Applies the other services' events to orders, and publishes the saga's decisions.
 
 use shared::events::{
-    OrderCancelled, OrderConfirmed, PaymentCharged, PaymentDeclined, PaymentRefunded, ShipmentCancelled,
-    ShipmentRejected, ShipmentScheduled, StockRejected, StockReleased, StockReserved,
+    OrderCancelled, OrderConfirmed, PaymentCharged, PaymentDeclined, PaymentRefunded,
+    ShipmentCancelled, ShipmentRejected, ShipmentScheduled, StockRejected, StockReleased,
+    StockReserved,
 };
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
@@ -14,7 +15,11 @@ use crate::{repository, SERVICE};
 pub struct OrderEventHandler;
 
 impl EventHandler for OrderEventHandler {
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         let Some(event) = saga_event(envelope)? else {
             return Ok(());
         };
@@ -23,7 +28,10 @@ impl EventHandler for OrderEventHandler {
             return Ok(());
         };
         repository::record_timeline(conn, envelope).await?;
-        if let (true, Some(reserved)) = (order.total_cents.is_none(), decode_if::<StockReserved>(envelope)?) {
+        if let (true, Some(reserved)) = (
+            order.total_cents.is_none(),
+            decode_if::<StockReserved>(envelope)?,
+        ) {
             repository::save_prices(conn, order.order_id, &reserved.items).await?;
         }
         let state = order.state();
@@ -39,7 +47,9 @@ impl EventHandler for OrderEventHandler {
 /// Translates an envelope into the saga's terms; `None` for types this service ignores.
 fn saga_event(envelope: &Envelope) -> Result<Option<SagaEvent>, serde_json::Error> {
     let event = match envelope.event_type.as_str() {
-        StockReserved::TYPE => SagaEvent::StockReserved { total_cents: envelope.decode::<StockReserved>()?.total_cents },
+        StockReserved::TYPE => SagaEvent::StockReserved {
+            total_cents: envelope.decode::<StockReserved>()?.total_cents,
+        },
         StockRejected::TYPE => SagaEvent::StockRejected(envelope.decode::<StockRejected>()?.reason),
         PaymentCharged::TYPE => {
             envelope.decode::<PaymentCharged>()?;
@@ -75,7 +85,10 @@ fn saga_event(envelope: &Envelope) -> Result<Option<SagaEvent>, serde_json::Erro
 }
 
 fn decode_if<P: EventPayload>(envelope: &Envelope) -> Result<Option<P>, serde_json::Error> {
-    envelope.is::<P>().then(|| envelope.decode::<P>()).transpose()
+    envelope
+        .is::<P>()
+        .then(|| envelope.decode::<P>())
+        .transpose()
 }
 
 /// Publishes the saga's commands through the outbox and records them in the timeline.
@@ -87,8 +100,18 @@ pub(crate) async fn execute(
 ) -> Result<(), sqlx::Error> {
     for command in commands {
         match *command {
-            Command::Confirm => emit(conn, order_id, causation_id, &OrderConfirmed { order_id }).await?,
-            Command::Cancel(reason) => emit(conn, order_id, causation_id, &OrderCancelled { order_id, reason }).await?,
+            Command::Confirm => {
+                emit(conn, order_id, causation_id, &OrderConfirmed { order_id }).await?
+            }
+            Command::Cancel(reason) => {
+                emit(
+                    conn,
+                    order_id,
+                    causation_id,
+                    &OrderCancelled { order_id, reason },
+                )
+                .await?
+            }
         }
     }
     Ok(())

@@ -57,8 +57,9 @@ struct OrderRow {
 
 impl OrderRow {
     fn into_order(self) -> Result<Order, sqlx::Error> {
-        let status = OrderStatus::parse(&self.status)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown order status {}", self.status).into()))?;
+        let status = OrderStatus::parse(&self.status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown order status {}", self.status).into())
+        })?;
         let cancellation_reason = self
             .cancellation_reason
             .map(|reason| serde_json::from_value(serde_json::Value::String(reason)))
@@ -78,7 +79,8 @@ impl OrderRow {
     }
 }
 
-const ORDER_COLUMNS: &str = "order_id, customer_id, status, items, total_cents, cancellation_reason, \
+const ORDER_COLUMNS: &str =
+    "order_id, customer_id, status, items, total_cents, cancellation_reason, \
                              shipping_address, created_at, updated_at";
 
 /// Inserts a new `PENDING` order.
@@ -91,7 +93,11 @@ pub async fn insert_order(
 ) -> Result<(), sqlx::Error> {
     let items: Vec<OrderItem> = lines
         .iter()
-        .map(|line| OrderItem { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents: None })
+        .map(|line| OrderItem {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents: None,
+        })
         .collect();
     sqlx::query(
         "insert into orders (order_id, customer_id, status, items, shipping_address)
@@ -117,7 +123,10 @@ pub async fn find_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, 
 }
 
 /// Loads an order and locks it for the rest of the transaction.
-pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Order>, sqlx::Error> {
     let query = format!("select {ORDER_COLUMNS} from orders where order_id = $1 for update");
     sqlx::query_as::<_, OrderRow>(&query)
         .bind(order_id)
@@ -135,7 +144,10 @@ pub struct OrderFilter<'a> {
     pub limit: i64,
 }
 
-pub async fn list_orders(pool: &PgPool, filter: OrderFilter<'_>) -> Result<Vec<Order>, sqlx::Error> {
+pub async fn list_orders(
+    pool: &PgPool,
+    filter: OrderFilter<'_>,
+) -> Result<Vec<Order>, sqlx::Error> {
     let query = format!(
         "select {ORDER_COLUMNS} from orders
          where ($1::text is null or customer_id = $1)
@@ -157,7 +169,11 @@ pub async fn list_orders(pool: &PgPool, filter: OrderFilter<'_>) -> Result<Vec<O
 }
 
 /// Persists the saga's decision about an order.
-pub async fn save_state(conn: &mut PgConnection, order_id: Uuid, state: &OrderState) -> Result<(), sqlx::Error> {
+pub async fn save_state(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    state: &OrderState,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update orders set status = $2, total_cents = $3, cancellation_reason = $4, updated_at = now()
          where order_id = $1",
@@ -172,7 +188,11 @@ pub async fn save_state(conn: &mut PgConnection, order_id: Uuid, state: &OrderSt
 }
 
 /// Records the prices inventory reserved the lines at.
-pub async fn save_prices(conn: &mut PgConnection, order_id: Uuid, lines: &[PricedLine]) -> Result<(), sqlx::Error> {
+pub async fn save_prices(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    lines: &[PricedLine],
+) -> Result<(), sqlx::Error> {
     let items: Vec<OrderItem> = lines
         .iter()
         .map(|line| OrderItem {
@@ -189,17 +209,20 @@ pub async fn save_prices(conn: &mut PgConnection, order_id: Uuid, lines: &[Price
     Ok(())
 }
 
-/// Stores an Idempotency-Key; `false` means the key was already taken.
+/// Stores a customer's Idempotency-Key; `false` means the key was already taken.
 pub async fn claim_idempotency_key(
     conn: &mut PgConnection,
+    customer_id: &str,
     key: &str,
     request: &serde_json::Value,
     order_id: Uuid,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "insert into idempotency_keys (idempotency_key, request, order_id) values ($1, $2, $3)
-         on conflict (idempotency_key) do nothing",
+        "insert into idempotency_keys (customer_id, idempotency_key, request, order_id)
+         values ($1, $2, $3, $4)
+         on conflict (customer_id, idempotency_key) do nothing",
     )
+    .bind(customer_id)
     .bind(key)
     .bind(request)
     .bind(order_id)
@@ -209,15 +232,20 @@ pub async fn claim_idempotency_key(
     Ok(inserted == 1)
 }
 
-/// The request and order an Idempotency-Key was first used for.
+/// The request and order a customer's Idempotency-Key was first used for.
 pub async fn find_idempotency_key(
     pool: &PgPool,
+    customer_id: &str,
     key: &str,
 ) -> Result<Option<(serde_json::Value, Uuid)>, sqlx::Error> {
-    sqlx::query_as("select request, order_id from idempotency_keys where idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(
+        "select request, order_id from idempotency_keys
+         where customer_id = $1 and idempotency_key = $2",
+    )
+    .bind(customer_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
 }
 
 /// One entry of an order's saga timeline.
@@ -230,7 +258,10 @@ pub struct TimelineEntry {
     pub occurred_at: DateTime<Utc>,
 }
 
-pub async fn record_timeline(conn: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+pub async fn record_timeline(
+    conn: &mut PgConnection,
+    envelope: &Envelope,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "insert into order_timeline (order_id, event_id, event_type, source, occurred_at)
          values ($1, $2, $3, $4, $5) on conflict (event_id) do nothing",

@@ -64,13 +64,17 @@ impl Validate for PlaceOrder {
     fn validate(&self) -> Result<(), ApiError> {
         check_length("customer_id", &self.customer_id, MAX_ID_CHARS)?;
         if self.items.is_empty() || self.items.len() > MAX_LINES {
-            return Err(ApiError::invalid(format!("items must hold 1 to {MAX_LINES} lines")));
+            return Err(ApiError::invalid(format!(
+                "items must hold 1 to {MAX_LINES} lines"
+            )));
         }
         let mut skus = HashSet::new();
         for (index, line) in self.items.iter().enumerate() {
             check_length(&format!("items[{index}].sku"), &line.sku, MAX_ID_CHARS)?;
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-                return Err(ApiError::invalid(format!("items[{index}].quantity must be between 1 and {MAX_QUANTITY}")));
+                return Err(ApiError::invalid(format!(
+                    "items[{index}].quantity must be between 1 and {MAX_QUANTITY}"
+                )));
             }
             if !skus.insert(line.sku.as_str()) {
                 return Err(ApiError::invalid(format!(
@@ -96,7 +100,11 @@ impl Validate for PlaceOrder {
         ];
         for (field, value) in fields {
             if let Some(value) = value {
-                check_length(&format!("shipping_address.{field}"), value, MAX_ADDRESS_FIELD_CHARS)?;
+                check_length(
+                    &format!("shipping_address.{field}"),
+                    value,
+                    MAX_ADDRESS_FIELD_CHARS,
+                )?;
             }
         }
         Ok(())
@@ -110,7 +118,10 @@ impl AddressRequest {
             _ => serde_json::Map::new(),
         };
         rest.remove("country");
-        ShippingAddress { country: self.country.clone(), rest }
+        ShippingAddress {
+            country: self.country.clone(),
+            rest,
+        }
     }
 }
 
@@ -122,7 +133,12 @@ struct Accepted {
 
 fn accepted(order_id: Uuid, status: OrderStatus) -> Response {
     let location = format!("/orders/{order_id}");
-    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { order_id, status })).into_response()
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(Accepted { order_id, status }),
+    )
+        .into_response()
 }
 
 /// The Idempotency-Key header, as a bare token or a quoted structured-field string.
@@ -133,7 +149,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let invalid = || {
         ApiError::bad_request(
             "invalid_idempotency_key",
-            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"),
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+            ),
         )
     };
     let value = value.to_str().map_err(|_| invalid())?.trim();
@@ -141,7 +159,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .strip_prefix('"')
         .and_then(|inner| inner.strip_suffix('"'))
         .unwrap_or(value);
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS || !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !key.bytes().all(|byte| byte.is_ascii_graphic())
+    {
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
@@ -153,9 +174,10 @@ async fn place_order(
     ValidJson(request): ValidJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let request_json = serde_json::to_value(&request).map_err(|_| ApiError::invalid("unserializable request"))?;
+    let request_json =
+        serde_json::to_value(&request).map_err(|_| ApiError::invalid("unserializable request"))?;
     if let Some(key) = &key {
-        if let Some(response) = replay(&pool, key, &request_json).await? {
+        if let Some(response) = replay(&pool, &request.customer_id, key, &request_json).await? {
             return Ok(response);
         }
     }
@@ -163,12 +185,27 @@ async fn place_order(
     let order_id = Uuid::now_v7();
     let address = request.shipping_address.to_address();
     let mut tx = pool.begin().await?;
-    repository::insert_order(&mut tx, order_id, &request.customer_id, &request.items, &address).await?;
+    repository::insert_order(
+        &mut tx,
+        order_id,
+        &request.customer_id,
+        &request.items,
+        &address,
+    )
+    .await?;
     if let Some(key) = &key {
         // Blocks while a concurrent request with the same key is in flight, then loses to it.
-        if !repository::claim_idempotency_key(&mut tx, key, &request_json, order_id).await? {
+        if !repository::claim_idempotency_key(
+            &mut tx,
+            &request.customer_id,
+            key,
+            &request_json,
+            order_id,
+        )
+        .await?
+        {
             tx.rollback().await?;
-            return replay(&pool, key, &request_json)
+            return replay(&pool, &request.customer_id, key, &request_json)
                 .await?
                 .ok_or_else(|| ApiError::conflict("idempotency_key_in_use", "retry the request"));
         }
@@ -185,9 +222,16 @@ async fn place_order(
     Ok(accepted(order_id, OrderStatus::Pending))
 }
 
-/// The response to a retry with a known Idempotency-Key; 422 if the body differs.
-async fn replay(pool: &PgPool, key: &str, request: &serde_json::Value) -> Result<Option<Response>, ApiError> {
-    let Some((first_request, order_id)) = repository::find_idempotency_key(pool, key).await? else {
+/// The response to a retry with a customer's known Idempotency-Key; 422 if the body differs.
+async fn replay(
+    pool: &PgPool,
+    customer_id: &str,
+    key: &str,
+    request: &serde_json::Value,
+) -> Result<Option<Response>, ApiError> {
+    let Some((first_request, order_id)) =
+        repository::find_idempotency_key(pool, customer_id, key).await?
+    else {
         return Ok(None);
     };
     if &first_request != request {
@@ -209,7 +253,10 @@ async fn find(pool: &PgPool, order_id: Uuid) -> Result<Order, ApiError> {
         .ok_or_else(|| ApiError::not_found("order_not_found", format!("no order {order_id}")))
 }
 
-async fn get_order(State(pool): State<PgPool>, ValidPath(order_id): ValidPath<Uuid>) -> Result<Json<Order>, ApiError> {
+async fn get_order(
+    State(pool): State<PgPool>,
+    ValidPath(order_id): ValidPath<Uuid>,
+) -> Result<Json<Order>, ApiError> {
     find(&pool, order_id).await.map(Json)
 }
 
@@ -226,7 +273,11 @@ async fn get_timeline(
 ) -> Result<Json<Timeline>, ApiError> {
     let order = find(&pool, order_id).await?;
     let events = repository::timeline(&pool, order_id).await?;
-    Ok(Json(Timeline { order_id, status: order.status, events }))
+    Ok(Json(Timeline {
+        order_id,
+        status: order.status,
+        events,
+    }))
 }
 
 async fn cancel_order(
@@ -281,21 +332,42 @@ async fn list_orders(
         .as_deref()
         .map(|status| {
             OrderStatus::parse(status).ok_or_else(|| {
-                ApiError::bad_request("invalid_query", "status must be PENDING, CONFIRMED or CANCELLED")
+                ApiError::bad_request(
+                    "invalid_query",
+                    "status must be PENDING, CONFIRMED or CANCELLED",
+                )
             })
         })
         .transpose()?;
     if let Some(customer_id) = &query.customer_id {
         if customer_id.chars().count() > MAX_ID_CHARS {
-            return Err(ApiError::bad_request("invalid_query", "customer_id is too long"));
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "customer_id is too long",
+            ));
         }
     }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_PAGE_SIZE}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
     }
-    let filter = OrderFilter { customer_id: query.customer_id.as_deref(), status, before: query.cursor, limit };
+    let filter = OrderFilter {
+        customer_id: query.customer_id.as_deref(),
+        status,
+        before: query.cursor,
+        limit,
+    };
     let orders = repository::list_orders(&pool, filter).await?;
-    let next_cursor = if orders.len() as i64 == limit { orders.last().map(|order| order.order_id) } else { None };
-    Ok(Json(OrderPage { orders, next_cursor }))
+    let next_cursor = if orders.len() as i64 == limit {
+        orders.last().map(|order| order.order_id)
+    } else {
+        None
+    };
+    Ok(Json(OrderPage {
+        orders,
+        next_cursor,
+    }))
 }

@@ -74,14 +74,20 @@ mod tests {
     #[test]
     fn charges_only_what_the_balance_covers() {
         assert_eq!(charge(Some(1_000), 1_000), Ok(0));
-        assert_eq!(charge(Some(999), 1_000), Err(DeclineReason::InsufficientFunds));
+        assert_eq!(
+            charge(Some(999), 1_000),
+            Err(DeclineReason::InsufficientFunds)
+        );
         assert_eq!(charge(None, 1), Err(DeclineReason::NoAccount));
     }
 
     #[test]
     fn a_cancellation_before_the_charge_prevents_it() {
         assert_eq!(decide(None, SagaEvent::OrderCancelled), Action::Void);
-        assert_eq!(decide(Some(PaymentStatus::Voided), SagaEvent::StockReserved), Action::Nothing);
+        assert_eq!(
+            decide(Some(PaymentStatus::Voided), SagaEvent::StockReserved),
+            Action::Nothing
+        );
     }
 
     #[derive(Debug, Clone, PartialEq, Eq)]

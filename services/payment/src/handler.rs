@@ -1,6 +1,8 @@
 //! Applies saga events to accounts: charge on `inventory.reserved`, refund on `order.cancelled`.
 
-use shared::events::{OrderCancelled, PaymentCharged, PaymentDeclined, PaymentRefunded, StockReserved};
+use shared::events::{
+    OrderCancelled, PaymentCharged, PaymentDeclined, PaymentRefunded, StockReserved,
+};
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
 
@@ -10,33 +12,40 @@ use crate::SERVICE;
 pub struct PaymentEventHandler;
 
 impl EventHandler for PaymentEventHandler {
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
         let event = match envelope.event_type.as_str() {
             StockReserved::TYPE => SagaEvent::StockReserved,
             OrderCancelled::TYPE => SagaEvent::OrderCancelled,
             _ => return Ok(()),
         };
-        let payment: Option<(String, Option<String>, i64)> =
-            sqlx::query_as("select status, customer_id, amount_cents from payments where order_id = $1 for update")
-                .bind(order_id)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let payment: Option<(String, Option<String>, i64)> = sqlx::query_as(
+            "select status, customer_id, amount_cents from payments where order_id = $1 for update",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
         let status = payment
             .as_ref()
             .map(|(status, _, _)| {
-                PaymentStatus::parse(status)
-                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown payment status {status}").into()))
+                PaymentStatus::parse(status).ok_or_else(|| {
+                    sqlx::Error::Decode(format!("unknown payment status {status}").into())
+                })
             })
             .transpose()?;
         match decide(status, event) {
             Action::Charge => {
                 let reserved = envelope.decode::<StockReserved>()?;
-                let balance: Option<i64> =
-                    sqlx::query_scalar("select balance_cents from accounts where customer_id = $1 for update")
-                        .bind(&reserved.customer_id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
+                let balance: Option<i64> = sqlx::query_scalar(
+                    "select balance_cents from accounts where customer_id = $1 for update",
+                )
+                .bind(&reserved.customer_id)
+                .fetch_optional(&mut *conn)
+                .await?;
                 match domain::charge(balance, reserved.total_cents) {
                     Ok(new_balance) => {
                         set_balance(conn, &reserved.customer_id, new_balance).await?;
@@ -51,9 +60,21 @@ impl EventHandler for PaymentEventHandler {
                     }
                     Err(reason) => {
                         let reason_text = serde_json::to_value(reason)?;
-                        insert_payment(conn, &reserved, PaymentStatus::Declined, reason_text.as_str()).await?;
-                        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &PaymentDeclined { order_id, reason })
-                            .await?;
+                        insert_payment(
+                            conn,
+                            &reserved,
+                            PaymentStatus::Declined,
+                            reason_text.as_str(),
+                        )
+                        .await?;
+                        outbox::emit(
+                            conn,
+                            SERVICE,
+                            order_id,
+                            Some(envelope.id),
+                            &PaymentDeclined { order_id, reason },
+                        )
+                        .await?;
                     }
                 }
             }
@@ -70,8 +91,17 @@ impl EventHandler for PaymentEventHandler {
                     .bind(order_id)
                     .execute(&mut *conn)
                     .await?;
-                outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &PaymentRefunded { order_id, amount_cents })
-                    .await?;
+                outbox::emit(
+                    conn,
+                    SERVICE,
+                    order_id,
+                    Some(envelope.id),
+                    &PaymentRefunded {
+                        order_id,
+                        amount_cents,
+                    },
+                )
+                .await?;
             }
             Action::Void => {
                 envelope.decode::<OrderCancelled>()?;
@@ -80,18 +110,26 @@ impl EventHandler for PaymentEventHandler {
                     .execute(&mut *conn)
                     .await?;
             }
-            Action::Nothing => tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do"),
+            Action::Nothing => {
+                tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do")
+            }
         }
         Ok(())
     }
 }
 
-async fn set_balance(conn: &mut PgConnection, customer_id: &str, balance_cents: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("update accounts set balance_cents = $2, updated_at = now() where customer_id = $1")
-        .bind(customer_id)
-        .bind(balance_cents)
-        .execute(conn)
-        .await?;
+async fn set_balance(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    balance_cents: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update accounts set balance_cents = $2, updated_at = now() where customer_id = $1",
+    )
+    .bind(customer_id)
+    .bind(balance_cents)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::http::{check_length, ApiError, ValidJson, ValidPath, Validate};
+use shared::http::{check_length, path_segment, ApiError, ValidJson, ValidPath, Validate};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -38,7 +38,9 @@ impl Validate for NewAccount {
     fn validate(&self) -> Result<(), ApiError> {
         check_length("customer_id", &self.customer_id, MAX_CUSTOMER_ID_CHARS)?;
         if !(0..=MAX_BALANCE_CENTS).contains(&self.balance_cents) {
-            return Err(ApiError::invalid(format!("balance_cents must be between 0 and {MAX_BALANCE_CENTS}")));
+            return Err(ApiError::invalid(format!(
+                "balance_cents must be between 0 and {MAX_BALANCE_CENTS}"
+            )));
         }
         Ok(())
     }
@@ -57,10 +59,18 @@ async fn open_account(
     .fetch_optional(&pool)
     .await?;
     let created = created.ok_or_else(|| {
-        ApiError::conflict("account_exists", format!("customer {} already has an account", account.customer_id))
+        ApiError::conflict(
+            "account_exists",
+            format!("customer {} already has an account", account.customer_id),
+        )
     })?;
-    let location = format!("/accounts/{}", created.customer_id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+    let location = format!("/accounts/{}", path_segment(&created.customer_id));
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(created),
+    )
+        .into_response())
 }
 
 async fn get_account(
@@ -72,7 +82,12 @@ async fn get_account(
         .fetch_optional(&pool)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("account_not_found", format!("no account for customer {customer_id}")))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "account_not_found",
+                format!("no account for customer {customer_id}"),
+            )
+        })
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -85,7 +100,10 @@ struct Payment {
     reason: Option<String>,
 }
 
-async fn get_payment(State(pool): State<PgPool>, ValidPath(order_id): ValidPath<Uuid>) -> Result<Json<Payment>, ApiError> {
+async fn get_payment(
+    State(pool): State<PgPool>,
+    ValidPath(order_id): ValidPath<Uuid>,
+) -> Result<Json<Payment>, ApiError> {
     sqlx::query_as("select order_id, customer_id, status, amount_cents, reason from payments where order_id = $1 and status <> 'VOIDED'")
         .bind(order_id)
         .fetch_optional(&pool)

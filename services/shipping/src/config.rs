@@ -4,7 +4,8 @@ use clap::Parser;
 use shared::config::CommonConfig;
 
 /// Countries served unless `SHIPPING_COUNTRIES` says otherwise (ISO 3166-1 alpha-2).
-pub const DEFAULT_COUNTRIES: &str = "AT,AU,BE,CA,CH,DE,DK,ES,FI,FR,GB,IE,IT,JP,NL,NO,NZ,PL,PT,SE,US";
+pub const DEFAULT_COUNTRIES: &str =
+    "AT,AU,BE,CA,CH,DE,DK,ES,FI,FR,GB,IE,IT,JP,NL,NO,NZ,PL,PT,SE,US";
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shipping-service", about = "Sagashop shipping service")]

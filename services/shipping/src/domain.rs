@@ -11,7 +11,11 @@ impl Countries {
     /// Parses a comma separated list of ISO 3166-1 alpha-2 codes such as `FR,DE`.
     pub fn parse(list: &str) -> anyhow::Result<Self> {
         let mut countries = BTreeSet::new();
-        for code in list.split(',').map(str::trim).filter(|code| !code.is_empty()) {
+        for code in list
+            .split(',')
+            .map(str::trim)
+            .filter(|code| !code.is_empty())
+        {
             let code = code.to_ascii_uppercase();
             anyhow::ensure!(
                 code.len() == 2 && code.bytes().all(|byte| byte.is_ascii_uppercase()),
@@ -52,9 +56,14 @@ impl ShipmentStatus {
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Scheduled, Self::Rejected, Self::Cancelled, Self::Voided]
-            .into_iter()
-            .find(|status| status.as_str() == value)
+        [
+            Self::Scheduled,
+            Self::Rejected,
+            Self::Cancelled,
+            Self::Voided,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == value)
     }
 }
 
@@ -99,7 +108,11 @@ mod tests {
         assert!(Countries::parse("FR,France").is_err());
     }
 
-    fn apply(status: Option<ShipmentStatus>, event: SagaEvent, served: bool) -> Option<ShipmentStatus> {
+    fn apply(
+        status: Option<ShipmentStatus>,
+        event: SagaEvent,
+        served: bool,
+    ) -> Option<ShipmentStatus> {
         match decide(status, event) {
             Action::Schedule if served => Some(ShipmentStatus::Scheduled),
             Action::Schedule => Some(ShipmentStatus::Rejected),

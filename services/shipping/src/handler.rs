@@ -1,6 +1,8 @@
 //! Applies saga events to shipments: schedule on `payment.charged`, cancel on `order.cancelled`.
 
-use shared::events::{OrderCancelled, PaymentCharged, ShipmentCancelled, ShipmentRejected, ShipmentScheduled};
+use shared::events::{
+    OrderCancelled, PaymentCharged, ShipmentCancelled, ShipmentRejected, ShipmentScheduled,
+};
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -13,29 +15,38 @@ pub struct ShippingEventHandler {
 }
 
 impl EventHandler for ShippingEventHandler {
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
         let event = match envelope.event_type.as_str() {
             PaymentCharged::TYPE => SagaEvent::PaymentCharged,
             OrderCancelled::TYPE => SagaEvent::OrderCancelled,
             _ => return Ok(()),
         };
-        let status: Option<String> = sqlx::query_scalar("select status from shipments where order_id = $1 for update")
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let status: Option<String> =
+            sqlx::query_scalar("select status from shipments where order_id = $1 for update")
+                .bind(order_id)
+                .fetch_optional(&mut *conn)
+                .await?;
         let status = status
             .map(|status| {
-                ShipmentStatus::parse(&status)
-                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown shipment status {status}").into()))
+                ShipmentStatus::parse(&status).ok_or_else(|| {
+                    sqlx::Error::Decode(format!("unknown shipment status {status}").into())
+                })
             })
             .transpose()?;
         match decide(status, event) {
             Action::Schedule => {
                 let charged = envelope.decode::<PaymentCharged>()?;
                 let country = charged.shipping_address.country.clone();
-                let status =
-                    if self.countries.serves(&country) { ShipmentStatus::Scheduled } else { ShipmentStatus::Rejected };
+                let status = if self.countries.serves(&country) {
+                    ShipmentStatus::Scheduled
+                } else {
+                    ShipmentStatus::Rejected
+                };
                 sqlx::query("insert into shipments (order_id, status, country, address) values ($1, $2, $3, $4)")
                     .bind(order_id)
                     .bind(status.as_str())
@@ -44,11 +55,23 @@ impl EventHandler for ShippingEventHandler {
                     .execute(&mut *conn)
                     .await?;
                 if status == ShipmentStatus::Scheduled {
-                    outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &ShipmentScheduled { order_id, country })
-                        .await?;
+                    outbox::emit(
+                        conn,
+                        SERVICE,
+                        order_id,
+                        Some(envelope.id),
+                        &ShipmentScheduled { order_id, country },
+                    )
+                    .await?;
                 } else {
-                    outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &ShipmentRejected { order_id, country })
-                        .await?;
+                    outbox::emit(
+                        conn,
+                        SERVICE,
+                        order_id,
+                        Some(envelope.id),
+                        &ShipmentRejected { order_id, country },
+                    )
+                    .await?;
                 }
             }
             Action::Cancel => {
@@ -56,7 +79,14 @@ impl EventHandler for ShippingEventHandler {
                     .bind(order_id)
                     .execute(&mut *conn)
                     .await?;
-                outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &ShipmentCancelled { order_id }).await?;
+                outbox::emit(
+                    conn,
+                    SERVICE,
+                    order_id,
+                    Some(envelope.id),
+                    &ShipmentCancelled { order_id },
+                )
+                .await?;
             }
             Action::Void => {
                 envelope.decode::<OrderCancelled>()?;
@@ -65,7 +95,9 @@ impl EventHandler for ShippingEventHandler {
                     .execute(&mut *conn)
                     .await?;
             }
-            Action::Nothing => tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do"),
+            Action::Nothing => {
+                tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do")
+            }
         }
         Ok(())
     }

@@ -21,7 +21,9 @@ impl Application {
         let routes = router(infrastructure.pool.clone(), countries.clone());
         let handler = ShippingEventHandler { countries };
         let consumes = [Topic::Payment, Topic::Order];
-        let runner = ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler).await?;
+        let runner =
+            ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)
+                .await?;
         Ok(Self(runner))
     }
 

@@ -22,6 +22,11 @@ pub struct CommonConfig {
     #[command(flatten)]
     pub kafka: KafkaConfig,
 
+    /// Attempts at a message that fails for a reason other than the database (poison, schema
+    /// mismatch, a compensation that cannot be applied) before it is dead-lettered or given up.
+    #[arg(long, env = "CONSUMER_MAX_ATTEMPTS", default_value_t = 3)]
+    pub consumer_max_attempts: u32,
+
     /// Safety-net poll interval of the outbox relay, in milliseconds (it is woken by NOTIFY on
     /// every commit; the poll only covers a lost notification).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 1000)]
@@ -75,6 +80,14 @@ pub struct KafkaConfig {
         default_value = "earliest"
     )]
     pub auto_offset_reset: String,
+
+    /// Largest message accepted as an event, in bytes; larger ones are dead-lettered.
+    #[arg(
+        long = "kafka-max-event-bytes",
+        env = "KAFKA_MAX_EVENT_BYTES",
+        default_value_t = 262_144
+    )]
+    pub max_event_bytes: usize,
 
     /// Partitions for the topics this service creates at start-up.
     #[arg(

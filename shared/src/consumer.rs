@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::envelope::Envelope;
+use crate::events;
 use crate::inbox::{self, Origin};
 
 /// Applies one event of the saga to the service's state.
@@ -27,28 +28,86 @@ pub trait EventHandler: Send + Sync + 'static {
         conn: &mut PgConnection,
         envelope: &Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called, in a new transaction holding the event's inbox row, when `handle` kept failing
+    /// with [`HandlerError::Failed`] for every attempt. A service records an explicit failure
+    /// state here (e.g. a compensation that cannot succeed) and returns `true`; `false` sends
+    /// the message to the dead-letter topic instead.
+    fn give_up(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+        let _ = (conn, envelope, reason);
+        async { Ok(false) }
+    }
 }
 
 /// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// The payload does not match its schema: retrying cannot help, it is dead-lettered.
+    /// The payload does not match its schema: retried a bounded number of times, then
+    /// dead-lettered.
     #[error("payload does not match the schema of its type: {0}")]
     Malformed(#[from] serde_json::Error),
-    /// The database failed: transient, retried with backoff.
+    /// The event is valid but cannot be applied (e.g. what a compensation must undo is gone):
+    /// retried a bounded number of times, then handed to [`EventHandler::give_up`].
+    #[error("{0}")]
+    Failed(String),
+    /// The database failed: transient, retried with backoff until it works.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
 }
 
+/// A constraint violation or data exception (SQLSTATE classes 22 and 23) will fail the same
+/// way every time: it is `Failed`, not retried forever. Everything else (connections lost,
+/// timeouts, deadlocks, serialization failures) is transient.
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        let code = error
+            .as_database_error()
+            .and_then(|database| database.code());
+        match code {
+            Some(code) if code.starts_with("22") || code.starts_with("23") => {
+                Self::Failed(format!("the database refused the change: {error}"))
+            }
+            _ => Self::Database(error),
+        }
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How the consumer treats messages it cannot process.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerPolicy {
+    /// Attempts for a message that fails for a reason other than the database.
+    pub max_attempts: u32,
+    /// Larger messages are not events of ours: they are dead-lettered.
+    pub max_event_bytes: usize,
+}
 
 pub(crate) struct ConsumerLoop<H> {
     pub consumer: StreamConsumer,
     pub pool: PgPool,
     pub handler: Arc<H>,
     pub producer: FutureProducer,
+    pub service: &'static str,
     pub group_id: String,
     pub dead_letter_topic: String,
+    pub policy: ConsumerPolicy,
+}
+
+/// Why one attempt at a message failed.
+enum Failure {
+    /// Retried until it works (database unreachable, deadlock, ...).
+    Transient(String),
+    /// Cannot be an event of ours, or does not match its schema: bounded retries, then DLQ.
+    Poison(String),
+    /// A valid event its handler cannot apply: bounded retries, then `give_up`, else DLQ.
+    Rejected(Envelope, String),
 }
 
 impl<H: EventHandler> ConsumerLoop<H> {
@@ -78,68 +137,192 @@ impl<H: EventHandler> ConsumerLoop<H> {
         }
     }
 
-    /// Processes one message; `false` means shutdown interrupted it (offset not stored).
+    /// Processes one message until it is applied, recognised as a duplicate, given up on or
+    /// dead-lettered; `false` means shutdown interrupted it (its offset must not be stored).
     async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
         let origin = Origin {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
         };
-        let envelope = match message.payload().map(serde_json::from_slice::<Envelope>) {
-            Some(Ok(envelope)) => envelope,
-            Some(Err(error)) => {
-                return self
-                    .dead_letter(
-                        message,
-                        &format!("not an event envelope: {error}"),
-                        shutdown,
-                    )
-                    .await;
-            }
-            None => return self.dead_letter(message, "empty message", shutdown).await,
-        };
         let span = tracing::info_span!(
             "consume",
+            topic = %origin.topic,
+            partition = origin.partition,
+            offset = origin.offset,
+        );
+        let mut attempts = 0;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let failure = match self
+                .attempt(message, &origin)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(outcome) => {
+                    self.count(outcome);
+                    return true;
+                }
+                Err(failure) => failure,
+            };
+            match failure {
+                Failure::Transient(reason) => {
+                    self.count_retry("transient");
+                    span.in_scope(|| {
+                        tracing::warn!(reason, "transient failure; retrying in {backoff:?}")
+                    });
+                }
+                Failure::Poison(reason) | Failure::Rejected(_, reason)
+                    if attempts + 1 < self.policy.max_attempts =>
+                {
+                    attempts += 1;
+                    self.count_retry("permanent");
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            reason,
+                            attempts,
+                            "cannot process the message; retrying in {backoff:?}"
+                        )
+                    });
+                }
+                Failure::Poison(reason) => {
+                    return self
+                        .dead_letter(message, &reason, attempts + 1, shutdown)
+                        .await
+                }
+                Failure::Rejected(envelope, reason) => {
+                    return self
+                        .give_up(message, &envelope, &origin, &reason, attempts + 1, shutdown)
+                        .await
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One attempt: checks the message is an event of ours, then applies it.
+    async fn attempt(
+        &self,
+        message: &BorrowedMessage<'_>,
+        origin: &Origin,
+    ) -> Result<&'static str, Failure> {
+        let bytes = message.payload().unwrap_or_default();
+        if bytes.len() > self.policy.max_event_bytes {
+            return Err(Failure::Poison(format!(
+                "message of {} bytes is larger than the {} bytes an event may have",
+                bytes.len(),
+                self.policy.max_event_bytes
+            )));
+        }
+        let envelope: Envelope = serde_json::from_slice(bytes)
+            .map_err(|error| Failure::Poison(format!("not an event envelope: {error}")))?;
+        match events::check_schema(&envelope.event_type, &envelope.payload) {
+            None => {
+                return Err(Failure::Poison(format!(
+                    "unknown event type {:?}",
+                    envelope.event_type
+                )))
+            }
+            Some(Err(error)) => {
+                return Err(Failure::Poison(format!(
+                    "{} payload does not match its schema: {error}",
+                    envelope.event_type
+                )))
+            }
+            Some(Ok(())) => {}
+        }
+        let span = tracing::info_span!(
+            "event",
             event_type = %envelope.event_type,
             event_id = %envelope.id,
             order_id = %envelope.order_id,
         );
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self
-                .apply(&envelope, &origin)
-                .instrument(span.clone())
-                .await
-            {
-                Ok(()) => return true,
-                Err(HandlerError::Malformed(error)) => {
-                    let reason = format!("{}: {error}", envelope.event_type);
-                    return self.dead_letter(message, &reason, shutdown).await;
-                }
-                Err(HandlerError::Database(error)) => {
-                    span.in_scope(
-                        || tracing::warn!(%error, "transient failure; retrying in {backoff:?}"),
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+        match self.apply(&envelope, origin).instrument(span).await {
+            Ok(outcome) => Ok(outcome),
+            Err(HandlerError::Database(error)) => Err(Failure::Transient(error.to_string())),
+            Err(HandlerError::Malformed(error)) => Err(Failure::Poison(format!(
+                "{} payload does not match its schema: {error}",
+                envelope.event_type
+            ))),
+            Err(HandlerError::Failed(reason)) => Err(Failure::Rejected(envelope, reason)),
         }
     }
 
-    async fn apply(&self, envelope: &Envelope, origin: &Origin) -> Result<(), HandlerError> {
+    async fn apply(
+        &self,
+        envelope: &Envelope,
+        origin: &Origin,
+    ) -> Result<&'static str, HandlerError> {
         let mut tx = self.pool.begin().await?;
         if !inbox::claim(&mut tx, envelope, origin).await? {
             tracing::debug!("duplicate event ignored");
-            return Ok(());
+            return Ok("duplicate");
         }
         self.handler.handle(&mut tx, envelope).await?;
         tx.commit().await?;
         tracing::debug!("event applied");
-        Ok(())
+        Ok("applied")
+    }
+
+    /// Lets the handler record an explicit failure state; dead-letters if it declines.
+    async fn give_up(
+        &self,
+        message: &BorrowedMessage<'_>,
+        envelope: &Envelope,
+        origin: &Origin,
+        reason: &str,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let recorded = async {
+                let mut tx = self.pool.begin().await?;
+                if !inbox::claim(&mut tx, envelope, origin).await? {
+                    return Ok(true);
+                }
+                let recorded = self.handler.give_up(&mut tx, envelope, reason).await?;
+                if recorded {
+                    tx.commit().await?;
+                }
+                Ok::<bool, sqlx::Error>(recorded)
+            };
+            match recorded.await {
+                Ok(true) => {
+                    tracing::error!(
+                        event_type = %envelope.event_type,
+                        order_id = %envelope.order_id,
+                        reason,
+                        attempts,
+                        "gave up on the event; its failure is recorded"
+                    );
+                    self.count("gave_up");
+                    return true;
+                }
+                Ok(false) => return self.dead_letter(message, reason, attempts, shutdown).await,
+                Err(error) => {
+                    tracing::warn!(%error, "recording the failure failed; retrying in {backoff:?}")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!("sagashop_events_consumed_total", "service" => self.service, "outcome" => outcome)
+            .increment(1);
+    }
+
+    fn count_retry(&self, kind: &'static str) {
+        metrics::counter!("sagashop_consumer_retries_total", "service" => self.service, "kind" => kind).increment(1);
     }
 
     /// Sends the original bytes and headers, plus the error and origin, to the dead-letter
@@ -148,6 +331,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
         &self,
         message: &BorrowedMessage<'_>,
         error: &str,
+        attempts: u32,
         shutdown: &CancellationToken,
     ) -> bool {
         tracing::error!(
@@ -155,9 +339,11 @@ impl<H: EventHandler> ConsumerLoop<H> {
             partition = message.partition(),
             offset = message.offset(),
             error,
+            attempts,
             "message cannot be processed; sending it to {}",
             self.dead_letter_topic
         );
+        let attempts = attempts.to_string();
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let mut headers = OwnedHeaders::new();
@@ -189,6 +375,10 @@ impl<H: EventHandler> ConsumerLoop<H> {
             .insert(Header {
                 key: "dlq.group",
                 value: Some(self.group_id.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.attempts",
+                value: Some(attempts.as_str()),
             });
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -201,7 +391,10 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 record = record.payload(payload);
             }
             match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => return true,
+                Ok(_) => {
+                    self.count("dead_lettered");
+                    return true;
+                }
                 Err((error, _)) => tracing::warn!(%error, "dead-letter publish failed; retrying"),
             }
             tokio::select! {

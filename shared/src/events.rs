@@ -50,6 +50,8 @@ pub enum CancellationReason {
     PaymentDeclined,
     ShippingUnavailable,
     CancelledByCustomer,
+    /// The saga did not end within its deadline.
+    Timeout,
 }
 
 impl CancellationReason {
@@ -60,6 +62,7 @@ impl CancellationReason {
             Self::PaymentDeclined => "payment_declined",
             Self::ShippingUnavailable => "shipping_unavailable",
             Self::CancelledByCustomer => "cancelled_by_customer",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -194,3 +197,77 @@ pub struct ShipmentCancelled {
     pub order_id: Uuid,
 }
 event!(ShipmentCancelled, "shipment.cancelled.v1", Topic::Shipping);
+
+/// Compensation failed for good: reserved stock could not be released (e.g. its product is
+/// gone). Needs a person; the order ends `FAILED`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockReleaseFailed {
+    pub order_id: Uuid,
+    pub error: String,
+}
+event!(
+    StockReleaseFailed,
+    "inventory.release_failed.v1",
+    Topic::Inventory
+);
+
+/// Compensation failed for good: a charge could not be refunded (e.g. the account is gone).
+/// Needs a person; the order ends `FAILED`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundFailed {
+    pub order_id: Uuid,
+    pub amount_cents: i64,
+    pub error: String,
+}
+event!(RefundFailed, "payment.refund_failed.v1", Topic::Payment);
+
+/// Checks that `payload` matches the schema of the contract type `event_type`.
+/// `None` means the type is not part of the contract at all.
+pub fn check_schema(
+    event_type: &str,
+    payload: &serde_json::Value,
+) -> Option<Result<(), serde_json::Error>> {
+    fn check<P: EventPayload>(payload: &serde_json::Value) -> Result<(), serde_json::Error> {
+        P::deserialize(payload).map(drop)
+    }
+    let checker: fn(&serde_json::Value) -> Result<(), serde_json::Error> = match event_type {
+        OrderCreated::TYPE => check::<OrderCreated>,
+        OrderConfirmed::TYPE => check::<OrderConfirmed>,
+        OrderCancelled::TYPE => check::<OrderCancelled>,
+        StockReserved::TYPE => check::<StockReserved>,
+        StockRejected::TYPE => check::<StockRejected>,
+        StockReleased::TYPE => check::<StockReleased>,
+        StockReleaseFailed::TYPE => check::<StockReleaseFailed>,
+        PaymentCharged::TYPE => check::<PaymentCharged>,
+        PaymentDeclined::TYPE => check::<PaymentDeclined>,
+        PaymentRefunded::TYPE => check::<PaymentRefunded>,
+        RefundFailed::TYPE => check::<RefundFailed>,
+        ShipmentScheduled::TYPE => check::<ShipmentScheduled>,
+        ShipmentRejected::TYPE => check::<ShipmentRejected>,
+        ShipmentCancelled::TYPE => check::<ShipmentCancelled>,
+        _ => return None,
+    };
+    Some(checker(payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_are_checked_per_type_and_unknown_types_are_told_apart() {
+        let order_id = Uuid::now_v7();
+        let good = serde_json::to_value(OrderConfirmed { order_id }).unwrap();
+        assert!(matches!(
+            check_schema("order.confirmed.v1", &good),
+            Some(Ok(()))
+        ));
+        assert!(matches!(
+            check_schema("order.cancelled.v1", &good),
+            Some(Err(_))
+        ));
+        assert!(check_schema("order.exploded.v1", &good).is_none());
+    }
+}

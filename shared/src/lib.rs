@@ -4,10 +4,12 @@
 
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod envelope;
 pub mod events;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod service;
 pub mod telemetry;

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::config::CommonConfig;
-use crate::consumer::{ConsumerLoop, EventHandler};
+use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
 use crate::outbox::OutboxRelay;
 use crate::topics::{dead_letter_topic, Topic};
 use crate::{db, http, kafka};
@@ -62,9 +62,12 @@ pub struct ServiceRunner {
     listener: TcpListener,
     router: Router,
     relay: OutboxRelay,
-    consumer: Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>,
+    workers: Vec<Worker>,
     shutdown: CancellationToken,
 }
+
+/// A background task that runs until the token is cancelled.
+pub type Worker = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
 impl ServiceRunner {
     /// Binds `http_port` (0 picks a free one) and wires `routes`, the relay and a consumer of
@@ -104,8 +107,13 @@ impl ServiceRunner {
             pool: pool.clone(),
             handler: Arc::new(handler),
             producer: producer.clone(),
+            service,
             group_id,
             dead_letter_topic: dead_letter_topic(prefix, &format!("{service}-service")),
+            policy: ConsumerPolicy {
+                max_attempts: config.consumer_max_attempts.max(1),
+                max_event_bytes: config.kafka.max_event_bytes,
+            },
         };
 
         let relay = OutboxRelay::new(
@@ -114,18 +122,30 @@ impl ServiceRunner {
             config.kafka.topic_prefix.clone(),
             config.outbox_poll_interval(),
         );
+        crate::metrics::handle();
         let health = Router::new()
             .route("/health/live", get(live))
             .route("/health/ready", get(ready))
-            .with_state(Health { pool, producer });
+            .route("/metrics", get(render_metrics))
+            .with_state(Health {
+                pool,
+                producer,
+                service,
+            });
         let router = http::with_common_layers(routes.merge(health));
         Ok(Self {
             listener,
             router,
             relay,
-            consumer: Box::new(move |token| Box::pin(consumer_loop.run(token))),
+            workers: vec![Box::new(move |token| Box::pin(consumer_loop.run(token)))],
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Adds a background task (e.g. a deadline sweeper) that runs beside the others.
+    pub fn with_worker(mut self, worker: Worker) -> Self {
+        self.workers.push(worker);
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -144,13 +164,17 @@ impl ServiceRunner {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let token = self.shutdown.clone();
         tokio::spawn(cancel_on_signal(token.clone()));
-        let relay = tokio::spawn(self.relay.run(token.clone()));
-        let consumer = tokio::spawn((self.consumer)(token.clone()));
+        let mut tasks = vec![tokio::spawn(self.relay.run(token.clone()))];
+        tasks.extend(
+            self.workers
+                .into_iter()
+                .map(|worker| tokio::spawn(worker(token.clone()))),
+        );
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .await;
         token.cancel();
-        let _ = tokio::join!(relay, consumer);
+        futures::future::join_all(tasks).await;
         served.context("serving HTTP")
     }
 }
@@ -180,6 +204,21 @@ async fn cancel_on_signal(token: CancellationToken) {
 struct Health {
     pool: PgPool,
     producer: FutureProducer,
+    service: &'static str,
+}
+
+/// Prometheus text; the outbox backlog is measured at scrape time.
+async fn render_metrics(State(health): State<Health>) -> impl IntoResponse {
+    if let Ok(pending) = crate::outbox::pending(&health.pool).await {
+        metrics::gauge!("sagashop_outbox_pending", "service" => health.service).set(pending as f64);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::handle().render(),
+    )
 }
 
 async fn live() -> impl IntoResponse {

@@ -3,6 +3,8 @@
 //! `DATABASE_URL` (both set by `cargo xtask test`), with a unique topic prefix and consumer
 //! groups so runs never share state. Tests talk to the services over HTTP like a user would.
 
+pub mod faults;
+
 use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
@@ -41,8 +43,29 @@ pub const SERVED_COUNTRIES: &str = "FR,DE,US,GB";
 
 static SYSTEM: OnceLock<System> = OnceLock::new();
 
+/// What a test binary may change about its system.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The order service's `SAGA_DEADLINE_MS`.
+    pub saga_deadline_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            saga_deadline_ms: 60_000,
+        }
+    }
+}
+
 /// Starts the system on first use (on a runtime of its own that outlives each test).
 pub fn system() -> &'static System {
+    system_with(Settings::default())
+}
+
+/// Like [`system`], with `settings` for the first caller of the process (every test of one
+/// binary must pass the same).
+pub fn system_with(settings: Settings) -> &'static System {
     SYSTEM.get_or_init(|| {
         let (sender, receiver) = mpsc::channel();
         std::thread::Builder::new()
@@ -54,7 +77,7 @@ pub fn system() -> &'static System {
                     .build()
                     .expect("a tokio runtime for the services");
                 runtime.block_on(async move {
-                    match start().await {
+                    match start(settings).await {
                         Ok((system, applications)) => {
                             let _ = sender.send(Ok(system));
                             futures_run_forever(applications).await;
@@ -92,7 +115,7 @@ fn required_env(name: &str) -> anyhow::Result<String> {
     })
 }
 
-async fn start() -> anyhow::Result<(System, Running)> {
+async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
     let admin_url = required_env("DATABASE_URL")?;
     let brokers = required_env("KAFKA_BROKERS")?;
     let run = Uuid::new_v4().simple().to_string();
@@ -122,12 +145,14 @@ async fn start() -> anyhow::Result<(System, Running)> {
         .map(str::to_owned)
         .to_vec()
     };
-    let order = order_service::Application::build(order_service::Config::try_parse_from(args(
-        "order-service",
-        "order",
-        &database_urls.order,
-    ))?)
-    .await?;
+    let mut order_args = args("order-service", "order", &database_urls.order);
+    order_args.extend([
+        "--saga-deadline-ms".to_owned(),
+        settings.saga_deadline_ms.to_string(),
+    ]);
+    let order =
+        order_service::Application::build(order_service::Config::try_parse_from(order_args)?)
+            .await?;
     let payment = payment_service::Application::build(payment_service::Config::try_parse_from(
         args("payment-service", "payment", &database_urls.payment),
     )?)
@@ -183,8 +208,13 @@ pub type Reply = (u16, Value);
 
 impl Api {
     pub fn new() -> Self {
+        Self::on(system())
+    }
+
+    /// A client for a system started with [`system_with`].
+    pub fn on(system: &'static System) -> Self {
         Self {
-            system: system(),
+            system,
             http: reqwest::Client::new(),
         }
     }
@@ -355,7 +385,11 @@ pub struct Backdoor {
 
 impl Backdoor {
     pub fn new() -> Self {
-        Self { system: system() }
+        Self::on(system())
+    }
+
+    pub fn on(system: &'static System) -> Self {
+        Self { system }
     }
 
     /// A pool on one service's database.
@@ -369,6 +403,18 @@ impl Backdoor {
     pub async fn produce(
         &self,
         topic: Topic,
+        key: &str,
+        payload: &[u8],
+        event_type: Option<&str>,
+    ) -> (i32, i64) {
+        self.produce_to(topic, None, key, payload, event_type).await
+    }
+
+    /// Like [`Backdoor::produce`], to a chosen partition (`None`: the key decides).
+    pub async fn produce_to(
+        &self,
+        topic: Topic,
+        partition: Option<i32>,
         key: &str,
         payload: &[u8],
         event_type: Option<&str>,
@@ -387,16 +433,32 @@ impl Backdoor {
                 value: Some(event_type),
             });
         }
-        let record = FutureRecord::to(&name)
+        let mut record = FutureRecord::to(&name)
             .key(key)
             .payload(payload)
             .headers(headers);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         let delivery = producer
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(error, _)| error)
             .expect("the broker accepts it");
         (delivery.partition, delivery.offset)
+    }
+
+    /// Every message of `service`'s dead-letter topic so far.
+    pub async fn dead_letters(&self, service: &str) -> Vec<shared::dead_letters::DeadLetter> {
+        let topic = shared::topics::dead_letter_topic(
+            &self.system.topic_prefix,
+            &format!("{service}-service"),
+        );
+        let brokers = self.system.brokers.clone();
+        tokio::task::spawn_blocking(move || shared::dead_letters::read_all(&brokers, &topic))
+            .await
+            .expect("the reading task")
+            .expect("reading the dead-letter topic")
     }
 
     /// Waits until `service`'s consumer group has committed past `offset` of `topic`/`partition`:

@@ -1,10 +1,9 @@
 //! The `up` and `test` subcommands.
 
-use crate::broker::Broker;
-use crate::postgres::Postgres;
-use crate::process::{run_status, tail, Stop};
 use crate::services::{self, Running, Service, SERVICES};
 use anyhow::{bail, Result};
+use devenv::process::{run_status, tail};
+use devenv::{Broker, Postgres, Stop};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 

@@ -1,13 +1,14 @@
 //! `cargo xtask`: run the whole Sagashop system locally, or run the workspace tests.
 
-mod broker;
 mod commands;
-mod postgres;
-mod process;
 mod services;
 
+use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use devenv::Stop;
 use std::process::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -45,7 +46,8 @@ async fn main() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::SUCCESS;
     };
-    let stop = match process::Stop::install() {
+    devenv::set_label("xtask");
+    let stop = match stop_on_signals() {
         Ok(stop) => stop,
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
@@ -67,6 +69,19 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Set once Ctrl-C (SIGINT) or SIGTERM arrives; everything long-running races against it.
+fn stop_on_signals() -> anyhow::Result<Stop> {
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        eprintln!("xtask: stopping...");
+        let _ = tx.send(true);
+    });
+    Ok(Stop::from_watch(rx))
 }
 
 /// Everything after `test`, verbatim (clap would swallow the `--` of `test -- --nocapture`).

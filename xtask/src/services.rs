@@ -1,7 +1,8 @@
 //! Builds, runs and supervises the four services, prefixing their output with their names.
 
-use crate::process::{port_is_free, run, terminate, Stop};
 use anyhow::{bail, ensure, Context, Result};
+use devenv::process::{port_is_free, run, terminate};
+use devenv::Stop;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};

@@ -10,10 +10,11 @@ create table products (
     updated_at  timestamptz not null default now()
 );
 
--- What inventory did for each order; VOIDED marks an order cancelled before it was seen.
+-- What inventory did for each order; VOIDED marks an order cancelled before it was seen,
+-- RELEASE_FAILED a reservation that could never be released (reason says why).
 create table reservations (
     order_id    uuid primary key,
-    status      text not null check (status in ('RESERVED', 'RELEASED', 'COMMITTED', 'REJECTED', 'VOIDED')),
+    status      text not null check (status in ('RESERVED', 'RELEASED', 'RELEASE_FAILED', 'COMMITTED', 'REJECTED', 'VOIDED')),
     items       jsonb not null default '[]',
     total_cents bigint not null default 0,
     reason      text,

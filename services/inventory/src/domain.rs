@@ -70,6 +70,8 @@ pub fn merge_lines(lines: &[OrderLine]) -> Vec<OrderLine> {
 pub enum ReservationStatus {
     Reserved,
     Released,
+    /// The release could never be made (e.g. the product is gone): needs a person.
+    ReleaseFailed,
     Committed,
     Rejected,
     /// The order was cancelled before inventory saw it: nothing may be reserved for it later.
@@ -81,6 +83,7 @@ impl ReservationStatus {
         match self {
             Self::Reserved => "RESERVED",
             Self::Released => "RELEASED",
+            Self::ReleaseFailed => "RELEASE_FAILED",
             Self::Committed => "COMMITTED",
             Self::Rejected => "REJECTED",
             Self::Voided => "VOIDED",
@@ -91,6 +94,7 @@ impl ReservationStatus {
         [
             Self::Reserved,
             Self::Released,
+            Self::ReleaseFailed,
             Self::Committed,
             Self::Rejected,
             Self::Voided,

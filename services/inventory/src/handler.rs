@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use shared::events::{
-    OrderCancelled, OrderConfirmed, OrderCreated, PricedLine, StockRejected, StockReleased,
-    StockReserved,
+    OrderCancelled, OrderConfirmed, OrderCreated, PricedLine, StockRejected, StockReleaseFailed,
+    StockReleased, StockReserved,
 };
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::types::Json;
@@ -62,6 +62,40 @@ impl EventHandler for InventoryEventHandler {
             }
         }
         Ok(())
+    }
+
+    /// A release that can never succeed: the reservation ends `RELEASE_FAILED` and the order
+    /// service is told (`inventory.release_failed.v1`), so the order ends `FAILED`.
+    async fn give_up(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> Result<bool, sqlx::Error> {
+        if !envelope.is::<OrderCancelled>() {
+            return Ok(false);
+        }
+        let order_id = envelope.order_id;
+        let updated = sqlx::query(
+            "update reservations set status = 'RELEASE_FAILED', reason = $2, updated_at = now()
+             where order_id = $1 and status = 'RESERVED'",
+        )
+        .bind(order_id)
+        .bind(reason)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        let failed = StockReleaseFailed {
+            order_id,
+            error: reason.to_owned(),
+        };
+        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &failed).await?;
+        metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "inventory.release")
+            .increment(1);
+        Ok(true)
     }
 }
 
@@ -139,7 +173,7 @@ async fn move_stock(
     conn: &mut PgConnection,
     items: &[PricedLine],
     movement: StockMove,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), HandlerError> {
     let statement = match movement {
         StockMove::Reserve => "update products set available = available - $2, reserved = reserved + $2, updated_at = now() where sku = $1",
         StockMove::Release => "update products set available = available + $2, reserved = reserved - $2, updated_at = now() where sku = $1",
@@ -148,11 +182,18 @@ async fn move_stock(
     let mut sorted: Vec<&PricedLine> = items.iter().collect();
     sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
     for item in sorted {
-        sqlx::query(statement)
+        let moved = sqlx::query(statement)
             .bind(&item.sku)
             .bind(item.quantity)
             .execute(&mut *conn)
-            .await?;
+            .await?
+            .rows_affected();
+        if moved == 0 {
+            return Err(HandlerError::Failed(format!(
+                "product {} is gone: {} units cannot be moved",
+                item.sku, item.quantity
+            )));
+        }
     }
     Ok(())
 }

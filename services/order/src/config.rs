@@ -12,4 +12,12 @@ pub struct Config {
     /// HTTP port (0 picks a free one).
     #[arg(long, env = "HTTP_PORT", default_value_t = 8081)]
     pub http_port: u16,
+
+    /// A saga still `PENDING` this long after the order was placed is cancelled (`timeout`).
+    #[arg(long, env = "SAGA_DEADLINE_MS", default_value_t = 60_000)]
+    pub saga_deadline_ms: u64,
+
+    /// How often overdue sagas are looked for.
+    #[arg(long, env = "SAGA_DEADLINE_SWEEP_MS", default_value_t = 1_000)]
+    pub saga_deadline_sweep_ms: u64,
 }

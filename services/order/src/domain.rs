@@ -3,8 +3,9 @@
 //!
 //! The saga, choreographed: `order.created` -> inventory reserves -> payment charges ->
 //! shipping schedules -> the order is confirmed. A failure at any step cancels the order, and
-//! `order.cancelled` makes every service undo what it did. Terminal states absorb every later
-//! event, so duplicates and late events change nothing.
+//! `order.cancelled` makes every service undo what it did; so does the saga's deadline. A
+//! compensation that can never succeed turns a cancelled order `FAILED`, naming the step.
+//! Terminal states absorb every later event, so duplicates and late events change nothing.
 
 use serde::{Deserialize, Serialize};
 use shared::events::{CancellationReason, StockRejection};
@@ -16,6 +17,8 @@ pub enum OrderStatus {
     Pending,
     Confirmed,
     Cancelled,
+    /// Cancelled, but a compensation could not be carried out: needs a person.
+    Failed,
 }
 
 impl OrderStatus {
@@ -24,6 +27,7 @@ impl OrderStatus {
             Self::Pending => "PENDING",
             Self::Confirmed => "CONFIRMED",
             Self::Cancelled => "CANCELLED",
+            Self::Failed => "FAILED",
         }
     }
 
@@ -32,6 +36,7 @@ impl OrderStatus {
             "PENDING" => Some(Self::Pending),
             "CONFIRMED" => Some(Self::Confirmed),
             "CANCELLED" => Some(Self::Cancelled),
+            "FAILED" => Some(Self::Failed),
             _ => None,
         }
     }
@@ -47,6 +52,8 @@ pub struct OrderState {
     pub status: OrderStatus,
     pub total_cents: Option<i64>,
     pub cancellation_reason: Option<CancellationReason>,
+    /// The compensation step that failed for good (`FAILED` orders only).
+    pub failed_step: Option<&'static str>,
 }
 
 impl OrderState {
@@ -55,6 +62,7 @@ impl OrderState {
             status: OrderStatus::Pending,
             total_cents: None,
             cancellation_reason: None,
+            failed_step: None,
         }
     }
 }
@@ -79,6 +87,10 @@ pub enum SagaEvent {
     /// Compensations that were carried out; recorded in the timeline, no decision needed.
     Compensated,
     CustomerCancelled,
+    /// The saga's deadline passed.
+    DeadlinePassed,
+    /// A compensation failed for good; the step is e.g. `payment.refund`.
+    CompensationFailed(&'static str),
 }
 
 /// What the order service must publish as a result.
@@ -90,20 +102,11 @@ pub enum Command {
 
 /// Applies `event` to `state`.
 pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
-    if state.status.is_terminal() {
-        return (state.clone(), Vec::new());
-    }
-    let cancel = |reason| {
-        let next = OrderState {
-            status: OrderStatus::Cancelled,
-            cancellation_reason: Some(reason),
-            ..state.clone()
-        };
-        (next, vec![Command::Cancel(reason)])
-    };
-    match event {
-        SagaEvent::StockReserved { total_cents } => {
-            // The first reservation's total stands; a re-delivered one cannot change it.
+    let unchanged = || (state.clone(), Vec::new());
+    match (state.status, event) {
+        // The first reservation's total stands, even when it arrives after the outcome; a
+        // re-delivered one cannot change it.
+        (_, SagaEvent::StockReserved { total_cents }) => {
             let total_cents = state.total_cents.or(Some(total_cents));
             (
                 OrderState {
@@ -113,6 +116,29 @@ pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Comm
                 Vec::new(),
             )
         }
+        (OrderStatus::Pending | OrderStatus::Cancelled, SagaEvent::CompensationFailed(step)) => (
+            OrderState {
+                status: OrderStatus::Failed,
+                failed_step: Some(step),
+                ..state.clone()
+            },
+            Vec::new(),
+        ),
+        (OrderStatus::Pending, event) => pending(state, event),
+        _ => unchanged(),
+    }
+}
+
+fn pending(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
+    let cancel = |reason| {
+        let next = OrderState {
+            status: OrderStatus::Cancelled,
+            cancellation_reason: Some(reason),
+            ..state.clone()
+        };
+        (next, vec![Command::Cancel(reason)])
+    };
+    match event {
         SagaEvent::StockRejected(StockRejection::OutOfStock) => {
             cancel(CancellationReason::OutOfStock)
         }
@@ -122,6 +148,7 @@ pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Comm
         SagaEvent::PaymentDeclined => cancel(CancellationReason::PaymentDeclined),
         SagaEvent::ShipmentRejected => cancel(CancellationReason::ShippingUnavailable),
         SagaEvent::CustomerCancelled => cancel(CancellationReason::CancelledByCustomer),
+        SagaEvent::DeadlinePassed => cancel(CancellationReason::Timeout),
         SagaEvent::ShipmentScheduled => (
             OrderState {
                 status: OrderStatus::Confirmed,
@@ -129,7 +156,10 @@ pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Comm
             },
             vec![Command::Confirm],
         ),
-        SagaEvent::PaymentCharged | SagaEvent::Compensated => (state.clone(), Vec::new()),
+        SagaEvent::PaymentCharged
+        | SagaEvent::Compensated
+        | SagaEvent::StockReserved { .. }
+        | SagaEvent::CompensationFailed(_) => (state.clone(), Vec::new()),
     }
 }
 
@@ -225,6 +255,60 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_saga_past_its_deadline_is_cancelled_with_timeout() {
+        let (state, commands) = replay([
+            SagaEvent::StockReserved { total_cents: 5 },
+            SagaEvent::DeadlinePassed,
+        ]);
+        assert_eq!(state.status, OrderStatus::Cancelled);
+        assert_eq!(commands, vec![Command::Cancel(CancellationReason::Timeout)]);
+        let (confirmed, _) = replay(happy_path());
+        assert_eq!(
+            transition(&confirmed, SagaEvent::DeadlinePassed),
+            (confirmed.clone(), Vec::new())
+        );
+    }
+
+    #[test]
+    fn a_compensation_that_fails_for_good_makes_the_order_failed() {
+        let (state, commands) = replay([
+            SagaEvent::StockReserved { total_cents: 5 },
+            SagaEvent::PaymentCharged,
+            SagaEvent::ShipmentRejected,
+            SagaEvent::CompensationFailed("payment.refund"),
+        ]);
+        assert_eq!(state.status, OrderStatus::Failed);
+        assert_eq!(state.failed_step, Some("payment.refund"));
+        assert_eq!(
+            state.cancellation_reason,
+            Some(CancellationReason::ShippingUnavailable)
+        );
+        assert_eq!(
+            commands,
+            vec![Command::Cancel(CancellationReason::ShippingUnavailable)]
+        );
+        let (confirmed, _) = replay(happy_path());
+        assert_eq!(
+            transition(&confirmed, SagaEvent::CompensationFailed("x"))
+                .0
+                .status,
+            OrderStatus::Confirmed
+        );
+    }
+
+    #[test]
+    fn a_total_arriving_after_the_outcome_is_still_recorded() {
+        let (state, _) = replay([
+            SagaEvent::CustomerCancelled,
+            SagaEvent::StockReserved { total_cents: 70 },
+        ]);
+        assert_eq!(
+            (state.status, state.total_cents),
+            (OrderStatus::Cancelled, Some(70))
+        );
+    }
+
     fn any_event() -> impl Strategy<Value = SagaEvent> {
         prop_oneof![
             (1i64..100_000).prop_map(|total_cents| SagaEvent::StockReserved { total_cents }),
@@ -236,6 +320,8 @@ mod tests {
             Just(SagaEvent::ShipmentRejected),
             Just(SagaEvent::Compensated),
             Just(SagaEvent::CustomerCancelled),
+            Just(SagaEvent::DeadlinePassed),
+            Just(SagaEvent::CompensationFailed("payment.refund")),
         ]
     }
 
@@ -284,10 +370,10 @@ mod tests {
             match commands.first() {
                 Some(Command::Confirm) => prop_assert_eq!(state.status, OrderStatus::Confirmed),
                 Some(Command::Cancel(reason)) => {
-                    prop_assert_eq!(state.status, OrderStatus::Cancelled);
+                    prop_assert!(matches!(state.status, OrderStatus::Cancelled | OrderStatus::Failed));
                     prop_assert_eq!(state.cancellation_reason, Some(*reason));
                 }
-                None => prop_assert_eq!(state.status, OrderStatus::Pending),
+                None => prop_assert!(matches!(state.status, OrderStatus::Pending | OrderStatus::Failed)),
             }
         }
     }

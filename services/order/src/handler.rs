@@ -1,16 +1,17 @@
 //! Applies the other services' events to orders, and publishes the saga's decisions.
 
 use shared::events::{
-    OrderCancelled, OrderConfirmed, PaymentCharged, PaymentDeclined, PaymentRefunded,
-    ShipmentCancelled, ShipmentRejected, ShipmentScheduled, StockRejected, StockReleased,
-    StockReserved,
+    OrderCancelled, OrderConfirmed, PaymentCharged, PaymentDeclined, PaymentRefunded, RefundFailed,
+    ShipmentCancelled, ShipmentRejected, ShipmentScheduled, StockRejected, StockReleaseFailed,
+    StockReleased, StockReserved,
 };
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{transition, Command, SagaEvent};
-use crate::{repository, SERVICE};
+use crate::domain::{transition, Command, OrderState, SagaEvent};
+use crate::repository::{self, Order};
+use crate::SERVICE;
 
 pub struct OrderEventHandler;
 
@@ -28,78 +29,82 @@ impl EventHandler for OrderEventHandler {
             return Ok(());
         };
         repository::record_timeline(conn, envelope).await?;
-        if let (true, Some(reserved)) = (
-            order.total_cents.is_none(),
-            decode_if::<StockReserved>(envelope)?,
-        ) {
+        if order.total_cents.is_none() && envelope.is::<StockReserved>() {
+            let reserved = envelope.decode::<StockReserved>()?;
             repository::save_prices(conn, order.order_id, &reserved.items).await?;
         }
-        let state = order.state();
-        let (next, commands) = transition(&state, event);
-        if next != state {
-            repository::save_state(conn, order.order_id, &next).await?;
-        }
-        execute(conn, order.order_id, Some(envelope.id), &commands).await?;
+        advance(conn, &order, event, Some(envelope.id)).await?;
         Ok(())
     }
 }
 
 /// Translates an envelope into the saga's terms; `None` for types this service ignores.
 fn saga_event(envelope: &Envelope) -> Result<Option<SagaEvent>, serde_json::Error> {
+    fn checked<P: EventPayload>(
+        envelope: &Envelope,
+        event: SagaEvent,
+    ) -> Result<SagaEvent, serde_json::Error> {
+        envelope.decode::<P>().map(|_| event)
+    }
     let event = match envelope.event_type.as_str() {
         StockReserved::TYPE => SagaEvent::StockReserved {
             total_cents: envelope.decode::<StockReserved>()?.total_cents,
         },
         StockRejected::TYPE => SagaEvent::StockRejected(envelope.decode::<StockRejected>()?.reason),
-        PaymentCharged::TYPE => {
-            envelope.decode::<PaymentCharged>()?;
-            SagaEvent::PaymentCharged
-        }
-        PaymentDeclined::TYPE => {
-            envelope.decode::<PaymentDeclined>()?;
-            SagaEvent::PaymentDeclined
-        }
+        PaymentCharged::TYPE => checked::<PaymentCharged>(envelope, SagaEvent::PaymentCharged)?,
+        PaymentDeclined::TYPE => checked::<PaymentDeclined>(envelope, SagaEvent::PaymentDeclined)?,
         ShipmentScheduled::TYPE => {
-            envelope.decode::<ShipmentScheduled>()?;
-            SagaEvent::ShipmentScheduled
+            checked::<ShipmentScheduled>(envelope, SagaEvent::ShipmentScheduled)?
         }
         ShipmentRejected::TYPE => {
-            envelope.decode::<ShipmentRejected>()?;
-            SagaEvent::ShipmentRejected
+            checked::<ShipmentRejected>(envelope, SagaEvent::ShipmentRejected)?
         }
-        StockReleased::TYPE => {
-            envelope.decode::<StockReleased>()?;
-            SagaEvent::Compensated
-        }
-        PaymentRefunded::TYPE => {
-            envelope.decode::<PaymentRefunded>()?;
-            SagaEvent::Compensated
-        }
-        ShipmentCancelled::TYPE => {
-            envelope.decode::<ShipmentCancelled>()?;
-            SagaEvent::Compensated
+        StockReleased::TYPE => checked::<StockReleased>(envelope, SagaEvent::Compensated)?,
+        PaymentRefunded::TYPE => checked::<PaymentRefunded>(envelope, SagaEvent::Compensated)?,
+        ShipmentCancelled::TYPE => checked::<ShipmentCancelled>(envelope, SagaEvent::Compensated)?,
+        StockReleaseFailed::TYPE => checked::<StockReleaseFailed>(
+            envelope,
+            SagaEvent::CompensationFailed("inventory.release"),
+        )?,
+        RefundFailed::TYPE => {
+            checked::<RefundFailed>(envelope, SagaEvent::CompensationFailed("payment.refund"))?
         }
         _ => return Ok(None),
     };
     Ok(Some(event))
 }
 
-fn decode_if<P: EventPayload>(envelope: &Envelope) -> Result<Option<P>, serde_json::Error> {
-    envelope
-        .is::<P>()
-        .then(|| envelope.decode::<P>())
-        .transpose()
-}
-
-/// Publishes the saga's commands through the outbox and records them in the timeline.
-pub(crate) async fn execute(
+/// Applies `event` to a locked order: saves the new state and publishes the saga's commands,
+/// in the caller's transaction. Returns the new state.
+pub(crate) async fn advance(
     conn: &mut PgConnection,
-    order_id: Uuid,
+    order: &Order,
+    event: SagaEvent,
     causation_id: Option<Uuid>,
-    commands: &[Command],
-) -> Result<(), sqlx::Error> {
+) -> Result<OrderState, sqlx::Error> {
+    let state = order.state();
+    let (next, commands) = transition(&state, event);
+    if next != state {
+        repository::save_state(conn, order.order_id, &next).await?;
+    }
+    if next.status != state.status {
+        let reason = next
+            .cancellation_reason
+            .map_or("", |reason| reason.as_str());
+        metrics::counter!(
+            "sagashop_sagas_ended_total",
+            "service" => SERVICE,
+            "status" => next.status.as_str(),
+            "reason" => reason,
+        )
+        .increment(1);
+        if let Some(step) = next.failed_step {
+            tracing::error!(order_id = %order.order_id, step, "a compensation failed for good: the order is FAILED");
+        }
+    }
     for command in commands {
-        match *command {
+        let order_id = order.order_id;
+        match command {
             Command::Confirm => {
                 emit(conn, order_id, causation_id, &OrderConfirmed { order_id }).await?
             }
@@ -114,7 +119,7 @@ pub(crate) async fn execute(
             }
         }
     }
-    Ok(())
+    Ok(next)
 }
 
 /// Writes an event to the outbox and the order's timeline, in the caller's transaction.

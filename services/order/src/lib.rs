@@ -2,6 +2,7 @@
 //! `CONFIRMED` or `CANCELLED` from the events of the other services.
 
 mod config;
+pub mod deadline;
 pub mod domain;
 mod handler;
 mod repository;

@@ -27,6 +27,8 @@ pub struct Order {
     pub items: Vec<OrderItem>,
     pub total_cents: Option<i64>,
     pub cancellation_reason: Option<CancellationReason>,
+    /// The compensation step that failed for good (`FAILED` orders only).
+    pub failed_step: Option<String>,
     pub shipping_address: ShippingAddress,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -38,8 +40,19 @@ impl Order {
             status: self.status,
             total_cents: self.total_cents,
             cancellation_reason: self.cancellation_reason,
+            failed_step: self.failed_step.as_deref().map(known_step),
         }
     }
+}
+
+/// The compensation steps that can fail, as `&'static str` for the pure saga state.
+pub const FAILABLE_STEPS: [&str; 2] = ["inventory.release", "payment.refund"];
+
+fn known_step(step: &str) -> &'static str {
+    FAILABLE_STEPS
+        .into_iter()
+        .find(|known| *known == step)
+        .unwrap_or("unknown")
 }
 
 #[derive(sqlx::FromRow)]
@@ -50,6 +63,7 @@ struct OrderRow {
     items: Json<Vec<OrderItem>>,
     total_cents: Option<i64>,
     cancellation_reason: Option<String>,
+    failed_step: Option<String>,
     shipping_address: Json<ShippingAddress>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -72,6 +86,7 @@ impl OrderRow {
             items: self.items.0,
             total_cents: self.total_cents,
             cancellation_reason,
+            failed_step: self.failed_step,
             shipping_address: self.shipping_address.0,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -79,9 +94,8 @@ impl OrderRow {
     }
 }
 
-const ORDER_COLUMNS: &str =
-    "order_id, customer_id, status, items, total_cents, cancellation_reason, \
-                             shipping_address, created_at, updated_at";
+const ORDER_COLUMNS: &str = "order_id, customer_id, status, items, total_cents, \
+                             cancellation_reason, failed_step, shipping_address, created_at, updated_at";
 
 /// Inserts a new `PENDING` order.
 pub async fn insert_order(
@@ -175,13 +189,15 @@ pub async fn save_state(
     state: &OrderState,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update orders set status = $2, total_cents = $3, cancellation_reason = $4, updated_at = now()
+        "update orders set status = $2, total_cents = $3, cancellation_reason = $4, failed_step = $5,
+                updated_at = now()
          where order_id = $1",
     )
     .bind(order_id)
     .bind(state.status.as_str())
     .bind(state.total_cents)
     .bind(state.cancellation_reason.map(CancellationReason::as_str))
+    .bind(state.failed_step)
     .execute(conn)
     .await?;
     Ok(())
@@ -284,4 +300,26 @@ pub async fn timeline(pool: &PgPool, order_id: Uuid) -> Result<Vec<TimelineEntry
     .bind(order_id)
     .fetch_all(pool)
     .await
+}
+
+/// Locks up to `limit` orders still `PENDING` after `deadline`, skipping those another
+/// transaction holds.
+pub async fn lock_overdue(
+    conn: &mut PgConnection,
+    deadline: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Order>, sqlx::Error> {
+    let query = format!(
+        "select {ORDER_COLUMNS} from orders
+         where status = 'PENDING' and created_at < now() - make_interval(secs => $1)
+         order by created_at limit $2 for update skip locked"
+    );
+    sqlx::query_as::<_, OrderRow>(&query)
+        .bind(deadline.as_secs_f64())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(OrderRow::into_order)
+        .collect()
 }

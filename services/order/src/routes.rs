@@ -13,8 +13,8 @@ use shared::http::{check_length, ApiError, ValidJson, ValidPath, ValidQuery, Val
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{transition, OrderStatus, SagaEvent};
-use crate::handler::{emit, execute};
+use crate::domain::{OrderStatus, SagaEvent};
+use crate::handler::{advance, emit};
 use crate::repository::{self, Order, OrderFilter};
 
 pub fn router(pool: PgPool) -> Router {
@@ -294,9 +294,7 @@ async fn cancel_order(
             format!("order {order_id} is already {}", order.status.as_str()),
         ));
     }
-    let (next, commands) = transition(&order.state(), SagaEvent::CustomerCancelled);
-    repository::save_state(&mut tx, order_id, &next).await?;
-    execute(&mut tx, order_id, None, &commands).await?;
+    let next = advance(&mut tx, &order, SagaEvent::CustomerCancelled, None).await?;
     tx.commit().await?;
     tracing::info!(%order_id, "order cancelled by the customer");
     let body = serde_json::json!({
@@ -334,7 +332,7 @@ async fn list_orders(
             OrderStatus::parse(status).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_query",
-                    "status must be PENDING, CONFIRMED or CANCELLED",
+                    "status must be PENDING, CONFIRMED, CANCELLED or FAILED",
                 )
             })
         })

@@ -1,12 +1,14 @@
 //! Wiring: database, Kafka, HTTP routes and the event handler.
 
+use std::time::Duration;
+
 use axum::Router;
 use shared::service::{Infrastructure, ServiceRunner};
 use shared::topics::Topic;
 use sqlx::PgPool;
 
 use crate::handler::OrderEventHandler;
-use crate::{routes, Config, SERVICE};
+use crate::{deadline, routes, Config, SERVICE};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -19,9 +21,15 @@ impl Application {
         let routes = router(infrastructure.pool.clone());
         let handler = OrderEventHandler;
         let consumes = [Topic::Inventory, Topic::Payment, Topic::Shipping];
+        let pool = infrastructure.pool.clone();
+        let deadline = Duration::from_millis(config.saga_deadline_ms);
+        let sweep_every = Duration::from_millis(config.saga_deadline_sweep_ms.max(1));
         let runner =
             ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)
-                .await?;
+                .await?
+                .with_worker(Box::new(move |token| {
+                    Box::pin(deadline::run(pool, deadline, sweep_every, token))
+                }));
         Ok(Self(runner))
     }
 

@@ -8,6 +8,8 @@ pub enum PaymentStatus {
     Charged,
     Declined,
     Refunded,
+    /// The refund could never be made (e.g. the account is gone): needs a person.
+    RefundFailed,
     /// The order was cancelled before it was charged: it must never be charged later.
     Voided,
 }
@@ -18,14 +20,21 @@ impl PaymentStatus {
             Self::Charged => "CHARGED",
             Self::Declined => "DECLINED",
             Self::Refunded => "REFUNDED",
+            Self::RefundFailed => "REFUND_FAILED",
             Self::Voided => "VOIDED",
         }
     }
 
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Charged, Self::Declined, Self::Refunded, Self::Voided]
-            .into_iter()
-            .find(|status| status.as_str() == value)
+        [
+            Self::Charged,
+            Self::Declined,
+            Self::Refunded,
+            Self::RefundFailed,
+            Self::Voided,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == value)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Applies saga events to accounts: charge on `inventory.reserved`, refund on `order.cancelled`.
 
 use shared::events::{
-    OrderCancelled, PaymentCharged, PaymentDeclined, PaymentRefunded, StockReserved,
+    OrderCancelled, PaymentCharged, PaymentDeclined, PaymentRefunded, RefundFailed, StockReserved,
 };
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
@@ -80,13 +80,20 @@ impl EventHandler for PaymentEventHandler {
             }
             Action::Refund => {
                 let (_, customer_id, amount_cents) = payment.unwrap_or_default();
-                sqlx::query(
+                let refunded = sqlx::query(
                     "update accounts set balance_cents = balance_cents + $2, updated_at = now() where customer_id = $1",
                 )
                 .bind(&customer_id)
                 .bind(amount_cents)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected();
+                if refunded == 0 {
+                    return Err(HandlerError::Failed(format!(
+                        "the account of customer {} is gone: {amount_cents} cents cannot be refunded",
+                        customer_id.unwrap_or_default()
+                    )));
+                }
                 sqlx::query("update payments set status = 'REFUNDED', updated_at = now() where order_id = $1")
                     .bind(order_id)
                     .execute(&mut *conn)
@@ -115,6 +122,40 @@ impl EventHandler for PaymentEventHandler {
             }
         }
         Ok(())
+    }
+
+    /// A refund that can never succeed: the payment ends `REFUND_FAILED` and the order service
+    /// is told (`payment.refund_failed.v1`), so the order ends `FAILED`.
+    async fn give_up(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> Result<bool, sqlx::Error> {
+        if !envelope.is::<OrderCancelled>() {
+            return Ok(false);
+        }
+        let order_id = envelope.order_id;
+        let amount_cents: Option<i64> = sqlx::query_scalar(
+            "update payments set status = 'REFUND_FAILED', reason = $2, updated_at = now()
+             where order_id = $1 and status = 'CHARGED' returning amount_cents",
+        )
+        .bind(order_id)
+        .bind(reason)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(amount_cents) = amount_cents else {
+            return Ok(false);
+        };
+        let failed = RefundFailed {
+            order_id,
+            amount_cents,
+            error: reason.to_owned(),
+        };
+        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &failed).await?;
+        metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "payment.refund")
+            .increment(1);
+        Ok(true)
     }
 }
 

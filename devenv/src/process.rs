@@ -1,4 +1,4 @@
-//! Helpers for child processes, signals, ports, temp dirs and log files.
+//! Helpers for child processes, stop requests, ports, temp dirs and log files.
 
 use anyhow::{bail, ensure, Context, Result};
 use std::future::Future;
@@ -6,24 +6,23 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// Set once Ctrl-C (SIGINT) or SIGTERM arrives; everything long-running races against it.
+/// A stop request (e.g. Ctrl-C): everything long-running races against it. Whoever owns the
+/// sending half decides what sets it; [`Stop::never`] is never set.
 #[derive(Clone)]
 pub struct Stop(watch::Receiver<bool>);
 
 impl Stop {
-    pub fn install() -> Result<Self> {
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            eprintln!("xtask: stopping...");
-            let _ = tx.send(true);
-        });
-        Ok(Self(rx))
+    /// Set when `true` is sent on the channel `receiver` belongs to.
+    pub fn from_watch(receiver: watch::Receiver<bool>) -> Self {
+        Self(receiver)
+    }
+
+    /// A stop that never comes (tests).
+    pub fn never() -> Self {
+        let (_sender, receiver) = watch::channel(false);
+        Self(receiver)
     }
 
     pub fn is_set(&self) -> bool {
@@ -162,13 +161,19 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(what: &str) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("sagashop-{what}-{}-{nanos}", std::process::id());
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = format!("sagashop-{what}-{}-{nanos}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self(path)),
+                // Another one of this process, made in the same nanosecond: take the next.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

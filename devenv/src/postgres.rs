@@ -1,0 +1,346 @@
+//! PostgreSQL: the server from DATABASE_URL, or a private throwaway cluster stopped on drop.
+
+use crate::process::{find_on_path, pick_port, run, stdout_of, tail, Stop, TempDir};
+use crate::say;
+use anyhow::{bail, Context, Result};
+use sqlx::{Connection, PgConnection};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// Settings of every private cluster: a throwaway server, so nothing is synced to disk.
+/// `synchronous_commit=off` may lose the last commits when PostgreSQL itself crashes (its WAL
+/// buffers are in shared memory); pass `synchronous_commit=on` to [`Cluster::start_with`] when
+/// a test crashes it on purpose.
+const BASE_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c max_connections=400 \
+     -c fsync=off -c synchronous_commit=off -c full_page_writes=off";
+
+/// The server xtask uses: the one from DATABASE_URL, or a private [`Cluster`].
+pub struct Postgres {
+    /// Server-level URL (database `postgres` for the private cluster).
+    pub admin_url: Url,
+    cluster: Option<Cluster>,
+}
+
+impl Postgres {
+    /// The server from DATABASE_URL if set, else a new private cluster.
+    pub async fn start(stop: &Stop, preferred_port: Option<u16>) -> Result<Self> {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            let admin_url = Url::parse(&url).context("DATABASE_URL is not a valid URL")?;
+            say!(
+                "using the PostgreSQL server from DATABASE_URL ({})",
+                redact(&admin_url)
+            );
+            return Ok(Self {
+                admin_url,
+                cluster: None,
+            });
+        }
+        let cluster = Cluster::start(stop, preferred_port).await?;
+        Ok(Self {
+            admin_url: cluster.admin_url.clone(),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// Connects to the admin URL, retrying for up to 10 s.
+    pub async fn connect(&self) -> Result<PgConnection> {
+        connect(&self.admin_url, Duration::from_secs(10)).await
+    }
+
+    pub async fn create_databases(&self, names: &[String]) -> Result<()> {
+        let mut conn = self.connect().await?;
+        for name in names {
+            let exists: bool =
+                sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+                    .bind(name)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if !exists {
+                sqlx::query(&format!(r#"create database "{name}""#))
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("creating database {name}"))?;
+                say!("created database {name}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin URL with its path replaced by `database`.
+    pub fn url_for(&self, database: &str) -> Url {
+        url_for(&self.admin_url, database)
+    }
+
+    /// Where the server is, for the banner.
+    pub fn describe(&self) -> String {
+        match &self.cluster {
+            Some(c) => format!("{} (log: {})", self.admin_url, c.log().display()),
+            None => format!("{} (from DATABASE_URL)", redact(&self.admin_url)),
+        }
+    }
+
+    pub fn log(&self) -> Option<PathBuf> {
+        self.cluster.as_ref().map(Cluster::log)
+    }
+}
+
+/// A private PostgreSQL cluster in a temp dir, listening on 127.0.0.1 only, with trust
+/// authentication for the `postgres` user. Stopped (and its directory deleted) on drop.
+pub struct Cluster {
+    /// Server-level URL: database `postgres`, user `postgres`, no password.
+    pub admin_url: Url,
+    port: u16,
+    bindir: PathBuf,
+    /// Run the binaries as the `postgres` user (we are root).
+    as_postgres: bool,
+    /// The `-o` options of `pg_ctl start`.
+    options: String,
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// `initdb` and `pg_ctl start` on `preferred_port` if it is free, else on a free port.
+    pub async fn start(stop: &Stop, preferred_port: Option<u16>) -> Result<Self> {
+        Self::start_with(stop, preferred_port, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra server settings (`-c name=value`) that override the
+    /// defaults, e.g. `[("synchronous_commit", "on")]`.
+    pub async fn start_with(
+        stop: &Stop,
+        preferred_port: Option<u16>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
+        let bindir = find_bindir()?;
+        let as_postgres = stdout_of(Command::new("id").arg("-u")).as_deref() == Some("0");
+        let dir = TempDir::new("pg")?;
+        if as_postgres {
+            let (uid, gid) = postgres_user()?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .with_context(|| format!("chown postgres {}", dir.path().display()))?;
+        }
+        let port = pick_port(preferred_port)?;
+        say!(
+            "starting a private PostgreSQL {} cluster on 127.0.0.1:{port} (data in {})",
+            version(&bindir).unwrap_or_default(),
+            dir.path().display()
+        );
+        let mut options = format!("-p {port} -k '{}' {BASE_SETTINGS}", dir.path().display());
+        for (name, value) in settings {
+            options.push_str(&format!(" -c {name}={value}"));
+        }
+        let cluster = Cluster {
+            admin_url: Url::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))?,
+            port,
+            bindir,
+            as_postgres,
+            options,
+            dir,
+        };
+        let mut initdb = cluster.command("initdb");
+        initdb
+            .arg("-D")
+            .arg(cluster.data())
+            .args(["-U", "postgres", "--auth=trust"]);
+        initdb.args(["-E", "UTF8", "--no-locale", "--no-sync"]);
+        run(initdb, "initdb", Some(&cluster.setup_log()), stop).await?;
+        cluster.pg_ctl_start(stop).await?;
+        Ok(cluster)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The admin URL with its path replaced by `database`.
+    pub fn url_for(&self, database: &str) -> Url {
+        url_for(&self.admin_url, database)
+    }
+
+    /// The server log.
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// Connects to the admin URL, retrying for up to `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<PgConnection> {
+        connect(&self.admin_url, timeout).await
+    }
+
+    /// `pg_ctl restart -m immediate`: every backend is killed without a checkpoint (as in a
+    /// crash), the server starts again with the same options and recovers from its WAL. Returns
+    /// once it accepts connections again.
+    pub async fn restart_immediate(&self) -> Result<()> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("restart").args(["-m", "immediate", "-w", "-D"]);
+        pg_ctl.arg(self.data()).arg("-l").arg(self.log());
+        pg_ctl.args(["-o", &self.options]);
+        self.run_pg_ctl(pg_ctl, "pg_ctl restart -m immediate", &Stop::never())
+            .await?;
+        drop(self.connect(Duration::from_secs(30)).await?);
+        Ok(())
+    }
+
+    /// `pg_ctl stop -m immediate`: the server is down until [`Cluster::start_again`].
+    pub async fn stop_immediate(&self) -> Result<()> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("stop").args(["-m", "immediate", "-w", "-D"]);
+        pg_ctl.arg(self.data());
+        self.run_pg_ctl(pg_ctl, "pg_ctl stop -m immediate", &Stop::never())
+            .await
+    }
+
+    /// Starts the server again after [`Cluster::stop_immediate`]; returns once it accepts
+    /// connections.
+    pub async fn start_again(&self) -> Result<()> {
+        self.pg_ctl_start(&Stop::never()).await?;
+        drop(self.connect(Duration::from_secs(30)).await?);
+        Ok(())
+    }
+
+    async fn pg_ctl_start(&self, stop: &Stop) -> Result<()> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("start").arg("-w").arg("-D").arg(self.data());
+        pg_ctl.arg("-l").arg(self.log()).args(["-o", &self.options]);
+        self.run_pg_ctl(pg_ctl, "pg_ctl start", stop).await
+    }
+
+    async fn run_pg_ctl(&self, pg_ctl: Command, what: &str, stop: &Stop) -> Result<()> {
+        if let Err(e) = run(pg_ctl, what, Some(&self.setup_log()), stop).await {
+            bail!(
+                "{e:#}\nlast lines of {}:\n{}",
+                self.log().display(),
+                tail(&self.log(), 40)
+            );
+        }
+        Ok(())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn setup_log(&self) -> PathBuf {
+        self.dir.path().join("setup.log")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let exe = self.bindir.join(program);
+        let mut cmd = if self.as_postgres {
+            let runuser = find_on_path("runuser").unwrap_or_else(|| "/usr/sbin/runuser".into());
+            let mut cmd = Command::new(runuser);
+            cmd.args(["-u", "postgres", "--"]).arg(exe);
+            cmd
+        } else {
+            Command::new(exe)
+        };
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.data().join("postmaster.pid").exists() {
+            say!("stopping PostgreSQL");
+            let mut stop = self.command("pg_ctl");
+            stop.arg("stop")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "fast", "-w"]);
+            let status = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+            if !status.is_ok_and(|s| s.success()) {
+                say!("warning: `pg_ctl stop` failed; a postgres process may be left");
+            }
+        }
+    }
+}
+
+async fn connect(url: &Url, timeout: Duration) -> Result<PgConnection> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match PgConnection::connect(url.as_str()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("connecting to {}", redact(url)))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn url_for(admin_url: &Url, database: &str) -> Url {
+    let mut url = admin_url.clone();
+    url.set_path(database);
+    url
+}
+
+fn find_bindir() -> Result<PathBuf> {
+    let usable = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = stdout_of(Command::new("pg_config").arg("--bindir")).map(PathBuf::from) {
+        if usable(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, dir)| usable(dir))
+        .collect();
+    versions.sort();
+    if let Some((_, dir)) = versions.pop() {
+        return Ok(dir);
+    }
+    if let Some(initdb) = find_on_path("initdb") {
+        let initdb = std::fs::canonicalize(&initdb).unwrap_or(initdb);
+        if let Some(dir) = initdb.parent() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    bail!(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them with \
+         `sudo apt-get install postgresql`, or set DATABASE_URL to an existing server \
+         (e.g. postgres://user:password@localhost:5432/postgres)"
+    )
+}
+
+/// The major version, e.g. "15", from `pg_ctl --version`.
+fn version(bindir: &Path) -> Option<String> {
+    let text = stdout_of(Command::new(bindir.join("pg_ctl")).arg("--version"))?;
+    Some(
+        text.split_whitespace()
+            .nth(2)?
+            .split('.')
+            .next()?
+            .to_string(),
+    )
+}
+
+fn postgres_user() -> Result<(u32, u32)> {
+    let id = |flag| {
+        stdout_of(Command::new("id").args([flag, "postgres"]))?
+            .parse()
+            .ok()
+    };
+    match (id("-u"), id("-g")) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => bail!(
+            "running as root, but PostgreSQL refuses to run as root and there is no `postgres` \
+             system user to run it as: install Debian's PostgreSQL (`apt-get install postgresql`), \
+             run as a normal user, or set DATABASE_URL to an existing server"
+        ),
+    }
+}
+
+/// The URL with its password hidden.
+fn redact(url: &Url) -> Url {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url
+}

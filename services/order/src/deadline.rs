@@ -1,0 +1,51 @@
+//! The saga deadline: orders still `PENDING` after `SAGA_DEADLINE_MS` are cancelled with reason
+//! `timeout`, which compensates whatever was done. Several replicas share the work safely
+//! (`for update skip locked`).
+
+use std::time::Duration;
+
+use shared::service::CancellationToken;
+use sqlx::PgPool;
+
+use crate::domain::SagaEvent;
+use crate::handler::advance;
+use crate::repository;
+
+const BATCH: i64 = 100;
+
+/// Cancels overdue sagas every `interval` until `shutdown`.
+pub async fn run(
+    pool: PgPool,
+    deadline: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match sweep(&pool, deadline).await {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(count, "cancelled sagas that passed their deadline"),
+            Err(error) => tracing::warn!(%error, "deadline sweep failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Cancels every overdue saga; returns how many.
+pub async fn sweep(pool: &PgPool, deadline: Duration) -> Result<usize, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let overdue = repository::lock_overdue(&mut tx, deadline, BATCH).await?;
+        for order in &overdue {
+            advance(&mut tx, order, SagaEvent::DeadlinePassed, None).await?;
+        }
+        tx.commit().await?;
+        total += overdue.len();
+        if (overdue.len() as i64) < BATCH {
+            return Ok(total);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Reading and replaying a service's dead-letter topic (`<service>-service.dlq`).
+//!
+//! A dead letter is the original message (key, bytes, headers) plus `dlq.*` headers saying why
+//! it failed and where it came from. Replaying publishes the original back to its topic; every
+//! consumer of that topic sees it again, which is safe: consumers are idempotent (inbox).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::Serialize;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One message of a dead-letter topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Where it sits in the dead-letter topic: `partition:offset` identifies it for replay.
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    /// The original bytes, as sent to the failing consumer.
+    pub payload: Vec<u8>,
+    /// Every header, the original ones and the `dlq.*` ones.
+    pub headers: Vec<(String, String)>,
+}
+
+impl DeadLetter {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Why the consumer gave up on it.
+    pub fn error(&self) -> &str {
+        self.header("dlq.error").unwrap_or("(unknown)")
+    }
+
+    /// The topic it was consumed from, which replay publishes it back to.
+    pub fn source_topic(&self) -> Option<&str> {
+        self.header("dlq.topic")
+    }
+}
+
+/// Reads every message of `topic` from the beginning to the current end.
+pub fn read_all(brokers: &str, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sagashop-dlq-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("creating a Kafka consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} does not exist");
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, TIMEOUT)
+            .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+            ends.push((partition, high));
+        }
+    }
+    let mut letters = Vec::new();
+    if ends.is_empty() {
+        return Ok(letters);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out reading {topic}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.with_context(|| format!("reading {topic}"))?;
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        letters.push(DeadLetter {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+        let (partition, offset) = (message.partition(), message.offset());
+        ends.retain(|(p, high)| !(*p == partition && offset + 1 >= *high));
+    }
+    letters.sort_by_key(|letter| (letter.partition, letter.offset));
+    Ok(letters)
+}
+
+/// Publishes a dead letter's original key, bytes and headers back to the topic it came from,
+/// with a `dlq.replayed_from` header; returns that topic.
+pub async fn replay(
+    producer: &FutureProducer,
+    dead_letter_topic: &str,
+    letter: &DeadLetter,
+) -> anyhow::Result<String> {
+    let topic = letter
+        .source_topic()
+        .with_context(|| {
+            format!(
+                "dead letter {}:{} has no dlq.topic header",
+                letter.partition, letter.offset
+            )
+        })?
+        .to_owned();
+    let replayed_from = format!("{dead_letter_topic}:{}:{}", letter.partition, letter.offset);
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in letter
+        .headers
+        .iter()
+        .filter(|(key, _)| !key.starts_with("dlq."))
+    {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_str()),
+        });
+    }
+    headers = headers.insert(Header {
+        key: "dlq.replayed_from",
+        value: Some(replayed_from.as_str()),
+    });
+    let mut record = FutureRecord::<str, [u8]>::to(&topic)
+        .payload(&letter.payload)
+        .headers(headers);
+    if let Some(key) = &letter.key {
+        record = record.key(key.as_str());
+    }
+    producer
+        .send(record, TIMEOUT)
+        .await
+        .map_err(|(error, _)| error)
+        .with_context(|| format!("publishing to {topic}"))?;
+    Ok(topic)
+}

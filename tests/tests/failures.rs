@@ -1,0 +1,406 @@
+//! Failure handling end to end: the saga deadline, a compensation that can never succeed,
+//! poison messages and their replay, and events that arrive out of order. The tests hold
+//! database locks that stall a whole service, so they run one at a time.
+
+use e2e::{eventually, system_with, unique, Api, Backdoor, Settings, SAGA_TIMEOUT};
+use serde_json::json;
+use shared::events::{
+    CancellationReason, OrderCancelled, OrderCreated, OrderLine, PaymentCharged, PricedLine,
+    ShippingAddress, StockReserved,
+};
+use shared::topics::Topic;
+use shared::{Envelope, EventPayload};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// A deadline short enough to test, long enough for a healthy saga (well under a second here).
+const SETTINGS: Settings = Settings {
+    saga_deadline_ms: 4_000,
+};
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+fn clients() -> (Api, Backdoor) {
+    let system = system_with(SETTINGS);
+    (Api::on(system), Backdoor::on(system))
+}
+
+async fn wait_status(api: &Api, order_id: Uuid, status: &str) -> serde_json::Value {
+    eventually(
+        &format!("order {order_id} to be {status}"),
+        SAGA_TIMEOUT,
+        || async {
+            let order = api.order(order_id).await;
+            (order["status"] == status).then_some(order)
+        },
+    )
+    .await
+}
+
+async fn wait_settled(api: &Api, sku: &str, available: i64, customer: &str, balance: i64) {
+    eventually(
+        &format!("{sku} and {customer} to settle"),
+        SAGA_TIMEOUT,
+        || async {
+            let product = api.product(sku).await;
+            let settled = product["available"] == available
+                && product["reserved"] == 0
+                && api.balance(customer).await == balance;
+            settled.then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_saga_past_its_deadline_is_cancelled_and_its_late_charge_refunded() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (api, backdoor) = clients();
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 500, 5).await;
+    api.open_account(&customer, 10_000).await;
+    // Hold the account's row: the payment step blocks on it, so the saga stalls.
+    let payments = backdoor.database(&api.system.database_urls.payment).await;
+    let mut stall = payments.begin().await.unwrap();
+    sqlx::query("select 1 from accounts where customer_id = $1 for update")
+        .bind(&customer)
+        .execute(&mut *stall)
+        .await
+        .unwrap();
+
+    let order_id = api.place_order(&customer, &[(&sku, 2)], "FR").await;
+    let order = api.wait_terminal(order_id).await;
+    assert_eq!(
+        (&order["status"], &order["cancellation_reason"]),
+        (&json!("CANCELLED"), &json!("timeout")),
+        "{order}"
+    );
+    stall.commit().await.unwrap();
+
+    // The charge that lands after the cancellation is refunded; the stock comes back.
+    eventually("the late charge to be refunded", SAGA_TIMEOUT, || async {
+        let (status, payment) = api.payment(order_id).await;
+        (status == 404 || payment["status"] == "REFUNDED").then_some(())
+    })
+    .await;
+    wait_settled(&api, &sku, 5, &customer, 10_000).await;
+    let (status, shipment) = api.shipment(order_id).await;
+    assert!(
+        status == 404 || shipment["status"] == "CANCELLED",
+        "{shipment}"
+    );
+    assert_eq!(api.order(order_id).await["status"], "CANCELLED");
+}
+
+#[tokio::test]
+async fn a_refund_that_can_never_be_made_leaves_the_order_failed_and_counted() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (api, backdoor) = clients();
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 800, 5).await;
+    api.open_account(&customer, 10_000).await;
+    // Stall shipping until the charge is made and the account is gone.
+    let shipping = backdoor.database(&api.system.database_urls.shipping).await;
+    let mut stall = shipping.begin().await.unwrap();
+    sqlx::query("lock table shipments in exclusive mode")
+        .execute(&mut *stall)
+        .await
+        .unwrap();
+
+    let order_id = api.place_order(&customer, &[(&sku, 1)], "AQ").await;
+    eventually("the charge", SAGA_TIMEOUT, || async {
+        (api.payment(order_id).await.1["status"] == "CHARGED").then_some(())
+    })
+    .await;
+    let payments = backdoor.database(&api.system.database_urls.payment).await;
+    sqlx::query("delete from accounts where customer_id = $1")
+        .bind(&customer)
+        .execute(&payments)
+        .await
+        .unwrap();
+    stall.commit().await.unwrap();
+
+    let order = wait_status(&api, order_id, "FAILED").await;
+    assert_eq!(order["failed_step"], "payment.refund", "{order}");
+    assert_eq!(order["cancellation_reason"], "shipping_unavailable");
+    let (_, payment) = api.payment(order_id).await;
+    assert_eq!(payment["status"], "REFUND_FAILED", "{payment}");
+    assert!(
+        payment["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot be refunded"),
+        "{payment}"
+    );
+    // The other compensations still happened.
+    eventually("the stock to come back", SAGA_TIMEOUT, || async {
+        let product = api.product(&sku).await;
+        (product["available"] == 5 && product["reserved"] == 0).then_some(())
+    })
+    .await;
+    assert!(api
+        .timeline(order_id)
+        .await
+        .contains(&"payment.refund_failed.v1".to_owned()));
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.system.payment_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metrics.lines().any(|line| {
+        line.starts_with("sagashop_compensation_failures_total")
+            && line.contains("step=\"payment.refund\"")
+            && !line.ends_with(" 0")
+    });
+    assert!(counted, "{metrics}");
+    // FAILED is terminal.
+    let (status, _) = api
+        .send(
+            api.http
+                .post(format!("{}/orders/{order_id}/cancel", api.system.order_url)),
+        )
+        .await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn poison_is_dead_lettered_the_partitions_keep_flowing_and_replay_works() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (api, backdoor) = clients();
+    let consumers = ["inventory", "payment", "shipping"]; // everyone who reads order.events
+    let before: Vec<usize> = futures::future::join_all(consumers.map(|c| backdoor.dead_letters(c)))
+        .await
+        .iter()
+        .map(Vec::len)
+        .collect();
+
+    let order_id = Uuid::now_v7();
+    let unknown = json!({
+        "id": Uuid::now_v7(), "type": "order.exploded.v1", "source": "chaos", "occurred_at": "2026-01-01T00:00:00Z",
+        "order_id": order_id, "causation_id": null, "payload": {}
+    });
+    let mut mismatched = unknown.clone();
+    mismatched["id"] = json!(Uuid::now_v7());
+    mismatched["type"] = json!(OrderCreated::TYPE);
+    mismatched["payload"] = json!({"order_id": order_id, "items": "many"});
+    let poison: Vec<Vec<u8>> = vec![
+        b"\x00\x01 definitely not JSON".to_vec(),
+        serde_json::to_vec(&unknown).unwrap(),
+        serde_json::to_vec(&mismatched).unwrap(),
+        vec![b'x'; 300 * 1024],
+    ];
+    let partitions = 0..3; // KAFKA_TOPIC_PARTITIONS
+    for partition in partitions.clone() {
+        for bytes in &poison {
+            backdoor
+                .produce_to(
+                    Topic::Order,
+                    Some(partition),
+                    &order_id.to_string(),
+                    bytes,
+                    None,
+                )
+                .await;
+        }
+    }
+
+    // Real orders on every partition still go through.
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 100, 50).await;
+    api.open_account(&customer, 100_000).await;
+    let line = [(sku.as_str(), 1)];
+    let orders =
+        futures::future::join_all((0..6).map(|_| api.place_order(&customer, &line, "FR"))).await;
+    for order_id in orders {
+        assert_eq!(api.wait_terminal(order_id).await["status"], "CONFIRMED");
+    }
+
+    let expected = poison.len() * partitions.len();
+    for (consumer, before) in consumers.iter().zip(&before) {
+        let letters = eventually(
+            &format!("{consumer}'s dead letters"),
+            SAGA_TIMEOUT,
+            || async {
+                let letters = backdoor.dead_letters(consumer).await;
+                (letters.len() >= before + expected).then_some(letters)
+            },
+        )
+        .await;
+        let new = &letters[*before..];
+        assert_eq!(new.len(), expected, "{consumer}");
+        for letter in new {
+            assert!(
+                poison.contains(&letter.payload),
+                "{consumer}: the original bytes are kept"
+            );
+            assert_eq!(
+                letter.source_topic(),
+                Some(Topic::Order.name(&api.system.topic_prefix).as_str())
+            );
+            assert_eq!(letter.header("dlq.attempts"), Some("3"));
+            assert_eq!(
+                letter.header("dlq.group"),
+                Some(format!("{}{consumer}-service", api.system.topic_prefix).as_str())
+            );
+            assert!(
+                letter.header("dlq.offset").is_some() && letter.header("dlq.partition").is_some()
+            );
+            assert!(!letter.error().is_empty());
+        }
+        let errors: Vec<&str> = new.iter().map(|letter| letter.error()).collect();
+        for expected_error in [
+            "not an event envelope",
+            "unknown event type",
+            "does not match its schema",
+            "larger than",
+        ] {
+            assert_eq!(
+                errors.iter().filter(|e| e.contains(expected_error)).count(),
+                3,
+                "{consumer}: {errors:?}"
+            );
+        }
+    }
+
+    // Replay sends the original back to its topic; still poison, it comes back marked.
+    let letters = backdoor.dead_letters("inventory").await;
+    let letter = letters.last().unwrap();
+    let producer = shared::kafka::producer(&shared_kafka_config(&api)).unwrap();
+    let dlq = shared::topics::dead_letter_topic(&api.system.topic_prefix, "inventory-service");
+    shared::dead_letters::replay(&producer, &dlq, letter)
+        .await
+        .unwrap();
+    let replayed = eventually(
+        "the replayed message to come back",
+        SAGA_TIMEOUT,
+        || async {
+            let again = backdoor.dead_letters("inventory").await;
+            (again.len() > letters.len())
+                .then(|| again.last().cloned())
+                .flatten()
+        },
+    )
+    .await;
+    assert_eq!(replayed.payload, letter.payload);
+    assert_eq!(
+        replayed.header("dlq.replayed_from"),
+        Some(format!("{dlq}:{}:{}", letter.partition, letter.offset).as_str())
+    );
+}
+
+fn shared_kafka_config(api: &Api) -> shared::config::KafkaConfig {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        kafka: shared::config::KafkaConfig,
+    }
+    Args::parse_from(["test", "--kafka-brokers", &api.system.brokers]).kafka
+}
+
+#[tokio::test]
+async fn events_out_of_order_are_never_applied() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (api, backdoor) = clients();
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 200, 5).await;
+    api.open_account(&customer, 1_000).await;
+    let order_id = Uuid::now_v7();
+    let key = order_id.to_string();
+    let address = ShippingAddress {
+        country: "FR".into(),
+        rest: Default::default(),
+    };
+    let publish = |topic: Topic, envelope: Envelope| {
+        let backdoor = &backdoor;
+        let key = key.clone();
+        async move {
+            let bytes = serde_json::to_vec(&envelope).unwrap();
+            backdoor
+                .produce(topic, &key, &bytes, Some(&envelope.event_type))
+                .await
+        }
+    };
+
+    // The cancellation arrives first everywhere.
+    let cancelled = OrderCancelled {
+        order_id,
+        reason: CancellationReason::CancelledByCustomer,
+    };
+    let (partition, offset) = publish(
+        Topic::Order,
+        Envelope::new("chaos", order_id, None, &cancelled),
+    )
+    .await;
+    for consumer in ["inventory", "payment", "shipping"] {
+        backdoor
+            .wait_consumed(consumer, Topic::Order, partition, offset)
+            .await;
+    }
+    // Then the events it should have followed: the order, its reservation, its charge.
+    let created = OrderCreated {
+        order_id,
+        customer_id: customer.clone(),
+        items: vec![OrderLine {
+            sku: sku.clone(),
+            quantity: 2,
+        }],
+        shipping_address: address.clone(),
+    };
+    let reserved = StockReserved {
+        order_id,
+        customer_id: customer.clone(),
+        items: vec![PricedLine {
+            sku: sku.clone(),
+            quantity: 2,
+            unit_price_cents: 200,
+        }],
+        total_cents: 400,
+        shipping_address: address.clone(),
+    };
+    let charged = PaymentCharged {
+        order_id,
+        customer_id: customer.clone(),
+        amount_cents: 400,
+        shipping_address: address,
+    };
+    let late = [
+        (
+            Topic::Order,
+            Envelope::new("chaos", order_id, None, &created),
+            "inventory",
+        ),
+        (
+            Topic::Inventory,
+            Envelope::new("chaos", order_id, None, &reserved),
+            "payment",
+        ),
+        (
+            Topic::Payment,
+            Envelope::new("chaos", order_id, None, &charged),
+            "shipping",
+        ),
+    ];
+    for (topic, envelope, consumer) in late {
+        let (partition, offset) = publish(topic, envelope).await;
+        backdoor
+            .wait_consumed(consumer, topic, partition, offset)
+            .await;
+    }
+
+    let product = api.product(&sku).await;
+    assert_eq!(
+        (
+            &product["available"],
+            &product["reserved"],
+            &product["sold"]
+        ),
+        (&json!(5), &json!(0), &json!(0))
+    );
+    assert_eq!(api.balance(&customer).await, 1_000);
+    assert_eq!(api.payment(order_id).await.0, 404);
+    assert_eq!(api.shipment(order_id).await.0, 404);
+}

@@ -13,6 +13,8 @@ pub mod metrics;
 pub mod outbox;
 pub mod service;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topics;
 
 mod consumer;

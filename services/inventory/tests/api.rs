@@ -1,247 +1,17 @@
 //! The inventory service's HTTP API, driven through its router with the production layers on a
 //! fresh PostgreSQL database per test (no Kafka). Needs `DATABASE_URL`: run `cargo xtask test`.
 
-mod support {
-    use axum::body::{to_bytes, Body};
-    use axum::http::{header, HeaderMap, Method, Request, StatusCode};
-    use axum::Router;
-    use serde_json::{json, Value};
-    use sqlx::PgPool;
-    use tower::ServiceExt;
-
-    pub const JSON: Option<&str> = Some("application/json");
-
-    pub struct TestApp {
-        pub router: Router,
-        pub pool: PgPool,
-    }
-
-    /// What the service answered; `body` is `Null` when the response has none.
-    pub struct Reply {
-        pub status: StatusCode,
-        pub headers: HeaderMap,
-        pub body: Value,
-    }
-
-    impl TestApp {
-        /// The service's router with the production layers, on a database nobody else uses.
-        pub async fn start() -> Self {
-            let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-                panic!("DATABASE_URL is not set: run the tests with `cargo xtask test`")
-            });
-            let url = shared::db::create_fresh_database(&admin_url, "inventory_api")
-                .await
-                .expect("creating a test database");
-            let pool = shared::db::connect(&url, 5)
-                .await
-                .expect("connecting to the test database");
-            inventory_service::migrate(&pool)
-                .await
-                .expect("migrating the test database");
-            let router = shared::http::with_common_layers(inventory_service::router(pool.clone()));
-            Self { router, pool }
-        }
-
-        /// Sends `body` (if any) as JSON and returns the status and the JSON body.
-        pub async fn send(
-            &self,
-            method: Method,
-            uri: &str,
-            body: Option<Value>,
-        ) -> (StatusCode, Value) {
-            let body = body.map(|body| body.to_string().into_bytes());
-            let content_type = if body.is_some() { JSON } else { None };
-            let reply = self
-                .call(request(method, uri, content_type, body.unwrap_or_default()))
-                .await;
-            (reply.status, reply.body)
-        }
-
-        /// Sends `request`; fails the test on any 5xx, on a non-JSON body and on an error that
-        /// is not `{"error":{"code","message"}}` with both non-empty.
-        pub async fn call(&self, request: Request<Body>) -> Reply {
-            let what = format!("{} {}", request.method(), request.uri());
-            let response = self
-                .router
-                .clone()
-                .oneshot(request)
-                .await
-                .expect("the router is infallible");
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = to_bytes(response.into_body(), usize::MAX)
-                .await
-                .expect("reading the body");
-            let text = String::from_utf8_lossy(&bytes);
-            assert!(!status.is_server_error(), "{what} -> {status}: {text}");
-            if bytes.is_empty() {
-                return Reply {
-                    status,
-                    headers,
-                    body: Value::Null,
-                };
-            }
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            assert_eq!(
-                content_type,
-                Some("application/json"),
-                "{what} -> {status}: {text}"
-            );
-            let body: Value =
-                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{what}: {e}: {text}"));
-            if status.is_client_error() {
-                for field in ["code", "message"] {
-                    let value = body["error"][field].as_str().unwrap_or_default();
-                    assert!(
-                        !value.is_empty(),
-                        "{what} -> {status}: error.{field} missing in {body}"
-                    );
-                }
-            }
-            Reply {
-                status,
-                headers,
-                body,
-            }
-        }
-
-        pub async fn count(&self, sql: &str) -> i64 {
-            sqlx::query_scalar(sql)
-                .fetch_one(&self.pool)
-                .await
-                .expect(sql)
-        }
-    }
-
-    pub fn request(
-        method: Method,
-        uri: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> Request<Body> {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(content_type) = content_type {
-            request = request.header(header::CONTENT_TYPE, content_type);
-        }
-        if !body.is_empty() {
-            request = request.header(header::CONTENT_LENGTH, body.len());
-        }
-        request.body(Body::from(body)).expect("a valid request")
-    }
-
-    #[track_caller]
-    pub fn assert_error(actual: &(StatusCode, Value), status: StatusCode, code: &str) {
-        assert_eq!(
-            (actual.0, &actual.1["error"]["code"]),
-            (status, &Value::from(code)),
-            "{}",
-            actual.1
-        );
-    }
-
-    /// A request body the endpoint must refuse, with the status and code it must refuse it with.
-    pub struct BadBody {
-        pub case: String,
-        pub content_type: Option<&'static str>,
-        pub body: Vec<u8>,
-        pub status: StatusCode,
-        pub code: &'static str,
-    }
-
-    /// Well-formed JSON that the endpoint must refuse with 422 `validation_failed`.
-    pub fn invalid(case: &str, body: Value) -> BadBody {
-        let body = body.to_string().into_bytes();
-        BadBody {
-            case: case.into(),
-            content_type: JSON,
-            body,
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "validation_failed",
-        }
-    }
-
-    /// `valid` with the field at the JSON `pointer` set to `value`, or removed if `None`.
-    pub fn patched(valid: &Value, pointer: &str, value: Option<Value>) -> Value {
-        let mut body = valid.clone();
-        let (parent, field) = pointer.rsplit_once('/').expect("a JSON pointer");
-        let object = body
-            .pointer_mut(parent)
-            .and_then(Value::as_object_mut)
-            .expect("an object");
-        match value {
-            Some(value) => object.insert(field.to_owned(), value),
-            None => object.remove(field),
-        };
-        body
-    }
-
-    /// What every JSON endpoint refuses the same way, whatever its fields.
-    pub fn bad_bodies(valid: &Value) -> Vec<BadBody> {
-        let valid_bytes = valid.to_string().into_bytes();
-        let malformed = |case: &str, body: Vec<u8>| BadBody {
-            case: case.into(),
-            content_type: JSON,
-            body,
-            status: StatusCode::BAD_REQUEST,
-            code: "malformed_json",
-        };
-        let unsupported = |case: &str, content_type| BadBody {
-            case: case.into(),
-            content_type,
-            body: valid_bytes.clone(),
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
-        };
-        let mut oversized = valid_bytes.clone();
-        oversized.resize(shared::http::MAX_BODY_BYTES + 1, b' ');
-        let mut trailing = valid_bytes.clone();
-        trailing.extend_from_slice(b" x");
-        vec![
-            malformed("not JSON", b"{,}".to_vec()),
-            malformed("truncated", valid_bytes[..valid_bytes.len() - 1].to_vec()),
-            malformed("empty", Vec::new()),
-            malformed("trailing garbage", trailing),
-            unsupported("text/plain", Some("text/plain")),
-            unsupported("a form", Some("application/x-www-form-urlencoded")),
-            unsupported("no content type", None),
-            BadBody {
-                case: "over 64 KiB".into(),
-                content_type: JSON,
-                body: oversized,
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "payload_too_large",
-            },
-            invalid(
-                "unknown field",
-                patched(valid, "/unexpected", Some(json!(1))),
-            ),
-            invalid("an array", Value::Array(vec![valid.clone()])),
-            invalid("null", Value::Null),
-        ]
-    }
-
-    /// Sends each case to `uri` and checks its status and error code.
-    pub async fn assert_rejected(app: &TestApp, method: Method, uri: &str, cases: Vec<BadBody>) {
-        for case in cases {
-            let reply = app
-                .call(request(method.clone(), uri, case.content_type, case.body))
-                .await;
-            assert_eq!(
-                (reply.status, reply.body["error"]["code"].as_str()),
-                (case.status, Some(case.code)),
-                "{}: {}",
-                case.case,
-                reply.body
-            );
-        }
-    }
+async fn start() -> TestApp {
+    let pool = shared::testing::fresh_database("inventory_api").await;
+    inventory_service::migrate(&pool)
+        .await
+        .expect("migrating the test database");
+    TestApp::new(inventory_service::router(pool.clone()), pool)
 }
 
 use axum::http::{header, Method, StatusCode};
 use serde_json::{json, Value};
-use support::{
+use shared::testing::{
     assert_error, assert_rejected, bad_bodies, invalid, patched, request, TestApp, JSON,
 };
 
@@ -289,7 +59,7 @@ async fn walk(app: &TestApp, limit: usize) -> Vec<Vec<String>> {
 
 #[tokio::test]
 async fn creating_a_product_returns_201_with_its_location_and_all_stock_available() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let body = json!({"sku": "MUG-01", "name": "Mug", "price_cents": 1_250, "stock": 7});
     let reply = app
         .call(request(
@@ -310,7 +80,7 @@ async fn creating_a_product_returns_201_with_its_location_and_all_stock_availabl
 
 #[tokio::test]
 async fn creating_an_existing_sku_is_409_and_keeps_the_original() {
-    let app = TestApp::start().await;
+    let app = start().await;
     create(&app, "TEA", 3).await;
     let again = json!({"sku": "TEA", "name": "Other tea", "price_cents": 1, "stock": 99});
     assert_error(
@@ -327,7 +97,7 @@ async fn creating_an_existing_sku_is_409_and_keeps_the_original() {
 
 #[tokio::test]
 async fn products_at_the_limits_are_accepted() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let cases = [
         json!({"sku": "free", "name": "Free sample", "price_cents": 0, "stock": 0}),
         json!({"sku": "dear", "name": "Dear", "price_cents": 1_000_000_000_i64, "stock": 1_000_000}),
@@ -350,7 +120,7 @@ async fn products_at_the_limits_are_accepted() {
 
 #[tokio::test]
 async fn a_body_of_exactly_64_kib_is_accepted() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let mut body = product("PADDED", 1).to_string().into_bytes();
     body.resize(shared::http::MAX_BODY_BYTES, b' ');
     let reply = app
@@ -361,7 +131,7 @@ async fn a_body_of_exactly_64_kib_is_accepted() {
 
 #[tokio::test]
 async fn json_content_types_with_parameters_or_suffixes_are_accepted() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let content_types = [
         "application/json; charset=utf-8",
         "Application/JSON",
@@ -383,7 +153,7 @@ async fn json_content_types_with_parameters_or_suffixes_are_accepted() {
 
 #[tokio::test]
 async fn invalid_product_bodies_are_rejected_and_create_nothing() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let valid = product("VALID", 1);
     let field = |pointer, value| patched(&valid, pointer, value);
     let mut cases = bad_bodies(&valid);
@@ -440,7 +210,7 @@ async fn invalid_product_bodies_are_rejected_and_create_nothing() {
 
 #[tokio::test]
 async fn an_unknown_product_is_404() {
-    let app = TestApp::start().await;
+    let app = start().await;
     assert_error(
         &app.send(Method::GET, "/products/NOPE", None).await,
         StatusCode::NOT_FOUND,
@@ -450,7 +220,7 @@ async fn an_unknown_product_is_404() {
 
 #[tokio::test]
 async fn restocking_adds_to_available_and_returns_the_product() {
-    let app = TestApp::start().await;
+    let app = start().await;
     create(&app, "PEN", 2).await;
     for expected in [7, 12] {
         let (status, body) = app
@@ -469,7 +239,7 @@ async fn restocking_adds_to_available_and_returns_the_product() {
 
 #[tokio::test]
 async fn restocking_an_unknown_product_is_404() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let reply = app
         .send(
             Method::POST,
@@ -483,7 +253,7 @@ async fn restocking_an_unknown_product_is_404() {
 
 #[tokio::test]
 async fn restocking_beyond_one_million_available_is_422_and_changes_nothing() {
-    let app = TestApp::start().await;
+    let app = start().await;
     create(&app, "BULK", 999_999).await;
     let over = app
         .send(
@@ -510,7 +280,7 @@ async fn restocking_beyond_one_million_available_is_422_and_changes_nothing() {
 
 #[tokio::test]
 async fn invalid_restock_bodies_are_rejected_and_change_nothing() {
-    let app = TestApp::start().await;
+    let app = start().await;
     create(&app, "CUP", 4).await;
     let valid = json!({"quantity": 1});
     let field = |pointer, value| patched(&valid, pointer, value);
@@ -537,7 +307,7 @@ async fn invalid_restock_bodies_are_rejected_and_change_nothing() {
 
 #[tokio::test]
 async fn listing_pages_through_every_product_once_in_sku_order() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let mut skus: Vec<String> = ["p-5", "p-2", "p-7", "p-1", "p-6", "p-3", "p-4"]
         .map(String::from)
         .into();
@@ -565,7 +335,7 @@ async fn listing_pages_through_every_product_once_in_sku_order() {
 
 #[tokio::test]
 async fn listing_an_empty_catalogue_is_an_empty_last_page() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let (status, page) = app.send(Method::GET, "/products?limit=500", None).await;
     assert_eq!(
         (status, page),
@@ -575,7 +345,7 @@ async fn listing_an_empty_catalogue_is_an_empty_last_page() {
 
 #[tokio::test]
 async fn listing_with_bad_query_parameters_is_400() {
-    let app = TestApp::start().await;
+    let app = start().await;
     for query in [
         "limit=0",
         "limit=501",
@@ -594,7 +364,7 @@ async fn listing_with_bad_query_parameters_is_400() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_with_json_errors() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let cases = [
         (Method::GET, "/nope", StatusCode::NOT_FOUND, "not_found"),
         (Method::GET, "/", StatusCode::NOT_FOUND, "not_found"),
@@ -636,7 +406,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_with_json_errors() {
 
 #[tokio::test]
 async fn a_nul_in_a_sku_or_name_is_a_client_error() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let nul_in_url = [
         ("GET", "/products/a%00b"),
         ("POST", "/products/a%00b/restock"),

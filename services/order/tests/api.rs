@@ -2,248 +2,17 @@
 //! fresh PostgreSQL database per test (no Kafka: events stop in the outbox table). Needs
 //! `DATABASE_URL`: run `cargo xtask test`.
 
-mod support {
-    use axum::body::{to_bytes, Body};
-    use axum::http::{header, HeaderMap, Method, Request, StatusCode};
-    use axum::Router;
-    use serde_json::{json, Value};
-    use sqlx::PgPool;
-    use tower::ServiceExt;
-
-    pub const JSON: Option<&str> = Some("application/json");
-
-    #[derive(Clone)]
-    pub struct TestApp {
-        pub router: Router,
-        pub pool: PgPool,
-    }
-
-    /// What the service answered; `body` is `Null` when the response has none.
-    pub struct Reply {
-        pub status: StatusCode,
-        pub headers: HeaderMap,
-        pub body: Value,
-    }
-
-    impl TestApp {
-        /// The service's router with the production layers, on a database nobody else uses.
-        pub async fn start() -> Self {
-            let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-                panic!("DATABASE_URL is not set: run the tests with `cargo xtask test`")
-            });
-            let url = shared::db::create_fresh_database(&admin_url, "order_api")
-                .await
-                .expect("creating a test database");
-            let pool = shared::db::connect(&url, 5)
-                .await
-                .expect("connecting to the test database");
-            order_service::migrate(&pool)
-                .await
-                .expect("migrating the test database");
-            let router = shared::http::with_common_layers(order_service::router(pool.clone()));
-            Self { router, pool }
-        }
-
-        /// Sends `body` (if any) as JSON and returns the status and the JSON body.
-        pub async fn send(
-            &self,
-            method: Method,
-            uri: &str,
-            body: Option<Value>,
-        ) -> (StatusCode, Value) {
-            let body = body.map(|body| body.to_string().into_bytes());
-            let content_type = if body.is_some() { JSON } else { None };
-            let reply = self
-                .call(request(method, uri, content_type, body.unwrap_or_default()))
-                .await;
-            (reply.status, reply.body)
-        }
-
-        /// Sends `request`; fails the test on any 5xx, on a non-JSON body and on an error that
-        /// is not `{"error":{"code","message"}}` with both non-empty.
-        pub async fn call(&self, request: Request<Body>) -> Reply {
-            let what = format!("{} {}", request.method(), request.uri());
-            let response = self
-                .router
-                .clone()
-                .oneshot(request)
-                .await
-                .expect("the router is infallible");
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = to_bytes(response.into_body(), usize::MAX)
-                .await
-                .expect("reading the body");
-            let text = String::from_utf8_lossy(&bytes);
-            assert!(!status.is_server_error(), "{what} -> {status}: {text}");
-            if bytes.is_empty() {
-                return Reply {
-                    status,
-                    headers,
-                    body: Value::Null,
-                };
-            }
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            assert_eq!(
-                content_type,
-                Some("application/json"),
-                "{what} -> {status}: {text}"
-            );
-            let body: Value =
-                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{what}: {e}: {text}"));
-            if status.is_client_error() {
-                for field in ["code", "message"] {
-                    let value = body["error"][field].as_str().unwrap_or_default();
-                    assert!(
-                        !value.is_empty(),
-                        "{what} -> {status}: error.{field} missing in {body}"
-                    );
-                }
-            }
-            Reply {
-                status,
-                headers,
-                body,
-            }
-        }
-
-        pub async fn count(&self, sql: &str) -> i64 {
-            sqlx::query_scalar(sql)
-                .fetch_one(&self.pool)
-                .await
-                .expect(sql)
-        }
-    }
-
-    pub fn request(
-        method: Method,
-        uri: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> Request<Body> {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(content_type) = content_type {
-            request = request.header(header::CONTENT_TYPE, content_type);
-        }
-        if !body.is_empty() {
-            request = request.header(header::CONTENT_LENGTH, body.len());
-        }
-        request.body(Body::from(body)).expect("a valid request")
-    }
-
-    #[track_caller]
-    pub fn assert_error(actual: &(StatusCode, Value), status: StatusCode, code: &str) {
-        assert_eq!(
-            (actual.0, &actual.1["error"]["code"]),
-            (status, &Value::from(code)),
-            "{}",
-            actual.1
-        );
-    }
-
-    /// A request body the endpoint must refuse, with the status and code it must refuse it with.
-    pub struct BadBody {
-        pub case: String,
-        pub content_type: Option<&'static str>,
-        pub body: Vec<u8>,
-        pub status: StatusCode,
-        pub code: &'static str,
-    }
-
-    /// Well-formed JSON that the endpoint must refuse with 422 `validation_failed`.
-    pub fn invalid(case: &str, body: Value) -> BadBody {
-        let body = body.to_string().into_bytes();
-        BadBody {
-            case: case.into(),
-            content_type: JSON,
-            body,
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "validation_failed",
-        }
-    }
-
-    /// `valid` with the field at the JSON `pointer` set to `value`, or removed if `None`.
-    pub fn patched(valid: &Value, pointer: &str, value: Option<Value>) -> Value {
-        let mut body = valid.clone();
-        let (parent, field) = pointer.rsplit_once('/').expect("a JSON pointer");
-        let object = body
-            .pointer_mut(parent)
-            .and_then(Value::as_object_mut)
-            .expect("an object");
-        match value {
-            Some(value) => object.insert(field.to_owned(), value),
-            None => object.remove(field),
-        };
-        body
-    }
-
-    /// What every JSON endpoint refuses the same way, whatever its fields.
-    pub fn bad_bodies(valid: &Value) -> Vec<BadBody> {
-        let valid_bytes = valid.to_string().into_bytes();
-        let malformed = |case: &str, body: Vec<u8>| BadBody {
-            case: case.into(),
-            content_type: JSON,
-            body,
-            status: StatusCode::BAD_REQUEST,
-            code: "malformed_json",
-        };
-        let unsupported = |case: &str, content_type| BadBody {
-            case: case.into(),
-            content_type,
-            body: valid_bytes.clone(),
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
-        };
-        let mut oversized = valid_bytes.clone();
-        oversized.resize(shared::http::MAX_BODY_BYTES + 1, b' ');
-        let mut trailing = valid_bytes.clone();
-        trailing.extend_from_slice(b" x");
-        vec![
-            malformed("not JSON", b"{,}".to_vec()),
-            malformed("truncated", valid_bytes[..valid_bytes.len() - 1].to_vec()),
-            malformed("empty", Vec::new()),
-            malformed("trailing garbage", trailing),
-            unsupported("text/plain", Some("text/plain")),
-            unsupported("a form", Some("application/x-www-form-urlencoded")),
-            unsupported("no content type", None),
-            BadBody {
-                case: "over 64 KiB".into(),
-                content_type: JSON,
-                body: oversized,
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "payload_too_large",
-            },
-            invalid(
-                "unknown field",
-                patched(valid, "/unexpected", Some(json!(1))),
-            ),
-            invalid("an array", Value::Array(vec![valid.clone()])),
-            invalid("null", Value::Null),
-        ]
-    }
-
-    /// Sends each case to `uri` and checks its status and error code.
-    pub async fn assert_rejected(app: &TestApp, method: Method, uri: &str, cases: Vec<BadBody>) {
-        for case in cases {
-            let reply = app
-                .call(request(method.clone(), uri, case.content_type, case.body))
-                .await;
-            assert_eq!(
-                (reply.status, reply.body["error"]["code"].as_str()),
-                (case.status, Some(case.code)),
-                "{}: {}",
-                case.case,
-                reply.body
-            );
-        }
-    }
+async fn start() -> TestApp {
+    let pool = shared::testing::fresh_database("order_api").await;
+    order_service::migrate(&pool)
+        .await
+        .expect("migrating the test database");
+    TestApp::new(order_service::router(pool.clone()), pool)
 }
 
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
-use support::{
+use shared::testing::{
     assert_error, assert_rejected, bad_bodies, invalid, patched, request, Reply, TestApp, JSON,
 };
 use uuid::Uuid;
@@ -318,7 +87,7 @@ async fn walk(app: &TestApp, first_uri: &str) -> Vec<Vec<Uuid>> {
 
 #[tokio::test]
 async fn placing_an_order_is_202_pending_and_writes_order_created_to_the_outbox() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let body = order_body("alice");
     let reply = place(&app, &body, None).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
@@ -377,7 +146,7 @@ async fn placing_an_order_is_202_pending_and_writes_order_created_to_the_outbox(
 
 #[tokio::test]
 async fn a_placed_order_reads_back_pending_with_its_items_and_address() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let body = order_body("alice");
     let order_id = place_ok(&app, &body).await;
 
@@ -406,7 +175,7 @@ async fn a_placed_order_reads_back_pending_with_its_items_and_address() {
 
 #[tokio::test]
 async fn an_address_needs_only_a_country_and_null_fields_are_dropped() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let minimal = patched(
         &order_body("bob"),
         "/shipping_address",
@@ -424,7 +193,7 @@ async fn an_address_needs_only_a_country_and_null_fields_are_dropped() {
 
 #[tokio::test]
 async fn orders_at_the_limits_are_accepted() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let fifty_lines: Vec<Value> = (0..50)
         .map(|i| json!({"sku": format!("SKU-{i}"), "quantity": 1}))
         .collect();
@@ -460,7 +229,7 @@ async fn orders_at_the_limits_are_accepted() {
 
 #[tokio::test]
 async fn invalid_order_bodies_are_rejected_and_create_nothing() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let valid = order_body("carol");
     let field = |pointer, value| patched(&valid, pointer, value);
     let fifty_one: Vec<Value> = (0..51)
@@ -577,7 +346,7 @@ async fn invalid_order_bodies_are_rejected_and_create_nothing() {
 
 #[tokio::test]
 async fn a_retry_with_the_same_idempotency_key_returns_the_same_order() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let body = order_body("dave");
     let first = place(&app, &body, key("retry-1")).await;
     assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
@@ -609,7 +378,7 @@ async fn a_retry_with_the_same_idempotency_key_returns_the_same_order() {
 
 #[tokio::test]
 async fn reusing_an_idempotency_key_with_another_body_is_422() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let first = place(&app, &order_body("erin"), key("reused")).await;
     assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
 
@@ -626,7 +395,7 @@ async fn reusing_an_idempotency_key_with_another_body_is_422() {
 
 #[tokio::test]
 async fn different_idempotency_keys_place_different_orders() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let first = place(&app, &order_body("fay"), key("key-a")).await;
     let second = place(&app, &order_body("fay"), key("key-b")).await;
     assert_eq!(
@@ -639,7 +408,7 @@ async fn different_idempotency_keys_place_different_orders() {
 
 #[tokio::test]
 async fn idempotency_keys_belong_to_one_customer() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let first = place(&app, &order_body("hal"), key("shared-key")).await;
     let second = place(&app, &order_body("ivy"), key("shared-key")).await;
     assert_eq!(
@@ -655,7 +424,7 @@ async fn idempotency_keys_belong_to_one_customer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_one_idempotency_key_place_one_order() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let app = app.clone();
@@ -679,7 +448,7 @@ async fn concurrent_requests_with_one_idempotency_key_place_one_order() {
 
 #[tokio::test]
 async fn a_malformed_idempotency_key_is_400_and_places_nothing() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let long = "k".repeat(256);
     let bad_keys = [
         HeaderValue::from_static(""),
@@ -704,7 +473,7 @@ async fn a_malformed_idempotency_key_is_400_and_places_nothing() {
 
 #[tokio::test]
 async fn unknown_orders_are_404_and_non_uuid_ids_400() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let unknown = Uuid::new_v4();
     let cases = [
         (
@@ -752,7 +521,7 @@ async fn unknown_orders_are_404_and_non_uuid_ids_400() {
 
 #[tokio::test]
 async fn cancelling_a_pending_order_is_202_and_writes_order_cancelled() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let order_id = place_ok(&app, &order_body("ivy")).await;
 
     let (status, body) = cancel(&app, order_id).await;
@@ -797,7 +566,7 @@ async fn cancelling_a_pending_order_is_202_and_writes_order_cancelled() {
 
 #[tokio::test]
 async fn cancelling_twice_is_409_and_emits_one_cancellation() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let order_id = place_ok(&app, &order_body("jo")).await;
     assert_eq!(cancel(&app, order_id).await.0, StatusCode::ACCEPTED);
     assert_error(
@@ -814,7 +583,7 @@ async fn cancelling_twice_is_409_and_emits_one_cancellation() {
 
 #[tokio::test]
 async fn cancelling_a_confirmed_order_is_409_and_keeps_it_confirmed() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let order_id = place_ok(&app, &order_body("kim")).await;
     // Confirmation comes from the saga's events; set it directly.
     sqlx::query("update orders set status = 'CONFIRMED' where order_id = $1")
@@ -841,7 +610,7 @@ async fn cancelling_a_confirmed_order_is_409_and_keeps_it_confirmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cancels_succeed_exactly_once() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let order_id = place_ok(&app, &order_body("lee")).await;
     let tasks: Vec<_> = (0..6)
         .map(|_| {
@@ -868,7 +637,7 @@ async fn concurrent_cancels_succeed_exactly_once() {
 
 #[tokio::test]
 async fn listing_pages_newest_first_and_yields_every_order_once() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let mut placed = Vec::new();
     for i in 0..7 {
         placed.push(place_ok(&app, &order_body(if i % 2 == 0 { "mia" } else { "ned" })).await);
@@ -897,7 +666,7 @@ async fn listing_pages_newest_first_and_yields_every_order_once() {
 
 #[tokio::test]
 async fn listing_filters_by_customer_and_status() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let mut by_customer: Vec<(&str, Uuid)> = Vec::new();
     for customer in ["oli", "pat", "oli", "pat", "oli"] {
         by_customer.push((customer, place_ok(&app, &order_body(customer)).await));
@@ -945,7 +714,7 @@ async fn listing_filters_by_customer_and_status() {
 
 #[tokio::test]
 async fn listing_with_bad_query_parameters_is_400() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let long_customer = format!("customer_id={}", "c".repeat(65));
     let queries = [
         "status=pending",
@@ -975,7 +744,7 @@ async fn listing_with_bad_query_parameters_is_400() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405_with_json_errors() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let id = Uuid::new_v4();
     let cases = [
         (
@@ -1034,7 +803,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_with_json_errors() {
 
 #[tokio::test]
 async fn a_nul_anywhere_in_an_order_is_a_client_error() {
-    let app = TestApp::start().await;
+    let app = start().await;
     let reply = app
         .send(Method::GET, "/orders?customer_id=a%00b", None)
         .await;

@@ -131,12 +131,12 @@ impl Report {
         self.problems.push(text.into());
     }
 
-    /// Prints the summary line (and appends it to `target/faults-summary.txt`); with problems,
-    /// prints them and the logs and panics.
-    pub fn finish(&self, system: &FaultSystem) {
+    /// Prints the summary line (and appends it to `target/<profile>/faults-summary.txt`); with
+    /// problems, prints them and panics (the system then prints its logs as it drops).
+    pub fn finish(&self) {
         let line = self.summary();
         println!("faults: {line}");
-        let summary_file = super::system::binaries_dir().join("faults-summary.txt");
+        let summary_file = super::system::target_dir().join("faults-summary.txt");
         if let Ok(mut file) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -148,11 +148,7 @@ impl Report {
             } else {
                 "FAILED"
             };
-            let _ = writeln!(
-                file,
-                "{} {verdict} {line}",
-                super::system::timestamp()
-            );
+            let _ = writeln!(file, "{} {verdict} {line}", super::system::timestamp());
         }
         if !self.problems.is_empty() {
             eprintln!("[{}] {} problem(s):", self.case, self.problems.len());
@@ -174,7 +170,6 @@ impl Report {
                     .join("\n")
             );
         }
-        let _ = system;
     }
 }
 
@@ -199,9 +194,7 @@ pub async fn settle_and_check(
         ..Report::default()
     };
     for (n, why) in &outcome.gave_up {
-        report.problem(format!(
-            "order #{n} never accepted (client gave up): {why}"
-        ));
+        report.problem(format!("order #{n} never accepted (client gave up): {why}"));
     }
     for anomaly in &outcome.anomalies {
         report.problem(anomaly.clone());
@@ -214,7 +207,8 @@ pub async fn settle_and_check(
         .collect();
 
     // 1. Every accepted order terminal.
-    let terminal_timeout = Duration::from_millis(system.options.saga_deadline_ms) + Duration::from_secs(45);
+    let terminal_timeout =
+        Duration::from_millis(system.options.saga_deadline_ms) + Duration::from_secs(45);
     let deadline = Instant::now() + terminal_timeout;
     loop {
         match pending_orders(system, &accepted).await {
@@ -248,10 +242,7 @@ pub async fn settle_and_check(
             Ok((false, description)) => {
                 previous = None;
                 if Instant::now() > quiet_deadline {
-                    report.problem(format!(
-                        "not quiet after 90 s: {}",
-                        description.join("; ")
-                    ));
+                    report.problem(format!("not quiet after 90 s: {}", description.join("; ")));
                     break;
                 }
             }
@@ -421,7 +412,9 @@ async fn check(
         };
         let Some(order) = orders.get(order_id) else {
             report.lost += 1;
-            report.problem(format!("{label}: accepted (202) but unknown to the order service"));
+            report.problem(format!(
+                "{label}: accepted (202) but unknown to the order service"
+            ));
             offending.insert(*order_id);
             continue;
         };
@@ -441,11 +434,20 @@ async fn check(
             }
         }
         if reason == "timeout" {
+            // Every fault here lasts seconds, the deadline a minute: a saga that needed the
+            // deadline was stalled, even if the compensation then left everything consistent.
             report.timed_out += 1;
+            report.problem(format!(
+                "{label}: cancelled by the saga deadline ({} ms): it stalled",
+                system.options.saga_deadline_ms
+            ));
+            offending.insert(*order_id);
         }
         let payment = payments.get(order_id);
         let payment_status = payment.map_or("", |p| text(&p["status"]));
-        let amount = payment.and_then(|p| p["amount_cents"].as_i64()).unwrap_or(0);
+        let amount = payment
+            .and_then(|p| p["amount_cents"].as_i64())
+            .unwrap_or(0);
         let shipment_status = shipments.get(order_id).map_or("", |s| text(&s["status"]));
         let reservation_status = reservations
             .get(order_id)
@@ -464,7 +466,9 @@ async fn check(
                     wrong.push(format!("charged {amount} but total_cents is {total:?}"));
                 }
                 if total != priced {
-                    wrong.push(format!("total_cents {total:?} but the lines cost {priced:?}"));
+                    wrong.push(format!(
+                        "total_cents {total:?} but the lines cost {priced:?}"
+                    ));
                 }
                 if shipment_status != "SCHEDULED" {
                     wrong.push(format!("shipment is {shipment_status:?}, not SCHEDULED"));
@@ -480,7 +484,10 @@ async fn check(
                 if !has_account.contains(k.customer.as_str()) {
                     wrong.push(format!("confirmed for {} who has no account", k.customer));
                 }
-                if k.items.iter().any(|(sku, _)| !prices.contains_key(sku.as_str())) {
+                if k.items
+                    .iter()
+                    .any(|(sku, _)| !prices.contains_key(sku.as_str()))
+                {
                     wrong.push("confirmed with an unknown sku".to_owned());
                 }
                 if let (Some(total), true) = (total, payment_status == "CHARGED") {
@@ -498,7 +505,9 @@ async fn check(
                     wrong.push(format!("{status} but its shipment is SCHEDULED"));
                 }
                 if reservation_status == "RESERVED" || reservation_status == "COMMITTED" {
-                    wrong.push(format!("{status} but its reservation is {reservation_status}"));
+                    wrong.push(format!(
+                        "{status} but its reservation is {reservation_status}"
+                    ));
                 }
                 if status == "FAILED" {
                     wrong.push(format!(
@@ -523,10 +532,7 @@ async fn check(
         if !wrong.is_empty() {
             disagree.insert(*order_id);
             offending.insert(*order_id);
-            report.problem(format!(
-                "{label} ({status} {reason}): {}",
-                wrong.join("; ")
-            ));
+            report.problem(format!("{label} ({status} {reason}): {}", wrong.join("; ")));
         }
     }
     report.double_charged = double_charged.len();
@@ -547,7 +553,11 @@ async fn check(
     for (what, map, active) in [
         ("payment", &payments, &["CHARGED", "REFUND_FAILED"][..]),
         ("shipment", &shipments, &["SCHEDULED"][..]),
-        ("reservation", &reservations, &["RESERVED", "COMMITTED", "RELEASE_FAILED"][..]),
+        (
+            "reservation",
+            &reservations,
+            &["RESERVED", "COMMITTED", "RELEASE_FAILED"][..],
+        ),
     ] {
         for (order_id, row) in map {
             if orders.contains_key(order_id) || expectations.foreign_order_ids.contains(order_id) {
@@ -582,7 +592,10 @@ async fn check(
         let held = charged.get(account.customer.as_str()).copied().unwrap_or(0);
         let delta = account.balance_cents - balance - held;
         if balance < 0 {
-            report.problem(format!("{} has a negative balance {balance}", account.customer));
+            report.problem(format!(
+                "{} has a negative balance {balance}",
+                account.customer
+            ));
         }
         if delta != 0 {
             report.money_delta += delta.abs();
@@ -626,14 +639,18 @@ async fn check(
             wrong.push("a negative field".to_owned());
         }
         if reserved != 0 {
-            wrong.push(format!("{reserved} units still reserved once every order is terminal"));
+            wrong.push(format!(
+                "{reserved} units still reserved once every order is terminal"
+            ));
         }
         let expected_sold = confirmed_units
             .get(product.sku.as_str())
             .copied()
             .unwrap_or(0);
         if sold != expected_sold {
-            wrong.push(format!("sold {sold} but the confirmed orders hold {expected_sold}"));
+            wrong.push(format!(
+                "sold {sold} but the confirmed orders hold {expected_sold}"
+            ));
         }
         if !wrong.is_empty() {
             report.oversold += 1;
@@ -649,7 +666,10 @@ async fn check(
                 .await?;
         if pending > 0 {
             report.outbox_pending += pending;
-            report.problem(format!("{} outbox: {pending} events never published", svc.name()));
+            report.problem(format!(
+                "{} outbox: {pending} events never published",
+                svc.name()
+            ));
         }
         let topics: Vec<String> = svc.consumes().iter().map(|t| system.topic(t)).collect();
         for state in group_state(&system.broker.address(), &system.group(svc), &topics).await? {
@@ -661,7 +681,14 @@ async fn check(
     }
 
     // The HTTP API shows what the databases hold.
-    let api_problems = check_api(system, &known.keys().copied().collect::<Vec<_>>(), &orders, &payments, &shipments).await;
+    let api_problems = check_api(
+        system,
+        &known.keys().copied().collect::<Vec<_>>(),
+        &orders,
+        &payments,
+        &shipments,
+    )
+    .await;
     for problem in api_problems {
         if let Some(order_id) = problem.0 {
             disagree.insert(order_id);
@@ -670,21 +697,43 @@ async fn check(
         report.problem(problem.1);
     }
     for account in &workload.catalog.accounts {
-        let reply = get_json(&system.http, &format!("{}/accounts/{}", system.url(Svc::Payment), account.customer)).await;
+        let reply = get_json(
+            &system.http,
+            &format!("{}/accounts/{}", system.url(Svc::Payment), account.customer),
+        )
+        .await;
         let db = accounts.get(&account.customer).copied();
-        if reply.as_ref().ok().and_then(|(_, v)| v["balance_cents"].as_i64()) != db {
-            report.problem(format!("GET /accounts/{}: {reply:?} but the database holds {db:?}", account.customer));
+        if reply
+            .as_ref()
+            .ok()
+            .and_then(|(_, v)| v["balance_cents"].as_i64())
+            != db
+        {
+            report.problem(format!(
+                "GET /accounts/{}: {reply:?} but the database holds {db:?}",
+                account.customer
+            ));
         }
     }
     for product in &workload.catalog.products {
-        let reply = get_json(&system.http, &format!("{}/products/{}", system.url(Svc::Inventory), product.sku)).await;
+        let reply = get_json(
+            &system.http,
+            &format!("{}/products/{}", system.url(Svc::Inventory), product.sku),
+        )
+        .await;
         let row = &products[&product.sku];
         let same = reply.as_ref().is_ok_and(|(status, v)| {
-            *status == 200 && ["available", "reserved", "sold"].iter().all(|f| v[f] == row[f])
+            *status == 200
+                && ["available", "reserved", "sold"]
+                    .iter()
+                    .all(|f| v[f] == row[f])
         });
         if !same {
             report.oversold += 1;
-            report.problem(format!("GET /products/{}: {reply:?} but the database holds {row}", product.sku));
+            report.problem(format!(
+                "GET /products/{}: {reply:?} but the database holds {row}",
+                product.sku
+            ));
         }
     }
     report.disagree = disagree.len();
@@ -700,7 +749,13 @@ async fn check(
         .unwrap_or_default();
         let events: Vec<String> = timeline
             .iter()
-            .map(|e| format!("{} ({})", text(&e.0["event_type"]), text(&e.0["occurred_at"])))
+            .map(|e| {
+                format!(
+                    "{} ({})",
+                    text(&e.0["event_type"]),
+                    text(&e.0["occurred_at"])
+                )
+            })
             .collect();
         report.details.push(format!(
             "order {order_id}:\n  order       {}\n  payment     {}\n  shipment    {}\n  reservation {}\n  timeline    {}",
@@ -744,45 +799,49 @@ async fn check_api(
         system.url(Svc::Shipping),
     );
     let http = &system.http;
-    let results: Vec<Vec<(Option<Uuid>, String)>> = futures::stream::iter(order_ids.iter().copied())
-        .map(|order_id| {
-            let (order_url, payment_url, shipping_url) = (&order_url, &payment_url, &shipping_url);
-            async move {
-                let mut problems = Vec::new();
-                let checks = [
-                    ("orders", order_url, orders.get(&order_id)),
-                    ("payments", payment_url, payments.get(&order_id)),
-                    ("shipments", shipping_url, shipments.get(&order_id)),
-                ];
-                for (path, base, row) in checks {
-                    let url = format!("{base}/{path}/{order_id}");
-                    let reply = get_json(http, &url).await;
-                    // The API hides VOIDED records (a cancellation seen before the step).
-                    let row = row.filter(|row| row["status"] != "VOIDED");
-                    let ok = match (&reply, row) {
-                        (Ok((404, _)), None) => true,
-                        (Ok((200, body)), Some(row)) => {
-                            body["status"] == row["status"]
-                                && (path != "orders" || body["total_cents"] == row["total_cents"])
-                                && (path != "payments" || body["amount_cents"] == row["amount_cents"])
+    let results: Vec<Vec<(Option<Uuid>, String)>> =
+        futures::stream::iter(order_ids.iter().copied())
+            .map(|order_id| {
+                let (order_url, payment_url, shipping_url) =
+                    (&order_url, &payment_url, &shipping_url);
+                async move {
+                    let mut problems = Vec::new();
+                    let checks = [
+                        ("orders", order_url, orders.get(&order_id)),
+                        ("payments", payment_url, payments.get(&order_id)),
+                        ("shipments", shipping_url, shipments.get(&order_id)),
+                    ];
+                    for (path, base, row) in checks {
+                        let url = format!("{base}/{path}/{order_id}");
+                        let reply = get_json(http, &url).await;
+                        // The API hides VOIDED records (a cancellation seen before the step).
+                        let row = row.filter(|row| row["status"] != "VOIDED");
+                        let ok = match (&reply, row) {
+                            (Ok((404, _)), None) => true,
+                            (Ok((200, body)), Some(row)) => {
+                                body["status"] == row["status"]
+                                    && (path != "orders"
+                                        || body["total_cents"] == row["total_cents"])
+                                    && (path != "payments"
+                                        || body["amount_cents"] == row["amount_cents"])
+                            }
+                            _ => false,
+                        };
+                        if !ok {
+                            problems.push((
+                                Some(order_id),
+                                format!(
+                                    "GET /{path}/{order_id}: {reply:?} but the database holds {}",
+                                    row.map_or("nothing".to_owned(), Value::to_string)
+                                ),
+                            ));
                         }
-                        _ => false,
-                    };
-                    if !ok {
-                        problems.push((
-                            Some(order_id),
-                            format!(
-                                "GET /{path}/{order_id}: {reply:?} but the database holds {}",
-                                row.map_or("nothing".to_owned(), Value::to_string)
-                            ),
-                        ));
                     }
+                    problems
                 }
-                problems
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
     results.into_iter().flatten().collect()
 }

@@ -43,7 +43,7 @@ impl std::fmt::Display for PartitionState {
             .map_or_else(|| "none".to_owned(), |c| c.to_string());
         write!(
             f,
-            "{}[{}] committed={committed} high={}",
+            "{}[{}] committed {committed} of {}",
             self.topic, self.partition, self.high
         )
     }

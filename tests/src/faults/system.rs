@@ -8,7 +8,6 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-
 use anyhow::{bail, Context};
 use devenv::process::{pick_port, tail};
 use devenv::{Cluster, Stop, Tansu};
@@ -27,11 +26,26 @@ pub struct Options {
     pub env: Vec<(String, String)>,
 }
 
+/// `KAFKA_SESSION_TIMEOUT_MS` of every service in the fault cases: Kafka's minimum, so a
+/// SIGKILLed consumer can be restarted soon after its session expired (see
+/// [`RESTART_AFTER_SIGKILL`]).
+pub const SESSION_TIMEOUT: Duration = Duration::from_millis(6_000);
+
+/// How long a SIGKILLed service stays down at least: longer than its consumer's session. On
+/// tansu 0.6, a consumer restarted within the session timeout of its killed predecessor joins
+/// a group whose leader is still the dead member; the group never forms again (measured:
+/// stuck for over two minutes; RELIABILITY.md). Apache Kafka expires the dead member after the
+/// session timeout and rebalances either way.
+pub const RESTART_AFTER_SIGKILL: Duration = Duration::from_millis(7_000);
+
 impl Default for Options {
     fn default() -> Self {
         Self {
             saga_deadline_ms: 60_000,
-            env: Vec::new(),
+            env: vec![(
+                "KAFKA_SESSION_TIMEOUT_MS".to_owned(),
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )],
         }
     }
 }
@@ -378,7 +392,7 @@ impl FaultSystem {
                 "----- [{}] last {lines} lines of {} -----\n{}",
                 self.case,
                 log.display(),
-                tail(&log, lines)
+                tail_without_noise(&log, lines)
             );
         }
     }
@@ -419,12 +433,7 @@ impl Drop for FaultSystem {
 /// `target/<profile>/deps/faults-<hash>`, the binaries are in `target/<profile>/`. Panics if
 /// one is missing or older than its sources.
 pub fn binaries_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary is in target/<profile>/deps")
-        .to_path_buf();
+    let dir = target_dir();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the workspace root")
@@ -438,10 +447,7 @@ pub fn binaries_dir() -> PathBuf {
                 binary.display()
             );
         };
-        let sources = [
-            root.join("services").join(svc.name()),
-            root.join("shared"),
-        ];
+        let sources = [root.join("services").join(svc.name()), root.join("shared")];
         if let Some((path, _)) = sources
             .iter()
             .filter_map(|dir| newest_file(dir))
@@ -458,6 +464,15 @@ pub fn binaries_dir() -> PathBuf {
     dir
 }
 
+/// `target/<profile>/`: the test binary is `target/<profile>/deps/faults-<hash>`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in target/<profile>/deps")
+        .to_path_buf()
+}
+
 /// The most recently modified file under `dir` (skipping `target` directories).
 fn newest_file(dir: &Path) -> Option<(PathBuf, SystemTime)> {
     let mut newest: Option<(PathBuf, SystemTime)> = None;
@@ -466,7 +481,10 @@ fn newest_file(dir: &Path) -> Option<(PathBuf, SystemTime)> {
         let path = entry.path();
         let Ok(meta) = entry.metadata() else { continue };
         let candidate = if meta.is_dir() {
-            if path.file_name().is_some_and(|n| n == "target" || n == "tests") {
+            if path
+                .file_name()
+                .is_some_and(|n| n == "target" || n == "tests")
+            {
                 continue;
             }
             newest_file(&path)
@@ -480,6 +498,17 @@ fn newest_file(dir: &Path) -> Option<(PathBuf, SystemTime)> {
         }
     }
     newest
+}
+
+/// The last `n` lines of a log, without tansu's `TopicAlreadyExists` errors (every service
+/// start creates every topic).
+fn tail_without_noise(path: &Path, n: usize) -> String {
+    let text = tail(path, 100_000);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.contains("TopicAlreadyExists"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Wall-clock time in UTC, as the services log it, for markers and the summary file.

@@ -232,9 +232,9 @@ impl Workload {
                             outcome.cancelled_by_client.insert(n);
                         }
                         Some(CancelResult::Conflict) => outcome.cancels_too_late += 1,
-                        Some(CancelResult::Failed(why)) => {
-                            outcome.anomalies.push(format!("cancel of order #{n}: {why}"))
-                        }
+                        Some(CancelResult::Failed(why)) => outcome
+                            .anomalies
+                            .push(format!("cancel of order #{n}: {why}")),
                         None => {}
                     }
                 }

@@ -332,8 +332,12 @@ async fn every_event_delivered_twice_and_groups_rewound() {
         async {
             let mut rewinds = Vec::new();
             let brokers = system.broker.address();
-            for svc in [Svc::Payment, Svc::Inventory, Svc::Shipping, Svc::Order] {
-                pause(rng.millis(5_000, 8_000), &done).await;
+            // Each service in turn (again and again in soak mode) while orders flow.
+            let order = [Svc::Payment, Svc::Inventory, Svc::Shipping, Svc::Order];
+            for svc in order.into_iter().cycle() {
+                if pause(rng.millis(4_000, 6_000), &done).await {
+                    break;
+                }
                 let group = system.group(svc);
                 let topics: Vec<String> = svc.consumes().iter().map(|t| system.topic(t)).collect();
                 let process = system.services.get_mut(&svc).expect("a service");
@@ -373,10 +377,11 @@ async fn every_event_delivered_twice_and_groups_rewound() {
                     case,
                     started,
                     format_args!(
-                        "{group} stopped (SIGTERM) and rewound to 0 from {}",
+                        "{} stopped (SIGTERM), its group rewound to 0 from {}",
+                        svc.binary(),
                         states
                             .iter()
-                            .map(ToString::to_string)
+                            .map(|s| s.to_string().replace(&system.prefix, ""))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
@@ -396,6 +401,14 @@ async fn every_event_delivered_twice_and_groups_rewound() {
             rewinds
         },
     );
+    for svc in Svc::ALL {
+        if !rewinds.iter().any(|r| r.svc == svc) {
+            problems.push(format!(
+                "{} was never rewound (the workload ended first)",
+                svc.binary()
+            ));
+        }
+    }
     let copies_before_settle = duplicator.copied.load(Ordering::SeqCst);
     let expectations = Expectations {
         faults: rewinds.len() as u64,
@@ -1101,6 +1114,8 @@ async fn consumer_sigkilled_and_restarted_within_its_session_timeout() {
     first.orders.truncate(3);
     first.duration = Duration::from_secs(1);
     first.run(&http, &targets).await;
+    // A formed, settled group.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let process = system.services.get_mut(&Svc::Inventory).expect("inventory");
     process.kill().await.expect("SIGKILL");
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -42,7 +42,7 @@ pub async fn emit<P: EventPayload>(
 }
 
 /// Writes an already built envelope to the outbox for `topic`.
-pub async fn enqueue(
+async fn enqueue(
     conn: &mut PgConnection,
     topic: Topic,
     envelope: &Envelope,

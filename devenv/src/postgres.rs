@@ -16,6 +16,14 @@ use url::Url;
 const BASE_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c max_connections=400 \
      -c fsync=off -c synchronous_commit=off -c full_page_writes=off";
 
+/// What a cluster needs to sync every commit to disk, as a production server does (overrides
+/// the defaults above; for [`Cluster::start_with`] and [`Postgres::start_with`], e.g. benchmarks).
+pub const DURABLE_SETTINGS: [(&str, &str); 3] = [
+    ("fsync", "on"),
+    ("synchronous_commit", "on"),
+    ("full_page_writes", "on"),
+];
+
 /// The server xtask uses: the one from DATABASE_URL, or a private [`Cluster`].
 pub struct Postgres {
     /// Server-level URL (database `postgres` for the private cluster).
@@ -26,6 +34,16 @@ pub struct Postgres {
 impl Postgres {
     /// The server from DATABASE_URL if set, else a new private cluster.
     pub async fn start(stop: &Stop, preferred_port: Option<u16>) -> Result<Self> {
+        Self::start_with(stop, preferred_port, &[]).await
+    }
+
+    /// Like [`Postgres::start`]; a private cluster gets the extra server `settings` (see
+    /// [`Cluster::start_with`]). The server from DATABASE_URL is used as it is.
+    pub async fn start_with(
+        stop: &Stop,
+        preferred_port: Option<u16>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             let admin_url = Url::parse(&url).context("DATABASE_URL is not a valid URL")?;
             say!(
@@ -37,7 +55,7 @@ impl Postgres {
                 cluster: None,
             });
         }
-        let cluster = Cluster::start(stop, preferred_port).await?;
+        let cluster = Cluster::start_with(stop, preferred_port, settings).await?;
         Ok(Self {
             admin_url: cluster.admin_url.clone(),
             cluster: Some(cluster),
@@ -83,6 +101,11 @@ impl Postgres {
 
     pub fn log(&self) -> Option<PathBuf> {
         self.cluster.as_ref().map(Cluster::log)
+    }
+
+    /// The private cluster, if this is one (None for the server from DATABASE_URL).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
     }
 }
 
@@ -157,6 +180,17 @@ impl Cluster {
     /// The admin URL with its path replaced by `database`.
     pub fn url_for(&self, database: &str) -> Url {
         url_for(&self.admin_url, database)
+    }
+
+    /// The data directory (`PGDATA`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data()
+    }
+
+    /// The postmaster's process id while the server runs: the first line of `postmaster.pid`.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// The server log.

@@ -19,6 +19,21 @@ impl Stop {
         Self(receiver)
     }
 
+    /// Set once Ctrl-C (SIGINT) or SIGTERM arrives (printing `<label>: stopping...`). Needs a
+    /// Tokio runtime.
+    pub fn on_signals() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            crate::say!("stopping...");
+            let _ = tx.send(true);
+        });
+        Ok(Self(rx))
+    }
+
     /// A stop that never comes (tests).
     pub fn never() -> Self {
         let (_sender, receiver) = watch::channel(false);

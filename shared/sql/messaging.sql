@@ -23,18 +23,7 @@ create table if not exists inbox (
     processed_at timestamptz not null default now()
 );
 
-create or replace function notify_outbox() returns trigger language plpgsql as $$
-begin
-    perform pg_notify('outbox', '');
-    return null;
-end
-$$;
-
-do $$
-begin
-    if not exists (select 1 from pg_trigger where tgname = 'outbox_notify') then
-        create trigger outbox_notify after insert on outbox
-            for each statement execute function notify_outbox();
-    end if;
-end
-$$;
+-- Earlier versions notified the relay from a trigger, inside the writing transaction; that
+-- serialised every commit on PostgreSQL's notification lock. Writers now signal after commit.
+drop trigger if exists outbox_notify on outbox;
+drop function if exists notify_outbox();

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::outbox::RelaySettings;
+
 /// Settings common to all four services; each service flattens this into its own `Config`.
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
@@ -27,10 +29,23 @@ pub struct CommonConfig {
     #[arg(long, env = "CONSUMER_MAX_ATTEMPTS", default_value_t = 3)]
     pub consumer_max_attempts: u32,
 
+    /// Most events a consumer applies in one database transaction. A batch is whatever the
+    /// Kafka client has already fetched, up to this many; it never waits to fill one.
+    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 100)]
+    pub consumer_batch_size: usize,
+
     /// Safety-net poll interval of the outbox relay, in milliseconds (it is woken by NOTIFY on
     /// every commit; the poll only covers a lost notification).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 1000)]
     pub outbox_poll_interval_ms: u64,
+
+    /// Outbox rows the relay reads per query.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    pub outbox_batch_size: usize,
+
+    /// Most outbox rows handed to the producer and not yet acknowledged by the broker.
+    #[arg(long, env = "OUTBOX_MAX_IN_FLIGHT", default_value_t = 5000)]
+    pub outbox_max_in_flight: usize,
 }
 
 /// Kafka client settings. The defaults suit both Apache Kafka and tansu (see README.md).
@@ -107,7 +122,11 @@ pub struct KafkaConfig {
 }
 
 impl CommonConfig {
-    pub fn outbox_poll_interval(&self) -> Duration {
-        Duration::from_millis(self.outbox_poll_interval_ms)
+    pub fn relay_settings(&self) -> RelaySettings {
+        RelaySettings {
+            poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
+            batch_size: self.outbox_batch_size.max(1),
+            max_in_flight: self.outbox_max_in_flight.max(1),
+        }
     }
 }

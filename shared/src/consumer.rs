@@ -1,12 +1,21 @@
-//! The idempotent consumer loop: each event is applied in one database transaction together
-//! with its inbox row (and any outbox rows it causes); the Kafka offset is stored only after
-//! that transaction commits. Database failures are retried with backoff; messages that can
-//! never be processed go to the service's dead-letter topic so the partition keeps flowing.
+//! The idempotent consumer loop. Messages are taken in batches of whatever the client has
+//! already fetched (never waiting to fill one), and a batch is applied in one database
+//! transaction: every handled event's inbox row, its effects and the outbox rows it causes
+//! commit together, and the batch's Kafka offsets are stored only after that commit. Event
+//! types the service does not handle need no transaction at all.
+//!
+//! A batch stops at its first message that cannot be applied (not an event of ours, a handler
+//! failure, a database error): the transaction is rolled back, the messages before it are
+//! applied again as a batch of their own, and the failing message goes through the one-message
+//! path, which retries database failures with backoff until they pass, retries other failures
+//! a bounded number of times and then gives up explicitly or dead-letters the message, so the
+//! partition keeps flowing. Its neighbours are never lost, reordered or half-applied.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -18,11 +27,16 @@ use tracing::Instrument;
 use crate::envelope::Envelope;
 use crate::events;
 use crate::inbox::{self, Origin};
+use crate::outbox::OutboxSignal;
 
 /// Applies one event of the saga to the service's state.
 pub trait EventHandler: Send + Sync + 'static {
-    /// Applies `envelope` inside the caller's transaction, which already holds its inbox row.
-    /// Events of types the service does not care about are ignored with `Ok(())`.
+    /// Whether the service acts on events of `event_type`. Others are acknowledged without a
+    /// transaction or an inbox row (they are still checked to be well-formed events).
+    fn handles(&self, event_type: &str) -> bool;
+
+    /// Applies `envelope` inside the caller's transaction, which already holds its inbox row
+    /// (and may hold other events of the same batch). Only called for handled types.
     fn handle(
         &self,
         conn: &mut PgConnection,
@@ -87,17 +101,32 @@ pub(crate) struct ConsumerPolicy {
     pub max_attempts: u32,
     /// Larger messages are not events of ours: they are dead-lettered.
     pub max_event_bytes: usize,
+    /// Most messages applied in one transaction.
+    pub batch_size: usize,
 }
 
 pub(crate) struct ConsumerLoop<H> {
     pub consumer: StreamConsumer,
     pub pool: PgPool,
+    /// Told after every commit (the relay publishes what it caused).
+    pub outbox: OutboxSignal,
     pub handler: Arc<H>,
     pub producer: FutureProducer,
     pub service: &'static str,
     pub group_id: String,
     pub dead_letter_topic: String,
     pub policy: ConsumerPolicy,
+}
+
+fn event_span(envelope: &Envelope, origin: &Origin) -> tracing::Span {
+    tracing::info_span!(
+        "event",
+        event_type = %envelope.event_type,
+        event_id = %envelope.id,
+        order_id = %envelope.order_id,
+        partition = origin.partition,
+        offset = origin.offset,
+    )
 }
 
 /// Why one attempt at a message failed.
@@ -112,39 +141,132 @@ enum Failure {
 
 impl<H: EventHandler> ConsumerLoop<H> {
     pub async fn run(self, shutdown: CancellationToken) {
+        // Up to `batch_size` messages the client has already fetched: no wait to fill a batch.
+        let mut batches = self
+            .consumer
+            .stream()
+            .ready_chunks(self.policy.batch_size.max(1));
         loop {
-            let message = tokio::select! {
+            let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                message = self.consumer.recv() => message,
+                batch = batches.next() => batch,
             };
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, "kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+            let Some(batch) = batch else { break };
+            let mut messages = Vec::with_capacity(batch.len());
+            for message in batch {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(error) => tracing::warn!(%error, "kafka consumer error"),
                 }
-            };
-            if !self.process(&message, &shutdown).await {
+            }
+            if messages.is_empty() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            if !self.process_batch(&messages, &shutdown).await {
                 break;
             }
-            if let Err(error) = self.consumer.store_offset_from_message(&message) {
-                tracing::warn!(%error, "could not store offset");
-            }
         }
+        drop(batches);
         if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final offset commit");
+        }
+    }
+
+    /// Applies `messages` (in order) and stores their offsets; `false` means shutdown
+    /// interrupted it (the offsets of what was not applied are not stored).
+    async fn process_batch(
+        &self,
+        messages: &[BorrowedMessage<'_>],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut rest = messages;
+        let mut take = rest.len();
+        while !rest.is_empty() {
+            match self.apply_batch(&rest[..take]).await {
+                Ok(outcomes) => {
+                    for (message, outcome) in rest[..take].iter().zip(outcomes) {
+                        self.count(outcome);
+                        self.store_offset(message);
+                    }
+                    rest = &rest[take..];
+                }
+                Err(0) => {
+                    if !self.process(&rest[0], shutdown).await {
+                        return false;
+                    }
+                    self.store_offset(&rest[0]);
+                    rest = &rest[1..];
+                }
+                // Everything was rolled back: apply the messages before the failing one first.
+                Err(failed_at) => {
+                    take = failed_at;
+                    continue;
+                }
+            }
+            take = rest.len();
+        }
+        true
+    }
+
+    /// Applies every message of `messages` in one transaction and returns each one's outcome,
+    /// or, when one of them cannot be applied, rolls everything back and returns its index.
+    async fn apply_batch(
+        &self,
+        messages: &[BorrowedMessage<'_>],
+    ) -> Result<Vec<&'static str>, usize> {
+        let mut tx: Option<sqlx::Transaction<'static, sqlx::Postgres>> = None;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            let stopped = |reason: &dyn std::fmt::Display| {
+                tracing::debug!(index, %reason, "batch stopped; applying the messages before it");
+                index
+            };
+            let envelope = self.check(message).map_err(|reason| stopped(&reason))?;
+            if !self.handler.handles(&envelope.event_type) {
+                outcomes.push("ignored");
+                continue;
+            }
+            let conn = match &mut tx {
+                Some(tx) => tx,
+                None => tx.insert(self.pool.begin().await.map_err(|error| stopped(&error))?),
+            };
+            let origin = Origin::of(message);
+            let span = event_span(&envelope, &origin);
+            let outcome = async {
+                if !inbox::claim(conn, &envelope, &origin).await? {
+                    tracing::debug!("duplicate event ignored");
+                    return Ok("duplicate");
+                }
+                self.handler.handle(conn, &envelope).await?;
+                Ok::<_, HandlerError>("applied")
+            }
+            .instrument(span)
+            .await
+            .map_err(|error| stopped(&error))?;
+            outcomes.push(outcome);
+        }
+        if let Some(tx) = tx {
+            // A failed commit: the first message takes the one-message path, which retries.
+            tx.commit().await.map_err(|error| {
+                tracing::debug!(%error, "batch commit failed");
+                0usize
+            })?;
+            self.outbox.committed();
+        }
+        Ok(outcomes)
+    }
+
+    fn store_offset(&self, message: &BorrowedMessage<'_>) {
+        if let Err(error) = self.consumer.store_offset_from_message(message) {
+            tracing::warn!(%error, "could not store offset");
         }
     }
 
     /// Processes one message until it is applied, recognised as a duplicate, given up on or
     /// dead-lettered; `false` means shutdown interrupted it (its offset must not be stored).
     async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
-        let origin = Origin {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
+        let origin = Origin::of(message);
         let span = tracing::info_span!(
             "consume",
             topic = %origin.topic,
@@ -210,38 +332,15 @@ impl<H: EventHandler> ConsumerLoop<H> {
         message: &BorrowedMessage<'_>,
         origin: &Origin,
     ) -> Result<&'static str, Failure> {
-        let bytes = message.payload().unwrap_or_default();
-        if bytes.len() > self.policy.max_event_bytes {
-            return Err(Failure::Poison(format!(
-                "message of {} bytes is larger than the {} bytes an event may have",
-                bytes.len(),
-                self.policy.max_event_bytes
-            )));
+        let envelope = self.check(message).map_err(Failure::Poison)?;
+        if !self.handler.handles(&envelope.event_type) {
+            return Ok("ignored");
         }
-        let envelope: Envelope = serde_json::from_slice(bytes)
-            .map_err(|error| Failure::Poison(format!("not an event envelope: {error}")))?;
-        match events::check_schema(&envelope.event_type, &envelope.payload) {
-            None => {
-                return Err(Failure::Poison(format!(
-                    "unknown event type {:?}",
-                    envelope.event_type
-                )))
-            }
-            Some(Err(error)) => {
-                return Err(Failure::Poison(format!(
-                    "{} payload does not match its schema: {error}",
-                    envelope.event_type
-                )))
-            }
-            Some(Ok(())) => {}
-        }
-        let span = tracing::info_span!(
-            "event",
-            event_type = %envelope.event_type,
-            event_id = %envelope.id,
-            order_id = %envelope.order_id,
-        );
-        match self.apply(&envelope, origin).instrument(span).await {
+        match self
+            .apply(&envelope, origin)
+            .instrument(event_span(&envelope, origin))
+            .await
+        {
             Ok(outcome) => Ok(outcome),
             Err(HandlerError::Database(error)) => Err(Failure::Transient(error.to_string())),
             Err(HandlerError::Malformed(error)) => Err(Failure::Poison(format!(
@@ -249,6 +348,29 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 envelope.event_type
             ))),
             Err(HandlerError::Failed(reason)) => Err(Failure::Rejected(envelope, reason)),
+        }
+    }
+
+    /// Checks that `message` is an event of ours (size, envelope, known type, schema); the
+    /// error says why it is poison.
+    fn check(&self, message: &BorrowedMessage<'_>) -> Result<Envelope, String> {
+        let bytes = message.payload().unwrap_or_default();
+        if bytes.len() > self.policy.max_event_bytes {
+            return Err(format!(
+                "message of {} bytes is larger than the {} bytes an event may have",
+                bytes.len(),
+                self.policy.max_event_bytes
+            ));
+        }
+        let envelope: Envelope = serde_json::from_slice(bytes)
+            .map_err(|error| format!("not an event envelope: {error}"))?;
+        match events::check_schema(&envelope.event_type, &envelope.payload) {
+            None => Err(format!("unknown event type {:?}", envelope.event_type)),
+            Some(Err(error)) => Err(format!(
+                "{} payload does not match its schema: {error}",
+                envelope.event_type
+            )),
+            Some(Ok(())) => Ok(envelope),
         }
     }
 
@@ -264,6 +386,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
         }
         self.handler.handle(&mut tx, envelope).await?;
         tx.commit().await?;
+        self.outbox.committed();
         tracing::debug!("event applied");
         Ok("applied")
     }
@@ -288,6 +411,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 let recorded = self.handler.give_up(&mut tx, envelope, reason).await?;
                 if recorded {
                     tx.commit().await?;
+                    self.outbox.committed();
                 }
                 Ok::<bool, sqlx::Error>(recorded)
             };
@@ -405,3 +529,6 @@ impl<H: EventHandler> ConsumerLoop<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

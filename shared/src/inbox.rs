@@ -13,6 +13,17 @@ pub(crate) struct Origin {
     pub offset: i64,
 }
 
+impl Origin {
+    pub fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        use rdkafka::Message;
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        }
+    }
+}
+
 /// Records `envelope` as processed; `false` means it was processed before.
 pub(crate) async fn claim(
     conn: &mut PgConnection,

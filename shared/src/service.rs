@@ -20,7 +20,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::config::CommonConfig;
 use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
-use crate::outbox::OutboxRelay;
+use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::topics::{dead_letter_topic, Topic};
 use crate::{db, http, kafka};
 
@@ -29,6 +29,8 @@ use crate::{db, http, kafka};
 pub struct Infrastructure {
     pub pool: PgPool,
     pub producer: FutureProducer,
+    /// Call [`OutboxSignal::committed`] after committing outbox rows outside the consumer.
+    pub outbox: OutboxSignal,
     config: CommonConfig,
     service: &'static str,
 }
@@ -49,6 +51,7 @@ impl Infrastructure {
         topics.push(dead_letter_topic(prefix, &format!("{service}-service")));
         kafka::ensure_topics(&config.kafka, &topics).await?;
         Ok(Self {
+            outbox: OutboxSignal::new(pool.clone()),
             pool,
             producer,
             config: config.clone(),
@@ -82,6 +85,7 @@ impl ServiceRunner {
         let Infrastructure {
             pool,
             producer,
+            outbox,
             config,
             service,
         } = infrastructure;
@@ -105,6 +109,7 @@ impl ServiceRunner {
         let consumer_loop = ConsumerLoop {
             consumer,
             pool: pool.clone(),
+            outbox: outbox.clone(),
             handler: Arc::new(handler),
             producer: producer.clone(),
             service,
@@ -113,14 +118,15 @@ impl ServiceRunner {
             policy: ConsumerPolicy {
                 max_attempts: config.consumer_max_attempts.max(1),
                 max_event_bytes: config.kafka.max_event_bytes,
+                batch_size: config.consumer_batch_size.max(1),
             },
         };
 
         let relay = OutboxRelay::new(
-            pool.clone(),
+            outbox,
             producer.clone(),
             config.kafka.topic_prefix.clone(),
-            config.outbox_poll_interval(),
+            config.relay_settings(),
         );
         crate::metrics::handle();
         let health = Router::new()

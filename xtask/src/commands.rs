@@ -1,11 +1,11 @@
-//! The `up` and `test` subcommands.
+//! The `up`, `test` and `bench` subcommands.
 
 use crate::services::{self, Running, Service, SERVICES};
 use anyhow::{bail, Result};
 use devenv::process::{run_status, tail};
 use devenv::{Broker, Postgres, Stop};
 use std::os::unix::process::ExitStatusExt;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, ExitStatus};
 
 /// PostgreSQL and the broker; dropping it stops what it started (broker first).
 struct Infra {
@@ -92,8 +92,22 @@ pub async fn test(stop: &Stop, args: Vec<String>) -> Result<ExitCode> {
             );
         }
     }
+    Ok(exit_code(status))
+}
+
+/// Builds the services and the benchmark in release, then runs `sagashop-bench ARGS...`
+/// (it starts its own PostgreSQL and broker unless DATABASE_URL / KAFKA_BROKERS are set).
+pub async fn bench(stop: &Stop, args: Vec<String>) -> Result<ExitCode> {
+    let bin_dir = services::build_release(stop).await?;
+    let exe = bin_dir.join(services::BENCH_PACKAGE);
+    let mut cmd = Command::new(&exe);
+    cmd.args(&args).current_dir(services::workspace_root());
+    let status = run_status(cmd, services::BENCH_PACKAGE, stop).await?;
+    Ok(exit_code(status))
+}
+
+/// The exit code of a child: its own, or 128 + the signal that ended it.
+fn exit_code(status: ExitStatus) -> ExitCode {
     let code = status.code().or(status.signal().map(|s| 128 + s));
-    Ok(ExitCode::from(
-        code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
-    ))
+    ExitCode::from(code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1))
 }

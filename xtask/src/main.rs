@@ -1,14 +1,12 @@
-//! `cargo xtask`: run the whole Sagashop system locally, or run the workspace tests.
+//! `cargo xtask`: run the whole Sagashop system locally, run the workspace tests, or run the
+//! benchmark.
 
 mod commands;
 mod services;
 
-use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use devenv::Stop;
 use std::process::ExitCode;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +36,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the services and the benchmark in release and run `sagashop-bench [ARGS...]`
+    /// (`cargo xtask bench --help` lists its settings)
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Passed to sagashop-bench, e.g. `--rates 20,100 --duration 10`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -47,7 +53,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     devenv::set_label("xtask");
-    let stop = match stop_on_signals() {
+    let stop = match Stop::on_signals() {
         Ok(stop) => stop,
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
@@ -56,7 +62,8 @@ async fn main() -> ExitCode {
     };
     let result = match command {
         Command::Up => commands::up(&stop).await,
-        Command::Test { .. } => commands::test(&stop, test_args()).await,
+        Command::Test { .. } => commands::test(&stop, args_after("test")).await,
+        Command::Bench { .. } => commands::bench(&stop, args_after("bench")).await,
     };
     match result {
         Ok(code) => code,
@@ -71,23 +78,11 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Set once Ctrl-C (SIGINT) or SIGTERM arrives; everything long-running races against it.
-fn stop_on_signals() -> anyhow::Result<Stop> {
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-        eprintln!("xtask: stopping...");
-        let _ = tx.send(true);
-    });
-    Ok(Stop::from_watch(rx))
-}
-
-/// Everything after `test`, verbatim (clap would swallow the `--` of `test -- --nocapture`).
-fn test_args() -> Vec<String> {
+/// Everything after the subcommand, verbatim (clap would swallow the `--` of
+/// `test -- --nocapture`).
+fn args_after(subcommand: &str) -> Vec<String> {
     std::env::args()
-        .skip_while(|a| a != "test")
+        .skip_while(|a| a != subcommand)
         .skip(1)
         .collect()
 }

@@ -69,9 +69,31 @@ pub async fn build(stop: &Stop) -> Result<PathBuf> {
         cmd.arg("-p").arg(service.package());
     }
     run(cmd, "cargo build", None, stop).await?;
+    Ok(target_dir().join("debug"))
+}
+
+/// Builds the four services and the benchmark in release and returns the directory holding
+/// their binaries.
+pub async fn build_release(stop: &Stop) -> Result<PathBuf> {
+    eprintln!("xtask: building the services and the benchmark (release)");
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--locked"]);
+    for service in &SERVICES {
+        cmd.arg("-p").arg(service.package());
+    }
+    cmd.args(["-p", BENCH_PACKAGE]);
+    run(cmd, "cargo build --release", None, stop).await?;
+    Ok(target_dir().join("release"))
+}
+
+/// Package and binary name of the benchmark.
+pub const BENCH_PACKAGE: &str = "sagashop-bench";
+
+/// The cargo target directory (CARGO_TARGET_DIR, relative to the workspace root, or `target`).
+fn target_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    Ok(workspace_root().join(target).join("debug"))
+    workspace_root().join(target)
 }
 
 struct Proc {

@@ -17,7 +17,18 @@ use crate::SERVICE;
 
 pub struct InventoryEventHandler;
 
+/// The event types this service acts on.
+const HANDLED: [&str; 3] = [
+    OrderCreated::TYPE,
+    OrderCancelled::TYPE,
+    OrderConfirmed::TYPE,
+];
+
 impl EventHandler for InventoryEventHandler {
+    fn handles(&self, event_type: &str) -> bool {
+        HANDLED.contains(&event_type)
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use shared::outbox::OutboxSignal;
 use shared::service::CancellationToken;
 use sqlx::PgPool;
 
@@ -16,6 +17,7 @@ const BATCH: i64 = 100;
 /// Cancels overdue sagas every `interval` until `shutdown`.
 pub async fn run(
     pool: PgPool,
+    outbox: OutboxSignal,
     deadline: Duration,
     interval: Duration,
     shutdown: CancellationToken,
@@ -23,7 +25,10 @@ pub async fn run(
     loop {
         match sweep(&pool, deadline).await {
             Ok(0) => {}
-            Ok(count) => tracing::warn!(count, "cancelled sagas that passed their deadline"),
+            Ok(count) => {
+                outbox.committed();
+                tracing::warn!(count, "cancelled sagas that passed their deadline")
+            }
             Err(error) => tracing::warn!(%error, "deadline sweep failed; retrying"),
         }
         tokio::select! {

@@ -15,7 +15,26 @@ use crate::SERVICE;
 
 pub struct OrderEventHandler;
 
+/// The event types this service acts on: what the other services report about an order.
+const HANDLED: [&str; 11] = [
+    StockReserved::TYPE,
+    StockRejected::TYPE,
+    PaymentCharged::TYPE,
+    PaymentDeclined::TYPE,
+    ShipmentScheduled::TYPE,
+    ShipmentRejected::TYPE,
+    StockReleased::TYPE,
+    PaymentRefunded::TYPE,
+    ShipmentCancelled::TYPE,
+    StockReleaseFailed::TYPE,
+    RefundFailed::TYPE,
+];
+
 impl EventHandler for OrderEventHandler {
+    fn handles(&self, event_type: &str) -> bool {
+        HANDLED.contains(&event_type)
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -182,7 +182,8 @@ pub async fn list_orders(
         .collect()
 }
 
-/// Persists the saga's decision about an order.
+/// Persists the saga's decision about an order. `updated_at` is the moment of the change, not
+/// the start of its transaction (a consumer's transaction may apply a batch of events).
 pub async fn save_state(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -190,7 +191,7 @@ pub async fn save_state(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update orders set status = $2, total_cents = $3, cancellation_reason = $4, failed_step = $5,
-                updated_at = now()
+                updated_at = clock_timestamp()
          where order_id = $1",
     )
     .bind(order_id)

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shared::events::{OrderCreated, OrderLine, ShippingAddress};
 use shared::http::{check_length, ApiError, ValidJson, ValidPath, ValidQuery, Validate};
+use shared::outbox::OutboxSignal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,13 +18,32 @@ use crate::domain::{OrderStatus, SagaEvent};
 use crate::handler::{advance, emit};
 use crate::repository::{self, Order, OrderFilter};
 
-pub fn router(pool: PgPool) -> Router {
+pub fn router(pool: PgPool, outbox: OutboxSignal) -> Router {
     Router::new()
         .route("/orders", post(place_order).get(list_orders))
         .route("/orders/{order_id}", get(get_order))
         .route("/orders/{order_id}/timeline", get(get_timeline))
         .route("/orders/{order_id}/cancel", post(cancel_order))
-        .with_state(pool)
+        .with_state(AppState { pool, outbox })
+}
+
+/// What the handlers share: the database, and the signal that wakes the outbox relay.
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    outbox: OutboxSignal,
+}
+
+impl FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
+impl FromRef<AppState> for OutboxSignal {
+    fn from_ref(state: &AppState) -> Self {
+        state.outbox.clone()
+    }
 }
 
 const MAX_ID_CHARS: usize = 64;
@@ -170,6 +190,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 async fn place_order(
     State(pool): State<PgPool>,
+    State(outbox): State<OutboxSignal>,
     headers: HeaderMap,
     ValidJson(request): ValidJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
@@ -218,6 +239,7 @@ async fn place_order(
     };
     emit(&mut tx, order_id, None, &created).await?;
     tx.commit().await?;
+    outbox.committed();
     tracing::info!(%order_id, "order accepted");
     Ok(accepted(order_id, OrderStatus::Pending))
 }
@@ -282,6 +304,7 @@ async fn get_timeline(
 
 async fn cancel_order(
     State(pool): State<PgPool>,
+    State(outbox): State<OutboxSignal>,
     ValidPath(order_id): ValidPath<Uuid>,
 ) -> Result<Response, ApiError> {
     let mut tx = pool.begin().await?;
@@ -296,6 +319,7 @@ async fn cancel_order(
     }
     let next = advance(&mut tx, &order, SagaEvent::CustomerCancelled, None).await?;
     tx.commit().await?;
+    outbox.committed();
     tracing::info!(%order_id, "order cancelled by the customer");
     let body = serde_json::json!({
         "order_id": order_id,

@@ -18,7 +18,8 @@ pub struct Application(ServiceRunner);
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let infrastructure = Infrastructure::start(SERVICE, &config.common, &MIGRATOR).await?;
-        let routes = router(infrastructure.pool.clone());
+        let outbox = infrastructure.outbox.clone();
+        let routes = routes::router(infrastructure.pool.clone(), outbox.clone());
         let handler = OrderEventHandler;
         let consumes = [Topic::Inventory, Topic::Payment, Topic::Shipping];
         let pool = infrastructure.pool.clone();
@@ -28,7 +29,7 @@ impl Application {
             ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)
                 .await?
                 .with_worker(Box::new(move |token| {
-                    Box::pin(deadline::run(pool, deadline, sweep_every, token))
+                    Box::pin(deadline::run(pool, outbox, deadline, sweep_every, token))
                 }));
         Ok(Self(runner))
     }
@@ -46,9 +47,9 @@ impl Application {
     }
 }
 
-/// The HTTP API alone, for tests that need no broker.
+/// The HTTP API alone, for tests that need no broker (no relay publishes what it writes).
 pub fn router(pool: PgPool) -> Router {
-    routes::router(pool)
+    routes::router(pool.clone(), shared::outbox::OutboxSignal::new(pool))
 }
 
 /// Applies this service's migrations (for tests that build the router alone).

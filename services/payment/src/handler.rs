@@ -11,7 +11,14 @@ use crate::SERVICE;
 
 pub struct PaymentEventHandler;
 
+/// The event types this service acts on.
+const HANDLED: [&str; 2] = [StockReserved::TYPE, OrderCancelled::TYPE];
+
 impl EventHandler for PaymentEventHandler {
+    fn handles(&self, event_type: &str) -> bool {
+        HANDLED.contains(&event_type)
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -14,7 +14,14 @@ pub struct ShippingEventHandler {
     pub countries: Countries,
 }
 
+/// The event types this service acts on.
+const HANDLED: [&str; 2] = [PaymentCharged::TYPE, OrderCancelled::TYPE];
+
 impl EventHandler for ShippingEventHandler {
+    fn handles(&self, event_type: &str) -> bool {
+        HANDLED.contains(&event_type)
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -1,7 +1,8 @@
 //! The database reference: how many transactions shaped like a consumer's the server commits
-//! per second. On a scratch database with the services' own outbox and inbox schema (NOTIFY
-//! trigger included), N connections each loop over: insert an inbox row, update one of a few
-//! state rows, insert an outbox row with an envelope-sized jsonb, commit.
+//! per second. On a scratch database with the services' own outbox and inbox schema
+//! (`shared/sql/messaging.sql`, with whatever indexes and triggers it declares), N connections
+//! each loop over: insert an inbox row, update one of a few state rows, insert an outbox row
+//! with an envelope-sized jsonb, commit.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::stack::{database_name, drop_databases};
 use crate::stats::{rate, Summary};
 
-/// The services' outbox and inbox tables and the outbox's NOTIFY trigger.
+/// The services' outbox and inbox tables.
 const MESSAGING_SCHEMA: &str = include_str!("../../shared/sql/messaging.sql");
 
 /// State rows the transactions update (like a handful of hot products or accounts).

@@ -387,9 +387,10 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "Commit bound: {:.0} commits/s ({} connections x {:.0} s of consumer-shaped \
-                     transactions: inbox insert + state update + outbox insert with ~500 B jsonb \
-                     + NOTIFY; p50 {} ms, p99 {} ms per transaction). \"% of commit bound\" is a \
-                     step's commits/s in the four service databases over this.",
+                     transactions: inbox insert + state update + outbox insert with ~500 B jsonb, \
+                     in the services' schema; p50 {} ms, p99 {} ms per transaction). \
+                     \"% of commit bound\" is a step's commits/s in the four service databases \
+                     over this.",
                     b.commits_per_s,
                     b.connections,
                     b.seconds,
@@ -616,7 +617,11 @@ impl Report {
     fn latency_over_time(soak: &StepReport) -> Chart {
         let series = |name: &str, color, dashed, value: fn(&Bucket) -> Option<f64>| Series {
             name: name.to_owned(),
-            points: soak.buckets.iter().map(|b| (b.start_s, value(b))).collect(),
+            points: soak
+                .buckets
+                .iter()
+                .map(|b| (b.start_s + BUCKET_S / 2.0, value(b)))
+                .collect(),
             color,
             dashed,
         };
@@ -657,10 +662,10 @@ impl Report {
 const NOTES: &str = "\
 - Open loop: each step sends POST /orders at a fixed schedule (a request every 1/rate s, \
   sent on time however slow earlier responses are); a response other than 202 is an error.
-- Saga latency is `updated_at - created_at` of each order in the order database: both are \
-  `now()` of their transactions, i.e. the start of the transaction that inserted the order and \
-  of the one that made it terminal (CONFIRMED/CANCELLED/FAILED). updated_at is being changed to \
-  `clock_timestamp()`; until then the terminal transaction's own duration is not included.
+- Saga latency is `updated_at - created_at` of each order in the order database: created_at is \
+  `now()` of the transaction that inserted the order (the POST), updated_at the \
+  `clock_timestamp()` of the change that made it terminal (CONFIRMED/CANCELLED/FAILED); with \
+  an order service from before that change (`now()`), the start of the terminal transaction.
 - Achieved = terminal orders of the step / (last terminal updated_at - first POST).
 - A step ends when every order of it is terminal, every outbox is published and the inboxes \
   stopped growing (or after --quiet-timeout: then it is \"unfinished\").

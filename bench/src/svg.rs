@@ -49,11 +49,20 @@ fn linear_ticks(min: f64, max: f64, target: usize) -> Vec<f64> {
     (first..=last).map(|i| i as f64 * step).collect()
 }
 
-/// Decades `10^k` covering `[min, max]` (both positive).
+/// Decades `10^k` covering `[min, max]` (both positive), with `2` and `5 x 10^k` between them
+/// when there are at most two decades.
 fn log_ticks(min: f64, max: f64) -> Vec<f64> {
     let first = min.log10().floor() as i32;
     let last = (max.log10().ceil() as i32).max(first + 1);
-    (first..=last).map(|k| 10f64.powi(k)).collect()
+    let multiples: &[f64] = match last - first {
+        1 | 2 => &[1.0, 2.0, 5.0],
+        _ => &[1.0],
+    };
+    let mut ticks: Vec<f64> = (first..last)
+        .flat_map(|k| multiples.iter().map(move |m| m * 10f64.powi(k)))
+        .collect();
+    ticks.push(10f64.powi(last));
+    ticks
 }
 
 /// A number as a tick label: no trailing zeros, thousands as `k`.
@@ -344,7 +353,8 @@ mod tests {
             [0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0]
         );
         assert_eq!(log_ticks(80.0, 1500.0), [10.0, 100.0, 1000.0, 10000.0]);
-        assert_eq!(log_ticks(100.0, 100.0), [100.0, 1000.0]);
+        assert_eq!(log_ticks(100.0, 100.0), [100.0, 200.0, 500.0, 1000.0]);
+        assert_eq!(log_ticks(130.0, 800.0), [100.0, 200.0, 500.0, 1000.0]);
         assert_eq!(label(2.5), "2.5");
         assert_eq!(label(300.0), "300");
         assert_eq!(label(20_000.0), "20k");

@@ -16,7 +16,10 @@ async fn every_private_broker_has_the_header_index_before_any_traffic() {
         "{} has no index on header (topition, offset_id)",
         database.display()
     );
-    assert!(tansu.is_running(), "the broker runs after the index was applied");
+    assert!(
+        tansu.is_running(),
+        "the broker runs after the index was applied"
+    );
     std::net::TcpStream::connect(tansu.address()).expect("the broker accepts connections");
 
     tansu.kill().expect("killing tansu");

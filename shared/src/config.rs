@@ -34,6 +34,12 @@ pub struct CommonConfig {
     #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 100)]
     pub consumer_batch_size: usize,
 
+    /// Partitions a consumer applies at the same time, each in its own transaction on its own
+    /// connection (the events of one partition are always applied in order). Keep it below
+    /// `DATABASE_MAX_CONNECTIONS`, which the HTTP API shares.
+    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 4)]
+    pub consumer_concurrency: usize,
+
     /// Safety-net poll interval of the outbox relay, in milliseconds (it is woken by NOTIFY on
     /// every commit; the poll only covers a lost notification).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 1000)]
@@ -79,6 +85,10 @@ pub struct KafkaConfig {
         default_value_t = 100
     )]
     pub fetch_wait_max_ms: u32,
+
+    /// `linger.ms` of the producer: how long it gathers messages into one request.
+    #[arg(long = "kafka-linger-ms", env = "KAFKA_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u32,
 
     /// `session.timeout.ms` of the consumer group membership.
     #[arg(

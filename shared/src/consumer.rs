@@ -101,8 +101,10 @@ pub(crate) struct ConsumerPolicy {
     pub max_attempts: u32,
     /// Larger messages are not events of ours: they are dead-lettered.
     pub max_event_bytes: usize,
-    /// Most messages applied in one transaction.
+    /// Most messages taken at once (applied in one transaction per partition).
     pub batch_size: usize,
+    /// Partitions of a batch applied at the same time, each on its own connection.
+    pub concurrency: usize,
 }
 
 pub(crate) struct ConsumerLoop<H> {
@@ -163,7 +165,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
-            if !self.process_batch(&messages, &shutdown).await {
+            if !self.process_partitions(&messages, &shutdown).await {
                 break;
             }
         }
@@ -173,11 +175,55 @@ impl<H: EventHandler> ConsumerLoop<H> {
         }
     }
 
+    /// Applies the messages of each partition in `messages` in their order, up to
+    /// `concurrency` partitions at a time, each in transactions of its own; `false` means
+    /// shutdown interrupted it.
+    async fn process_partitions(
+        &self,
+        messages: &[BorrowedMessage<'_>],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut partitions: Vec<Vec<&BorrowedMessage<'_>>> = Vec::new();
+        for message in messages {
+            let same = |first: &&BorrowedMessage<'_>| {
+                first.partition() == message.partition() && first.topic() == message.topic()
+            };
+            match partitions
+                .iter_mut()
+                .find(|group| group.first().is_some_and(same))
+            {
+                Some(group) => group.push(message),
+                None => partitions.push(vec![message]),
+            }
+        }
+        let mut waiting = partitions.into_iter();
+        let mut running = futures::stream::FuturesUnordered::new();
+        for group in waiting.by_ref().take(self.policy.concurrency.max(1)) {
+            running.push(self.process_group(group, shutdown));
+        }
+        let mut completed = true;
+        while let Some(done) = running.next().await {
+            completed &= done;
+            if let Some(group) = waiting.next() {
+                running.push(self.process_group(group, shutdown));
+            }
+        }
+        completed
+    }
+
+    async fn process_group(
+        &self,
+        messages: Vec<&BorrowedMessage<'_>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.process_batch(&messages, shutdown).await
+    }
+
     /// Applies `messages` (in order) and stores their offsets; `false` means shutdown
     /// interrupted it (the offsets of what was not applied are not stored).
     async fn process_batch(
         &self,
-        messages: &[BorrowedMessage<'_>],
+        messages: &[&BorrowedMessage<'_>],
         shutdown: &CancellationToken,
     ) -> bool {
         let mut rest = messages;
@@ -192,10 +238,10 @@ impl<H: EventHandler> ConsumerLoop<H> {
                     rest = &rest[take..];
                 }
                 Err(0) => {
-                    if !self.process(&rest[0], shutdown).await {
+                    if !self.process(rest[0], shutdown).await {
                         return false;
                     }
-                    self.store_offset(&rest[0]);
+                    self.store_offset(rest[0]);
                     rest = &rest[1..];
                 }
                 // Everything was rolled back: apply the messages before the failing one first.
@@ -213,7 +259,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
     /// or, when one of them cannot be applied, rolls everything back and returns its index.
     async fn apply_batch(
         &self,
-        messages: &[BorrowedMessage<'_>],
+        messages: &[&BorrowedMessage<'_>],
     ) -> Result<Vec<&'static str>, usize> {
         let mut tx: Option<sqlx::Transaction<'static, sqlx::Postgres>> = None;
         let mut outcomes = Vec::with_capacity(messages.len());

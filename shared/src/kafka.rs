@@ -27,7 +27,7 @@ pub fn producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
     base_config(config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", config.linger_ms.to_string())
         .set("message.timeout.ms", "30000")
         .create()
         .context("creating the Kafka producer")

@@ -7,7 +7,8 @@
 //! unpublished rows in `seq` order, hands them to the idempotent producer without waiting (the
 //! producer keeps them in order within each partition), and marks rows published in batches as
 //! the broker acknowledges them, so no transaction, lock or pool connection is held while
-//! acknowledgements are awaited. Whoever commits outbox rows tells the relay through an
+//! acknowledgements are awaited (those marks commit asynchronously: a mark lost in a crash only
+//! publishes its row again). Whoever commits outbox rows tells the relay through an
 //! [`OutboxSignal`]: in-process when the relay of the same process leads, else with a `NOTIFY
 //! outbox` sent after the commit (a burst of either costs the relay one read). It also polls
 //! slowly as a safety net. A
@@ -175,22 +176,28 @@ impl OutboxRelay {
     /// Runs until `shutdown` is cancelled: stands by until it leads, then publishes.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // A stand-by keeps its connection and asks for the lock again every poll interval.
+        let mut connection = None;
         while !shutdown.is_cancelled() {
-            let result = match self.lead().await {
-                Ok(Some(leader)) => {
+            let result = match self.lead(&mut connection).await {
+                Ok(true) => {
+                    let leader = connection.take().expect("a leader holds its connection");
                     self.signal.0.leads.store(true, Ordering::Relaxed);
                     let published = self.publish(leader, &shutdown).await;
                     self.signal.0.leads.store(false, Ordering::Relaxed);
                     published
                 }
-                Ok(None) => {
+                Ok(false) => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(self.settings.poll_interval) => {}
                     }
                     continue;
                 }
-                Err(error) => Err(error),
+                Err(error) => {
+                    connection = None;
+                    Err(error)
+                }
             };
             match result {
                 Ok(()) => backoff = Duration::from_millis(100),
@@ -209,19 +216,28 @@ impl OutboxRelay {
         }
     }
 
-    /// A connection of its own holding the relay lock, or `None` when another relay leads.
-    async fn lead(&self) -> anyhow::Result<Option<PgConnection>> {
-        let mut connection = PgConnection::connect_with(&self.pool.connect_options()).await?;
+    /// Asks for the relay lock on `connection` (connecting first if there is none); `true`
+    /// when this relay now leads, `false` when another one does.
+    async fn lead(&self, connection: &mut Option<PgConnection>) -> anyhow::Result<bool> {
+        let connection = match connection {
+            Some(connection) => connection,
+            empty @ None => {
+                empty.insert(PgConnection::connect_with(&self.pool.connect_options()).await?)
+            }
+        };
         let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
             .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut connection)
+            .fetch_one(&mut *connection)
             .await?;
         if locked {
+            // Marking rows published need not wait for the disk: a mark lost in a crash only
+            // publishes its row again, which consumers recognise as a duplicate.
+            sqlx::query("set synchronous_commit = off")
+                .execute(connection)
+                .await?;
             tracing::debug!("outbox relay leads");
-            return Ok(Some(connection));
         }
-        let _ = connection.close().await;
-        Ok(None)
+        Ok(locked)
     }
 
     /// Publishes while it leads: `Ok` on shutdown, an error when the database or a delivery

@@ -119,6 +119,7 @@ impl ServiceRunner {
                 max_attempts: config.consumer_max_attempts.max(1),
                 max_event_bytes: config.kafka.max_event_bytes,
                 batch_size: config.consumer_batch_size.max(1),
+                concurrency: config.consumer_concurrency.max(1),
             },
         };
 

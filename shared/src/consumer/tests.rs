@@ -119,6 +119,7 @@ async fn bed() -> Bed {
         topic_prefix: prefix.clone(),
         group_id: None,
         fetch_wait_max_ms: 10,
+        linger_ms: 5,
         session_timeout_ms: 6_000,
         auto_offset_reset: "earliest".to_owned(),
         max_event_bytes: 262_144,
@@ -162,6 +163,7 @@ impl Bed {
                 max_attempts: 2,
                 max_event_bytes: self.config.max_event_bytes,
                 batch_size: 100,
+                concurrency: 4,
             },
         };
         let token = CancellationToken::new();
@@ -375,20 +377,18 @@ async fn a_poison_message_in_a_batch_is_dead_lettered_and_its_neighbours_applied
         handled,
         "every neighbour applied once, in order"
     );
-    let (_, dead_letters_high) = {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bed.config.brokers)
-            .create()
-            .unwrap();
-        let partition = (0..bed.config.topic_partitions)
-            .map(|partition| {
-                consumer
-                    .fetch_watermarks(&bed.dead_letters, partition, Duration::from_secs(10))
-                    .unwrap()
-            })
-            .fold((0, 0), |(low, high), (l, h)| (low + l, high + h));
-        partition
-    };
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bed.config.brokers)
+        .create()
+        .unwrap();
+    let dead_letters_high: i64 = (0..bed.config.topic_partitions)
+        .map(|partition| {
+            consumer
+                .fetch_watermarks(&bed.dead_letters, partition, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum();
     assert_eq!(
         dead_letters_high, 1,
         "the poison message is in the dead-letter topic"

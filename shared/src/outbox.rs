@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgListener;
@@ -255,9 +256,17 @@ impl OutboxRelay {
             if read_again && sent.len() < self.settings.max_in_flight {
                 let room = self.settings.max_in_flight - sent.len();
                 let limit = self.settings.batch_size.min(room);
-                read_again = self
+                match self
                     .send_unpublished(&mut leader, limit, &mut sent, &mut in_flight)
-                    .await?;
+                    .await
+                {
+                    Ok(more) => read_again = more,
+                    Err(error) => {
+                        // Mark what lands, so less is published twice; then back off.
+                        let _ = settle(&mut leader, &mut in_flight, &mut sent, None).await;
+                        return Err(error);
+                    }
+                }
             }
             tokio::select! {
                 biased;
@@ -365,9 +374,15 @@ impl OutboxRelay {
                 }
                 // The producer's queue is full: the rest waits for acknowledgements. Rows
                 // after this one must not overtake it, so stop here.
-                Err((error, _)) => {
-                    tracing::debug!(%error, "producer queue full; waiting for acknowledgements");
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tracing::debug!("producer queue full; waiting for acknowledgements");
                     return Ok(true);
+                }
+                // The producer refused the row outright: let what is in flight land, then
+                // back off and read again from the oldest unpublished row.
+                Err((error, _)) => {
+                    return Err(anyhow::Error::new(error)
+                        .context(format!("handing outbox row {} to the producer", row.seq)))
                 }
             }
         }

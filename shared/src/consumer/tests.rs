@@ -272,6 +272,34 @@ async fn stop(consumer: (CancellationToken, tokio::task::JoinHandle<()>)) {
     consumer.1.await.expect("the consumer loop ends cleanly");
 }
 
+/// Waits until `handled` are applied, stops `consumer`, and checks that each was applied once,
+/// in order, and that `group` committed every offset.
+async fn finish(
+    bed: &Bed,
+    consumer: (CancellationToken, tokio::task::JoinHandle<()>),
+    group: &str,
+    handled: &[Uuid],
+) {
+    bed.wait_for(
+        "events applied",
+        "select count(*) from effects",
+        handled.len() as i64,
+    )
+    .await;
+    stop(consumer).await;
+    assert_eq!(
+        bed.applied().await,
+        handled,
+        "every event applied once, in order"
+    );
+    for (partition, (committed, high)) in bed.committed_and_high(group) {
+        assert_eq!(
+            committed, high,
+            "partition {partition}: every offset committed"
+        );
+    }
+}
+
 /// Produces `count` handled events for one order (so one partition, in this order).
 async fn one_partition(bed: &Bed, count: usize) -> Vec<Uuid> {
     let order_id = Uuid::now_v7();
@@ -303,19 +331,8 @@ async fn a_failing_event_in_a_batch_leaves_its_neighbours_applied_once_in_order(
     let consumer = bed.consume("failing", recorder);
     bed.wait_for("events given up", "select count(*) from gave_up", 1)
         .await;
-    bed.wait_for(
-        "events applied",
-        "select count(*) from effects",
-        handled.len() as i64,
-    )
-    .await;
-    stop(consumer).await;
+    finish(&bed, consumer, "failing", &handled).await;
 
-    assert_eq!(
-        bed.applied().await,
-        handled,
-        "every neighbour applied once, in order"
-    );
     let gave_up: Vec<Uuid> = sqlx::query_scalar("select event_id from gave_up")
         .fetch_all(&bed.pool)
         .await
@@ -343,12 +360,6 @@ async fn a_failing_event_in_a_batch_leaves_its_neighbours_applied_once_in_order(
         handled.len() + 1,
         "one inbox row per handled event"
     );
-    for (partition, (committed, high)) in bed.committed_and_high("failing") {
-        assert_eq!(
-            committed, high,
-            "partition {partition}: every offset committed"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,19 +375,8 @@ async fn a_poison_message_in_a_batch_is_dead_lettered_and_its_neighbours_applied
         handled.push(bed.confirmed(order_id).await);
     }
     let consumer = bed.consume("poison", Recorder::default());
-    bed.wait_for(
-        "events applied",
-        "select count(*) from effects",
-        handled.len() as i64,
-    )
-    .await;
-    stop(consumer).await;
+    finish(&bed, consumer, "poison", &handled).await;
 
-    assert_eq!(
-        bed.applied().await,
-        handled,
-        "every neighbour applied once, in order"
-    );
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bed.config.brokers)
         .create()
@@ -393,12 +393,6 @@ async fn a_poison_message_in_a_batch_is_dead_lettered_and_its_neighbours_applied
         dead_letters_high, 1,
         "the poison message is in the dead-letter topic"
     );
-    for (partition, (committed, high)) in bed.committed_and_high("poison") {
-        assert_eq!(
-            committed, high,
-            "partition {partition}: every offset committed"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,31 +405,14 @@ async fn a_database_failure_inside_a_batch_rolls_it_back_and_applies_each_event_
         ..Recorder::default()
     };
     let consumer = bed.consume("database", recorder);
-    bed.wait_for(
-        "events applied",
-        "select count(*) from effects",
-        handled.len() as i64,
-    )
-    .await;
-    stop(consumer).await;
+    finish(&bed, consumer, "database", &handled).await;
 
     // The lost connection rolled back the half-written effect of event 6 and everything else
     // of its batch; each was applied again, once.
     assert_eq!(
-        bed.applied().await,
-        handled,
-        "every event applied once, in order"
-    );
-    assert_eq!(
         bed.count("select count(*) from inbox").await,
         handled.len() as i64
     );
-    for (partition, (committed, high)) in bed.committed_and_high("database") {
-        assert_eq!(
-            committed, high,
-            "partition {partition}: every offset committed"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

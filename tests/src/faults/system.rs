@@ -480,13 +480,13 @@ fn newest_file(dir: &Path) -> Option<(PathBuf, SystemTime)> {
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(meta) = entry.metadata() else { continue };
-        let candidate = if meta.is_dir() {
-            if path
-                .file_name()
-                .is_some_and(|n| n == "target" || n == "tests")
-            {
-                continue;
-            }
+        // Test-only code (`tests/` folders, `tests.rs` modules) is not in the binaries.
+        let test_only = path
+            .file_name()
+            .is_some_and(|n| n == "target" || n == "tests" || n == "tests.rs");
+        let candidate = if test_only {
+            continue;
+        } else if meta.is_dir() {
             newest_file(&path)
         } else {
             meta.modified().ok().map(|m| (path, m))

@@ -1,8 +1,9 @@
 //! The idempotent consumer loop. Messages are taken in batches of whatever the client has
-//! already fetched (never waiting to fill one), and a batch is applied in one database
-//! transaction: every handled event's inbox row, its effects and the outbox rows it causes
-//! commit together, and the batch's Kafka offsets are stored only after that commit. Event
-//! types the service does not handle need no transaction at all.
+//! already fetched (never waiting to fill one), and each partition's part of a batch is
+//! applied in one database transaction (several partitions at a time, each on its own
+//! connection): every handled event's inbox row, its effects and the outbox rows it causes
+//! commit together, and the Kafka offsets are stored only after that commit. Event types the
+//! service does not handle need no transaction at all.
 //!
 //! A batch stops at its first message that cannot be applied (not an event of ours, a handler
 //! failure, a database error): the transaction is rolled back, the messages before it are

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use devenv::postgres::DURABLE_SETTINGS;
-use devenv::process::{pick_port, tail, terminate};
+use devenv::process::{pick_port, stop_gracefully, tail};
 use devenv::{Broker, Postgres, Stop};
 use serde::Serialize;
 
@@ -356,24 +356,9 @@ impl Services {
 
     /// SIGTERM to all, then SIGKILL to those still running after 5 s.
     pub async fn shutdown(mut self) {
-        for p in &mut self.0 {
-            if let (Ok(None), Some(pid)) = (p.child.try_wait(), p.child.id()) {
-                terminate(pid);
-            }
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        for p in &mut self.0 {
-            if tokio::time::timeout_at(deadline, p.child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!(
-                    "bench: {}-service did not stop within 5 s of SIGTERM; killing it",
-                    p.name
-                );
-                let _ = p.child.start_kill();
-                let _ = p.child.wait().await;
-            }
+        let children = self.0.iter_mut().map(|p| (p.name, &mut p.child)).collect();
+        for name in stop_gracefully(children, Duration::from_secs(5)).await {
+            eprintln!("bench: {name}-service did not stop within 5 s of SIGTERM; killed it");
         }
     }
 }

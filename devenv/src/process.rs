@@ -109,6 +109,33 @@ pub fn terminate(pid: u32) {
         .status();
 }
 
+/// SIGTERM to every child still running, then SIGKILL to each one still running once `grace`
+/// has passed; returns the names of those it had to kill.
+pub async fn stop_gracefully<'a>(
+    children: Vec<(&'a str, &'a mut tokio::process::Child)>,
+    grace: Duration,
+) -> Vec<&'a str> {
+    let mut children = children;
+    for (_, child) in &mut children {
+        if let (Ok(None), Some(pid)) = (child.try_wait(), child.id()) {
+            terminate(pid);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut killed = Vec::new();
+    for (name, child) in children {
+        if tokio::time::timeout_at(deadline, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            killed.push(name);
+        }
+    }
+    killed
+}
+
 /// The trimmed stdout of `cmd` if it runs and succeeds.
 pub fn stdout_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;

@@ -1,7 +1,7 @@
 //! Builds, runs and supervises the four services, prefixing their output with their names.
 
 use anyhow::{bail, ensure, Context, Result};
-use devenv::process::{port_is_free, run, terminate};
+use devenv::process::{port_is_free, run, stop_gracefully};
 use devenv::Stop;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -167,24 +167,15 @@ impl Running {
     /// SIGTERM to all, then SIGKILL to those still running after 10 s.
     pub async fn shutdown(mut self) {
         eprintln!("xtask: stopping the services");
-        for p in &mut self.0 {
-            if let (Ok(None), Some(pid)) = (p.child.try_wait(), p.child.id()) {
-                terminate(pid);
-            }
+        let children = self
+            .0
+            .iter_mut()
+            .map(|p| (p.service.0, &mut p.child))
+            .collect();
+        for name in stop_gracefully(children, Duration::from_secs(10)).await {
+            eprintln!("xtask: {name} did not stop within 10 s; killed it");
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for p in &mut self.0 {
-            if tokio::time::timeout_at(deadline, p.child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!(
-                    "xtask: {} did not stop within 10 s; killing it",
-                    p.service.0
-                );
-                let _ = p.child.start_kill();
-                let _ = p.child.wait().await;
-            }
             for handle in p.output.drain(..) {
                 let _ = tokio::time::timeout(Duration::from_secs(1), handle).await;
             }

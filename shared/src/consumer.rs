@@ -3,7 +3,9 @@
 //! applied in one database transaction (several partitions at a time, each on its own
 //! connection): every handled event's inbox row, its effects and the outbox rows it causes
 //! commit together, and the Kafka offsets are stored only after that commit. Event types the
-//! service does not handle need no transaction at all.
+//! service does not handle need no transaction at all. Each message is decoded once, here, into
+//! the typed [`Event`] (older versions upcast, unknown fields ignored); the handler picks what
+//! it acts on with an exhaustive `match`.
 //!
 //! A batch stops at its first message that cannot be applied (not an event of ours, a handler
 //! failure, a database error): the transaction is rolled back, the messages before it are
@@ -26,22 +28,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::envelope::Envelope;
-use crate::events;
+use crate::events::{DecodeError, Event};
 use crate::inbox::{self, Origin};
 use crate::outbox::OutboxSignal;
 
 /// Applies one event of the saga to the service's state.
 pub trait EventHandler: Send + Sync + 'static {
-    /// Whether the service acts on events of `event_type`. Others are acknowledged without a
-    /// transaction or an inbox row (they are still checked to be well-formed events).
-    fn handles(&self, event_type: &str) -> bool;
+    /// An event the service acts on, in the service's own terms.
+    type Input: Send + Sync;
 
-    /// Applies `envelope` inside the caller's transaction, which already holds its inbox row
-    /// (and may hold other events of the same batch). Only called for handled types.
+    /// Picks out what the service acts on, with an exhaustive `match` over [`Event`] (no `_`
+    /// arm), so a new event is a compile error until it is handled or explicitly ignored.
+    /// `None`: ignored; acknowledged without a transaction or an inbox row.
+    fn select(&self, event: Event) -> Option<Self::Input>;
+
+    /// Applies `input` (from `envelope`) inside the caller's transaction, which already holds
+    /// its inbox row (and may hold other events of the same batch).
     fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        input: &Self::Input,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Called, in a new transaction holding the event's inbox row, when `handle` kept failing
@@ -52,9 +59,10 @@ pub trait EventHandler: Send + Sync + 'static {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        input: &Self::Input,
         reason: &str,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
-        let _ = (conn, envelope, reason);
+        let _ = (conn, envelope, input, reason);
         async { Ok(false) }
     }
 }
@@ -62,10 +70,6 @@ pub trait EventHandler: Send + Sync + 'static {
 /// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// The payload does not match its schema: retried a bounded number of times, then
-    /// dead-lettered.
-    #[error("payload does not match the schema of its type: {0}")]
-    Malformed(#[from] serde_json::Error),
     /// The event is valid but cannot be applied (e.g. what a compensation must undo is gone):
     /// retried a bounded number of times, then handed to [`EventHandler::give_up`].
     #[error("{0}")]
@@ -133,13 +137,13 @@ fn event_span(envelope: &Envelope, origin: &Origin) -> tracing::Span {
 }
 
 /// Why one attempt at a message failed.
-enum Failure {
+enum Failure<I> {
     /// Retried until it works (database unreachable, deadlock, ...).
     Transient(String),
     /// Cannot be an event of ours, or does not match its schema: bounded retries, then DLQ.
     Poison(String),
     /// A valid event its handler cannot apply: bounded retries, then `give_up`, else DLQ.
-    Rejected(Envelope, String),
+    Rejected(Envelope, I, String),
 }
 
 impl<H: EventHandler> ConsumerLoop<H> {
@@ -269,11 +273,11 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 tracing::debug!(index, %reason, "batch stopped; applying the messages before it");
                 index
             };
-            let envelope = self.check(message).map_err(|reason| stopped(&reason))?;
-            if !self.handler.handles(&envelope.event_type) {
+            let (envelope, event) = self.check(message).map_err(|reason| stopped(&reason))?;
+            let Some(input) = self.handler.select(event) else {
                 outcomes.push("ignored");
                 continue;
-            }
+            };
             let conn = match &mut tx {
                 Some(tx) => tx,
                 None => tx.insert(self.pool.begin().await.map_err(|error| stopped(&error))?),
@@ -285,7 +289,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
                     tracing::debug!("duplicate event ignored");
                     return Ok("duplicate");
                 }
-                self.handler.handle(conn, &envelope).await?;
+                self.handler.handle(conn, &envelope, &input).await?;
                 Ok::<_, HandlerError>("applied")
             }
             .instrument(span)
@@ -341,7 +345,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
                         tracing::warn!(reason, "transient failure; retrying in {backoff:?}")
                     });
                 }
-                Failure::Poison(reason) | Failure::Rejected(_, reason)
+                Failure::Poison(reason) | Failure::Rejected(_, _, reason)
                     if attempts + 1 < self.policy.max_attempts =>
                 {
                     attempts += 1;
@@ -359,10 +363,13 @@ impl<H: EventHandler> ConsumerLoop<H> {
                         .dead_letter(message, &reason, attempts + 1, shutdown)
                         .await
                 }
-                Failure::Rejected(envelope, reason) => {
+                Failure::Rejected(envelope, input, reason) => {
+                    let attempts = attempts + 1;
                     return self
-                        .give_up(message, &envelope, &origin, &reason, attempts + 1, shutdown)
-                        .await
+                        .give_up(
+                            message, &envelope, &input, &origin, &reason, attempts, shutdown,
+                        )
+                        .await;
                 }
             }
             tokio::select! {
@@ -378,29 +385,25 @@ impl<H: EventHandler> ConsumerLoop<H> {
         &self,
         message: &BorrowedMessage<'_>,
         origin: &Origin,
-    ) -> Result<&'static str, Failure> {
-        let envelope = self.check(message).map_err(Failure::Poison)?;
-        if !self.handler.handles(&envelope.event_type) {
+    ) -> Result<&'static str, Failure<H::Input>> {
+        let (envelope, event) = self.check(message).map_err(Failure::Poison)?;
+        let Some(input) = self.handler.select(event) else {
             return Ok("ignored");
-        }
+        };
         match self
-            .apply(&envelope, origin)
+            .apply(&envelope, &input, origin)
             .instrument(event_span(&envelope, origin))
             .await
         {
             Ok(outcome) => Ok(outcome),
             Err(HandlerError::Database(error)) => Err(Failure::Transient(error.to_string())),
-            Err(HandlerError::Malformed(error)) => Err(Failure::Poison(format!(
-                "{} payload does not match its schema: {error}",
-                envelope.event_type
-            ))),
-            Err(HandlerError::Failed(reason)) => Err(Failure::Rejected(envelope, reason)),
+            Err(HandlerError::Failed(reason)) => Err(Failure::Rejected(envelope, input, reason)),
         }
     }
 
-    /// Checks that `message` is an event of ours (size, envelope, known type, schema); the
-    /// error says why it is poison.
-    fn check(&self, message: &BorrowedMessage<'_>) -> Result<Envelope, String> {
+    /// Checks that `message` is an event of ours (size, envelope, known type, schema) and
+    /// decodes it; the error says why it is poison.
+    fn check(&self, message: &BorrowedMessage<'_>) -> Result<(Envelope, Event), String> {
         let bytes = message.payload().unwrap_or_default();
         if bytes.len() > self.policy.max_event_bytes {
             return Err(format!(
@@ -411,19 +414,16 @@ impl<H: EventHandler> ConsumerLoop<H> {
         }
         let envelope: Envelope = serde_json::from_slice(bytes)
             .map_err(|error| format!("not an event envelope: {error}"))?;
-        match events::check_schema(&envelope.event_type, &envelope.payload) {
-            None => Err(format!("unknown event type {:?}", envelope.event_type)),
-            Some(Err(error)) => Err(format!(
-                "{} payload does not match its schema: {error}",
-                envelope.event_type
-            )),
-            Some(Ok(())) => Ok(envelope),
-        }
+        let event = envelope
+            .event()
+            .map_err(|error: DecodeError| error.to_string())?;
+        Ok((envelope, event))
     }
 
     async fn apply(
         &self,
         envelope: &Envelope,
+        input: &H::Input,
         origin: &Origin,
     ) -> Result<&'static str, HandlerError> {
         let mut tx = self.pool.begin().await?;
@@ -431,7 +431,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
             tracing::debug!("duplicate event ignored");
             return Ok("duplicate");
         }
-        self.handler.handle(&mut tx, envelope).await?;
+        self.handler.handle(&mut tx, envelope, input).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::debug!("event applied");
@@ -443,6 +443,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
         &self,
         message: &BorrowedMessage<'_>,
         envelope: &Envelope,
+        input: &H::Input,
         origin: &Origin,
         reason: &str,
         attempts: u32,
@@ -455,7 +456,10 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 if !inbox::claim(&mut tx, envelope, origin).await? {
                     return Ok(true);
                 }
-                let recorded = self.handler.give_up(&mut tx, envelope, reason).await?;
+                let recorded = self
+                    .handler
+                    .give_up(&mut tx, envelope, input, reason)
+                    .await?;
                 if recorded {
                     tx.commit().await?;
                     self.outbox.committed();

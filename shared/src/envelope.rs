@@ -4,19 +4,25 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::events::{DecodeError, Event};
 use crate::topics::Topic;
 
 /// A typed event payload: its versioned type name and the topic of the service that emits it.
 pub trait EventPayload: Serialize + DeserializeOwned {
-    /// Versioned type name such as `payment.charged.v1`.
+    /// Versioned type name such as `payment.charged.v1`: `<SUBJECT>.v<VERSION>`.
     const TYPE: &'static str;
+    /// The event's name across its versions, e.g. `payment.charged`.
+    const SUBJECT: &'static str;
+    /// The version this type is, from 1.
+    const VERSION: u32;
     /// The topic owned by the emitting service.
     const TOPIC: Topic;
 }
 
 /// An event as it is stored in the outbox and sent to Kafka (JSON body, keyed by `order_id`).
+/// Readers ignore fields they do not know, here and in payloads, so a later release may add
+/// optional ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// Unique event id (UUID v7); consumers deduplicate on it.
     pub id: Uuid,
@@ -52,14 +58,9 @@ impl Envelope {
         }
     }
 
-    /// Whether this envelope carries a `P`.
-    pub fn is<P: EventPayload>(&self) -> bool {
-        self.event_type == P::TYPE
-    }
-
-    /// Decodes the payload as a `P`; an error means the message does not match its schema.
-    pub fn decode<P: EventPayload>(&self) -> Result<P, serde_json::Error> {
-        P::deserialize(&self.payload)
+    /// Decodes the payload into the current version of its event (see [`Event::decode`]).
+    pub fn event(&self) -> Result<Event, DecodeError> {
+        Event::decode(&self.event_type, &self.payload)
     }
 }
 
@@ -75,9 +76,21 @@ mod tests {
         let bytes = serde_json::to_vec(&envelope).unwrap();
         let back: Envelope = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, envelope);
-        assert!(back.is::<OrderConfirmed>());
-        assert_eq!(back.decode::<OrderConfirmed>().unwrap().order_id, order_id);
+        assert_eq!(
+            back.event().unwrap(),
+            Event::OrderConfirmed(OrderConfirmed { order_id })
+        );
         assert_eq!(back.event_type, "order.confirmed.v1");
+    }
+
+    #[test]
+    fn fields_added_by_a_later_release_are_ignored() {
+        let order_id = Uuid::now_v7();
+        let envelope = Envelope::new("order", order_id, None, &OrderConfirmed { order_id });
+        let mut json = serde_json::to_value(&envelope).unwrap();
+        json["trace_parent"] = serde_json::json!("00-abc-def-01");
+        let back: Envelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, envelope);
     }
 
     #[test]
@@ -91,6 +104,9 @@ mod tests {
             },
         );
         envelope.payload = serde_json::json!({"order_id": "not-a-uuid"});
-        assert!(envelope.decode::<OrderConfirmed>().is_err());
+        assert!(matches!(
+            envelope.event(),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 }

@@ -366,6 +366,7 @@ async fn events_out_of_order_are_never_applied() {
         customer_id: customer.clone(),
         amount_cents: 400,
         shipping_address: address,
+        payment_method: Default::default(),
     };
     let late = [
         (

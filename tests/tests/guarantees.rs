@@ -69,7 +69,7 @@ async fn the_same_events_delivered_again_change_nothing() {
         &backdoor,
         &databases.payment,
         order_id,
-        "payment.charged.v1",
+        "payment.charged.v2",
     )
     .await;
     let scheduled = published(

@@ -81,10 +81,14 @@ async fn an_order_with_stock_money_and_a_served_country_is_confirmed() {
         [
             "order.created.v1",
             "inventory.reserved.v1",
-            "payment.charged.v1",
+            "payment.charged.v2",
             "shipment.scheduled.v1",
             "order.confirmed.v1"
         ]
+    );
+    assert_eq!(
+        api.order(order_id).await["payment_method"],
+        "account_balance"
     );
 }
 

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use shared::events::{
-    OrderCancelled, OrderConfirmed, OrderCreated, PricedLine, StockRejected, StockReleaseFailed,
-    StockReleased, StockReserved,
+    Event, OrderCreated, PricedLine, StockRejected, StockReleaseFailed, StockReleased,
+    StockReserved,
 };
-use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
+use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -17,33 +17,49 @@ use crate::SERVICE;
 
 pub struct InventoryEventHandler;
 
-/// The event types this service acts on.
-const HANDLED: [&str; 3] = [
-    OrderCreated::TYPE,
-    OrderCancelled::TYPE,
-    OrderConfirmed::TYPE,
-];
-
 impl EventHandler for InventoryEventHandler {
-    fn handles(&self, event_type: &str) -> bool {
-        HANDLED.contains(&event_type)
+    type Input = Event;
+
+    fn select(&self, event: Event) -> Option<Event> {
+        match event {
+            Event::OrderCreated(_) | Event::OrderCancelled(_) | Event::OrderConfirmed(_) => {
+                Some(event)
+            }
+            Event::StockReserved(_)
+            | Event::StockRejected(_)
+            | Event::StockReleased(_)
+            | Event::StockReleaseFailed(_)
+            | Event::PaymentCharged(_)
+            | Event::PaymentDeclined(_)
+            | Event::PaymentRefunded(_)
+            | Event::RefundFailed(_)
+            | Event::ShipmentScheduled(_)
+            | Event::ShipmentRejected(_)
+            | Event::ShipmentCancelled(_) => None,
+        }
     }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        input: &Event,
     ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
-        let event = match envelope.event_type.as_str() {
-            OrderCreated::TYPE => SagaEvent::OrderCreated,
-            OrderCancelled::TYPE => SagaEvent::OrderCancelled,
-            OrderConfirmed::TYPE => SagaEvent::OrderConfirmed,
+        let event = match input {
+            Event::OrderCreated(_) => SagaEvent::OrderCreated,
+            Event::OrderCancelled(_) => SagaEvent::OrderCancelled,
+            Event::OrderConfirmed(_) => SagaEvent::OrderConfirmed,
             _ => return Ok(()),
         };
         let reservation = lock_reservation(conn, order_id).await?;
         match decide(reservation.as_ref().map(|(status, _)| *status), event) {
-            Action::Reserve => reserve(conn, envelope, envelope.decode::<OrderCreated>()?).await?,
+            Action::Reserve => {
+                let Event::OrderCreated(created) = input else {
+                    return Ok(());
+                };
+                reserve(conn, envelope, created.clone()).await?
+            }
             Action::Release => {
                 let items = reservation.map(|(_, items)| items).unwrap_or_default();
                 move_stock(conn, &items, StockMove::Release).await?;
@@ -81,9 +97,10 @@ impl EventHandler for InventoryEventHandler {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        input: &Event,
         reason: &str,
     ) -> Result<bool, sqlx::Error> {
-        if !envelope.is::<OrderCancelled>() {
+        if !matches!(input, Event::OrderCancelled(_)) {
             return Ok(false);
         }
         let order_id = envelope.order_id;
@@ -160,7 +177,7 @@ async fn reserve(
                 "insert into reservations (order_id, status, reason) values ($1, 'REJECTED', $2)",
             )
             .bind(order_id)
-            .bind(serde_json::to_value(rejection.reason)?.as_str())
+            .bind(rejection.reason.as_str())
             .execute(&mut *conn)
             .await?;
             let rejected = StockRejected {

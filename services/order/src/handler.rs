@@ -1,10 +1,6 @@
 //! Applies the other services' events to orders, and publishes the saga's decisions.
 
-use shared::events::{
-    OrderCancelled, OrderConfirmed, PaymentCharged, PaymentDeclined, PaymentRefunded, RefundFailed,
-    ShipmentCancelled, ShipmentRejected, ShipmentScheduled, StockRejected, StockReleaseFailed,
-    StockReleased, StockReserved,
-};
+use shared::events::{Event, OrderCancelled, OrderConfirmed, PaymentMethod, PricedLine};
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -15,82 +11,73 @@ use crate::SERVICE;
 
 pub struct OrderEventHandler;
 
-/// The event types this service acts on: what the other services report about an order.
-const HANDLED: [&str; 11] = [
-    StockReserved::TYPE,
-    StockRejected::TYPE,
-    PaymentCharged::TYPE,
-    PaymentDeclined::TYPE,
-    ShipmentScheduled::TYPE,
-    ShipmentRejected::TYPE,
-    StockReleased::TYPE,
-    PaymentRefunded::TYPE,
-    ShipmentCancelled::TYPE,
-    StockReleaseFailed::TYPE,
-    RefundFailed::TYPE,
-];
+/// What another service reported about an order, in the saga's terms.
+pub struct Reported {
+    event: SagaEvent,
+    /// The priced lines of a reservation (saved with the order's first reservation).
+    reserved_items: Option<Vec<PricedLine>>,
+    /// How a charge was paid.
+    payment_method: Option<PaymentMethod>,
+}
 
 impl EventHandler for OrderEventHandler {
-    fn handles(&self, event_type: &str) -> bool {
-        HANDLED.contains(&event_type)
+    type Input = Reported;
+
+    fn select(&self, event: Event) -> Option<Reported> {
+        let mut reserved_items = None;
+        let mut payment_method = None;
+        let event = match event {
+            Event::StockReserved(reserved) => {
+                reserved_items = Some(reserved.items);
+                SagaEvent::StockReserved {
+                    total_cents: reserved.total_cents,
+                }
+            }
+            Event::StockRejected(rejected) => SagaEvent::StockRejected(rejected.reason),
+            Event::PaymentCharged(charged) => {
+                payment_method = Some(charged.payment_method);
+                SagaEvent::PaymentCharged
+            }
+            Event::PaymentDeclined(_) => SagaEvent::PaymentDeclined,
+            Event::ShipmentScheduled(_) => SagaEvent::ShipmentScheduled,
+            Event::ShipmentRejected(_) => SagaEvent::ShipmentRejected,
+            Event::StockReleased(_) | Event::PaymentRefunded(_) | Event::ShipmentCancelled(_) => {
+                SagaEvent::Compensated
+            }
+            Event::StockReleaseFailed(_) => SagaEvent::CompensationFailed("inventory.release"),
+            Event::RefundFailed(_) => SagaEvent::CompensationFailed("payment.refund"),
+            // Its own decisions.
+            Event::OrderCreated(_) | Event::OrderConfirmed(_) | Event::OrderCancelled(_) => {
+                return None
+            }
+        };
+        Some(Reported {
+            event,
+            reserved_items,
+            payment_method,
+        })
     }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        reported: &Reported,
     ) -> Result<(), HandlerError> {
-        let Some(event) = saga_event(envelope)? else {
-            return Ok(());
-        };
         let Some(order) = repository::lock_order(conn, envelope.order_id).await? else {
             tracing::warn!(order_id = %envelope.order_id, "event for an unknown order ignored");
             return Ok(());
         };
         repository::record_timeline(conn, envelope).await?;
-        if order.total_cents.is_none() && envelope.is::<StockReserved>() {
-            let reserved = envelope.decode::<StockReserved>()?;
-            repository::save_prices(conn, order.order_id, &reserved.items).await?;
+        if let (None, Some(items)) = (order.total_cents, &reported.reserved_items) {
+            repository::save_prices(conn, order.order_id, items).await?;
         }
-        advance(conn, &order, event, Some(envelope.id)).await?;
+        if let (None, Some(method)) = (&order.payment_method, reported.payment_method) {
+            repository::save_payment_method(conn, order.order_id, method).await?;
+        }
+        advance(conn, &order, reported.event, Some(envelope.id)).await?;
         Ok(())
     }
-}
-
-/// Translates an envelope into the saga's terms; `None` for types this service ignores.
-fn saga_event(envelope: &Envelope) -> Result<Option<SagaEvent>, serde_json::Error> {
-    fn checked<P: EventPayload>(
-        envelope: &Envelope,
-        event: SagaEvent,
-    ) -> Result<SagaEvent, serde_json::Error> {
-        envelope.decode::<P>().map(|_| event)
-    }
-    let event = match envelope.event_type.as_str() {
-        StockReserved::TYPE => SagaEvent::StockReserved {
-            total_cents: envelope.decode::<StockReserved>()?.total_cents,
-        },
-        StockRejected::TYPE => SagaEvent::StockRejected(envelope.decode::<StockRejected>()?.reason),
-        PaymentCharged::TYPE => checked::<PaymentCharged>(envelope, SagaEvent::PaymentCharged)?,
-        PaymentDeclined::TYPE => checked::<PaymentDeclined>(envelope, SagaEvent::PaymentDeclined)?,
-        ShipmentScheduled::TYPE => {
-            checked::<ShipmentScheduled>(envelope, SagaEvent::ShipmentScheduled)?
-        }
-        ShipmentRejected::TYPE => {
-            checked::<ShipmentRejected>(envelope, SagaEvent::ShipmentRejected)?
-        }
-        StockReleased::TYPE => checked::<StockReleased>(envelope, SagaEvent::Compensated)?,
-        PaymentRefunded::TYPE => checked::<PaymentRefunded>(envelope, SagaEvent::Compensated)?,
-        ShipmentCancelled::TYPE => checked::<ShipmentCancelled>(envelope, SagaEvent::Compensated)?,
-        StockReleaseFailed::TYPE => checked::<StockReleaseFailed>(
-            envelope,
-            SagaEvent::CompensationFailed("inventory.release"),
-        )?,
-        RefundFailed::TYPE => {
-            checked::<RefundFailed>(envelope, SagaEvent::CompensationFailed("payment.refund"))?
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(event))
 }
 
 /// Applies `event` to a locked order: saves the new state and publishes the saga's commands,

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::events::{CancellationReason, OrderLine, PricedLine, ShippingAddress};
+use shared::events::{CancellationReason, OrderLine, PaymentMethod, PricedLine, ShippingAddress};
 use shared::Envelope;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
@@ -29,6 +29,8 @@ pub struct Order {
     pub cancellation_reason: Option<CancellationReason>,
     /// The compensation step that failed for good (`FAILED` orders only).
     pub failed_step: Option<String>,
+    /// How it was paid, once payment charged it (e.g. `account_balance`).
+    pub payment_method: Option<String>,
     pub shipping_address: ShippingAddress,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -64,6 +66,7 @@ struct OrderRow {
     total_cents: Option<i64>,
     cancellation_reason: Option<String>,
     failed_step: Option<String>,
+    payment_method: Option<String>,
     shipping_address: Json<ShippingAddress>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -87,6 +90,7 @@ impl OrderRow {
             total_cents: self.total_cents,
             cancellation_reason,
             failed_step: self.failed_step,
+            payment_method: self.payment_method,
             shipping_address: self.shipping_address.0,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -95,7 +99,7 @@ impl OrderRow {
 }
 
 const ORDER_COLUMNS: &str = "order_id, customer_id, status, items, total_cents, \
-                             cancellation_reason, failed_step, shipping_address, created_at, updated_at";
+                             cancellation_reason, failed_step, payment_method, shipping_address, created_at, updated_at";
 
 /// Inserts a new `PENDING` order.
 pub async fn insert_order(
@@ -205,6 +209,20 @@ pub async fn save_state(
 }
 
 /// Records the prices inventory reserved the lines at.
+/// Records how the order was paid.
+pub async fn save_payment_method(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    method: PaymentMethod,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("update orders set payment_method = $2 where order_id = $1")
+        .bind(order_id)
+        .bind(method.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn save_prices(
     conn: &mut PgConnection,
     order_id: Uuid,

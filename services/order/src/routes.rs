@@ -58,8 +58,16 @@ const MAX_PAGE_SIZE: i64 = 100;
 #[serde(deny_unknown_fields)]
 struct PlaceOrder {
     customer_id: String,
-    items: Vec<OrderLine>,
+    items: Vec<LineRequest>,
     shipping_address: AddressRequest,
+}
+
+/// A line as the API takes it: strict, unlike the event that carries it on.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineRequest {
+    sku: String,
+    quantity: i32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -205,15 +213,16 @@ async fn place_order(
 
     let order_id = Uuid::now_v7();
     let address = request.shipping_address.to_address();
+    let lines: Vec<OrderLine> = request
+        .items
+        .into_iter()
+        .map(|line| OrderLine {
+            sku: line.sku,
+            quantity: line.quantity,
+        })
+        .collect();
     let mut tx = pool.begin().await?;
-    repository::insert_order(
-        &mut tx,
-        order_id,
-        &request.customer_id,
-        &request.items,
-        &address,
-    )
-    .await?;
+    repository::insert_order(&mut tx, order_id, &request.customer_id, &lines, &address).await?;
     if let Some(key) = &key {
         // Blocks while a concurrent request with the same key is in flight, then loses to it.
         if !repository::claim_idempotency_key(
@@ -234,7 +243,7 @@ async fn place_order(
     let created = OrderCreated {
         order_id,
         customer_id: request.customer_id,
-        items: request.items,
+        items: lines,
         shipping_address: address,
     };
     emit(&mut tx, order_id, None, &created).await?;

@@ -1,33 +1,51 @@
 //! Applies saga events to accounts: charge on `inventory.reserved`, refund on `order.cancelled`.
 
 use shared::events::{
-    OrderCancelled, PaymentCharged, PaymentDeclined, PaymentRefunded, RefundFailed, StockReserved,
+    Event, PaymentCharged, PaymentChargedV1, PaymentDeclined, PaymentMethod, PaymentRefunded,
+    RefundFailed, StockReserved,
 };
-use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
+use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::PgConnection;
 
 use crate::domain::{self, decide, Action, PaymentStatus, SagaEvent};
 use crate::SERVICE;
 
-pub struct PaymentEventHandler;
-
-/// The event types this service acts on.
-const HANDLED: [&str; 2] = [StockReserved::TYPE, OrderCancelled::TYPE];
+pub struct PaymentEventHandler {
+    /// The version of `payment.charged` written (see `Config::charged_version`).
+    pub charged_version: u32,
+}
 
 impl EventHandler for PaymentEventHandler {
-    fn handles(&self, event_type: &str) -> bool {
-        HANDLED.contains(&event_type)
+    type Input = Event;
+
+    fn select(&self, event: Event) -> Option<Event> {
+        match event {
+            Event::StockReserved(_) | Event::OrderCancelled(_) => Some(event),
+            Event::OrderCreated(_)
+            | Event::OrderConfirmed(_)
+            | Event::StockRejected(_)
+            | Event::StockReleased(_)
+            | Event::StockReleaseFailed(_)
+            | Event::PaymentCharged(_)
+            | Event::PaymentDeclined(_)
+            | Event::PaymentRefunded(_)
+            | Event::RefundFailed(_)
+            | Event::ShipmentScheduled(_)
+            | Event::ShipmentRejected(_)
+            | Event::ShipmentCancelled(_) => None,
+        }
     }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        input: &Event,
     ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
-        let event = match envelope.event_type.as_str() {
-            StockReserved::TYPE => SagaEvent::StockReserved,
-            OrderCancelled::TYPE => SagaEvent::OrderCancelled,
+        let event = match input {
+            Event::StockReserved(_) => SagaEvent::StockReserved,
+            Event::OrderCancelled(_) => SagaEvent::OrderCancelled,
             _ => return Ok(()),
         };
         let payment: Option<(String, Option<String>, i64)> = sqlx::query_as(
@@ -46,7 +64,9 @@ impl EventHandler for PaymentEventHandler {
             .transpose()?;
         match decide(status, event) {
             Action::Charge => {
-                let reserved = envelope.decode::<StockReserved>()?;
+                let Event::StockReserved(reserved) = input else {
+                    return Ok(());
+                };
                 let balance: Option<i64> = sqlx::query_scalar(
                     "select balance_cents from accounts where customer_id = $1 for update",
                 )
@@ -62,16 +82,22 @@ impl EventHandler for PaymentEventHandler {
                             customer_id: reserved.customer_id.clone(),
                             amount_cents: reserved.total_cents,
                             shipping_address: reserved.shipping_address.clone(),
+                            payment_method: PaymentMethod::AccountBalance,
                         };
-                        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &charged).await?;
+                        let causation = Some(envelope.id);
+                        if self.charged_version == 1 {
+                            let charged = PaymentChargedV1::from(charged);
+                            outbox::emit(conn, SERVICE, order_id, causation, &charged).await?;
+                        } else {
+                            outbox::emit(conn, SERVICE, order_id, causation, &charged).await?;
+                        }
                     }
                     Err(reason) => {
-                        let reason_text = serde_json::to_value(reason)?;
                         insert_payment(
                             conn,
                             &reserved,
                             PaymentStatus::Declined,
-                            reason_text.as_str(),
+                            Some(reason.as_str()),
                         )
                         .await?;
                         outbox::emit(
@@ -118,7 +144,6 @@ impl EventHandler for PaymentEventHandler {
                 .await?;
             }
             Action::Void => {
-                envelope.decode::<OrderCancelled>()?;
                 sqlx::query("insert into payments (order_id, status) values ($1, 'VOIDED')")
                     .bind(order_id)
                     .execute(&mut *conn)
@@ -137,9 +162,10 @@ impl EventHandler for PaymentEventHandler {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        input: &Event,
         reason: &str,
     ) -> Result<bool, sqlx::Error> {
-        if !envelope.is::<OrderCancelled>() {
+        if !matches!(input, Event::OrderCancelled(_)) {
             return Ok(false);
         }
         let order_id = envelope.order_id;

@@ -17,7 +17,9 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let infrastructure = Infrastructure::start(SERVICE, &config.common, &MIGRATOR).await?;
         let routes = router(infrastructure.pool.clone());
-        let handler = PaymentEventHandler;
+        let handler = PaymentEventHandler {
+            charged_version: config.charged_version,
+        };
         let consumes = [Topic::Inventory, Topic::Order];
         let runner =
             ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)

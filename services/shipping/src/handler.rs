@@ -1,9 +1,7 @@
 //! Applies saga events to shipments: schedule on `payment.charged`, cancel on `order.cancelled`.
 
-use shared::events::{
-    OrderCancelled, PaymentCharged, ShipmentCancelled, ShipmentRejected, ShipmentScheduled,
-};
-use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
+use shared::events::{Event, ShipmentCancelled, ShipmentRejected, ShipmentScheduled};
+use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
@@ -14,23 +12,37 @@ pub struct ShippingEventHandler {
     pub countries: Countries,
 }
 
-/// The event types this service acts on.
-const HANDLED: [&str; 2] = [PaymentCharged::TYPE, OrderCancelled::TYPE];
-
 impl EventHandler for ShippingEventHandler {
-    fn handles(&self, event_type: &str) -> bool {
-        HANDLED.contains(&event_type)
+    type Input = Event;
+
+    fn select(&self, event: Event) -> Option<Event> {
+        match event {
+            Event::PaymentCharged(_) | Event::OrderCancelled(_) => Some(event),
+            Event::OrderCreated(_)
+            | Event::OrderConfirmed(_)
+            | Event::StockReserved(_)
+            | Event::StockRejected(_)
+            | Event::StockReleased(_)
+            | Event::StockReleaseFailed(_)
+            | Event::PaymentDeclined(_)
+            | Event::PaymentRefunded(_)
+            | Event::RefundFailed(_)
+            | Event::ShipmentScheduled(_)
+            | Event::ShipmentRejected(_)
+            | Event::ShipmentCancelled(_) => None,
+        }
     }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        input: &Event,
     ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
-        let event = match envelope.event_type.as_str() {
-            PaymentCharged::TYPE => SagaEvent::PaymentCharged,
-            OrderCancelled::TYPE => SagaEvent::OrderCancelled,
+        let event = match input {
+            Event::PaymentCharged(_) => SagaEvent::PaymentCharged,
+            Event::OrderCancelled(_) => SagaEvent::OrderCancelled,
             _ => return Ok(()),
         };
         let status: Option<String> =
@@ -47,7 +59,9 @@ impl EventHandler for ShippingEventHandler {
             .transpose()?;
         match decide(status, event) {
             Action::Schedule => {
-                let charged = envelope.decode::<PaymentCharged>()?;
+                let Event::PaymentCharged(charged) = input else {
+                    return Ok(());
+                };
                 let country = charged.shipping_address.country.clone();
                 let status = if self.countries.serves(&country) {
                     ShipmentStatus::Scheduled
@@ -96,7 +110,6 @@ impl EventHandler for ShippingEventHandler {
                 .await?;
             }
             Action::Void => {
-                envelope.decode::<OrderCancelled>()?;
                 sqlx::query("insert into shipments (order_id, status) values ($1, 'VOIDED')")
                     .bind(order_id)
                     .execute(&mut *conn)

@@ -13,7 +13,6 @@ use uuid::Uuid;
 use super::*;
 use crate::config::KafkaConfig;
 use crate::events::{OrderConfirmed, ShipmentCancelled};
-use crate::EventPayload;
 use crate::{db, kafka};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -32,16 +31,23 @@ struct Recorder {
 }
 
 impl EventHandler for Recorder {
-    fn handles(&self, event_type: &str) -> bool {
-        event_type == OrderConfirmed::TYPE
+    type Input = OrderConfirmed;
+
+    /// Only `order.confirmed` (a test handler may use `_`; a service's handler lists every
+    /// event).
+    fn select(&self, event: Event) -> Option<OrderConfirmed> {
+        match event {
+            Event::OrderConfirmed(confirmed) => Some(confirmed),
+            _ => None,
+        }
     }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        _confirmed: &OrderConfirmed,
     ) -> Result<(), HandlerError> {
-        envelope.decode::<OrderConfirmed>()?;
         sqlx::query("insert into effects (event_id, worker, txid) values ($1, $2, txid_current())")
             .bind(envelope.id)
             .bind(self.worker)
@@ -73,6 +79,7 @@ impl EventHandler for Recorder {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
+        _confirmed: &OrderConfirmed,
         reason: &str,
     ) -> Result<bool, sqlx::Error> {
         sqlx::query("insert into gave_up (event_id, reason) values ($1, $2)")

@@ -444,11 +444,11 @@ impl<H: EventHandler> ConsumerLoop<H> {
         message: &BorrowedMessage<'_>,
         envelope: &Envelope,
         input: &H::Input,
-        origin: &Origin,
         reason: &str,
         attempts: u32,
         shutdown: &CancellationToken,
     ) -> bool {
+        let origin = &Origin::of(message);
         let mut backoff = FIRST_BACKOFF;
         loop {
             let recorded = async {

@@ -366,9 +366,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 Failure::Rejected(envelope, input, reason) => {
                     let attempts = attempts + 1;
                     return self
-                        .give_up(
-                            message, &envelope, &input, &origin, &reason, attempts, shutdown,
-                        )
+                        .give_up(message, &envelope, &input, &reason, attempts, shutdown)
                         .await;
                 }
             }

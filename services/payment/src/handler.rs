@@ -76,7 +76,7 @@ impl EventHandler for PaymentEventHandler {
                 match domain::charge(balance, reserved.total_cents) {
                     Ok(new_balance) => {
                         set_balance(conn, &reserved.customer_id, new_balance).await?;
-                        insert_payment(conn, &reserved, PaymentStatus::Charged, None).await?;
+                        insert_payment(conn, reserved, PaymentStatus::Charged, None).await?;
                         let charged = PaymentCharged {
                             order_id,
                             customer_id: reserved.customer_id.clone(),
@@ -95,7 +95,7 @@ impl EventHandler for PaymentEventHandler {
                     Err(reason) => {
                         insert_payment(
                             conn,
-                            &reserved,
+                            reserved,
                             PaymentStatus::Declined,
                             Some(reason.as_str()),
                         )

@@ -281,16 +281,10 @@ pub struct Report {
     pub finished_at: DateTime<Utc>,
 }
 
-/// The processes of the resource columns, in order.
-pub const PROCESSES: [&str; 7] = [
-    "order",
-    "payment",
-    "inventory",
-    "shipping",
-    "broker",
-    "postgres",
-    "bench",
-];
+/// The processes of the resource columns, in order: the services, then the rest.
+pub fn processes() -> impl Iterator<Item = &'static str> {
+    shared::topology::names().chain(["broker", "postgres", "bench"])
+}
 
 fn num(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
@@ -325,8 +319,8 @@ impl Report {
         ]
         .map(str::to_owned)
         .to_vec();
-        header.extend(PROCESSES.iter().map(|p| format!("CPU% {p}")));
-        header.extend(PROCESSES.iter().map(|p| format!("RSS MiB {p}")));
+        header.extend(processes().map(|p| format!("CPU% {p}")));
+        header.extend(processes().map(|p| format!("RSS MiB {p}")));
         let mut out = String::new();
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
@@ -364,16 +358,8 @@ impl Report {
                 num(step.commits_per_s, 0),
                 num(step.commit_bound_share.map(|s| s * 100.0), 0),
             ];
-            cells.extend(
-                PROCESSES
-                    .iter()
-                    .map(|p| num(step.usage(p).and_then(|u| u.cpu_percent), 0)),
-            );
-            cells.extend(
-                PROCESSES
-                    .iter()
-                    .map(|p| num(step.usage(p).and_then(|u| u.peak_rss_mib), 0)),
-            );
+            cells.extend(processes().map(|p| num(step.usage(p).and_then(|u| u.cpu_percent), 0)));
+            cells.extend(processes().map(|p| num(step.usage(p).and_then(|u| u.peak_rss_mib), 0)));
             let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
         out
@@ -879,7 +865,7 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         let columns = lines[0].matches('|').count();
-        assert_eq!(columns, 18 + 2 * PROCESSES.len() + 1);
+        assert_eq!(columns, 18 + 2 * processes().count() + 1);
         assert!(lines.iter().all(|l| l.matches('|').count() == columns));
         // saga p50 500 over chain p50 100.
         assert!(lines[2].contains("| 5.00 |"), "{}", lines[2]);

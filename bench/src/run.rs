@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use devenv::process::stdout_of;
 use devenv::Stop;
+use shared::topology::{self, SERVICES};
 use uuid::Uuid;
 
 use crate::chain;
@@ -17,7 +18,7 @@ use crate::commit_bound;
 use crate::config::Config;
 use crate::report::{IdleReport, Report, Settings, StepInput, StepReport};
 use crate::sampler::{Sampler, Target};
-use crate::stack::{drop_databases, redact_url, Databases, Infra, ServiceEnv, Services, SERVICES};
+use crate::stack::{drop_databases, redact_url, Databases, Infra, ServiceEnv, Services};
 use crate::workload::{self, order_count, Api, Probe, Seed};
 
 /// Rate of the warm-up orders.
@@ -142,7 +143,7 @@ impl Bench<'_> {
             extra: &config.service_env,
         };
         let settings = self.settings(&prefix, &env);
-        let kafka = chain::kafka_config(&env.for_service("order"))?;
+        let kafka = chain::kafka_config(&env.for_service(&topology::ORDER))?;
         eprintln!(
             "bench: starting the services from {}",
             self.bin_dir.display()
@@ -246,12 +247,12 @@ impl Bench<'_> {
     fn targets(&self, services: &Services) -> Vec<(String, Target)> {
         let mut targets: Vec<(String, Target)> = SERVICES
             .iter()
-            .map(|name| {
+            .map(|service| {
                 let target = services
-                    .get(name)
+                    .get(service.name)
                     .pid()
                     .map_or(Target::Unknown, Target::Process);
-                (name.to_string(), target)
+                (service.name.to_owned(), target)
             })
             .collect();
         targets.push(("broker".into(), self.infra.broker_target()));
@@ -283,7 +284,7 @@ impl Bench<'_> {
                         (k, v)
                     })
                     .collect();
-                (s.to_string(), vars)
+                (s.name.to_owned(), vars)
             })
             .collect();
         Settings {

@@ -1,6 +1,6 @@
 //! The system under test: PostgreSQL and the broker (the given ones or private ones), a fresh
-//! database per service, and the four release binaries as OS processes, each on a free port
-//! with its log in the run's output directory.
+//! database per service, and the release binaries of `shared::topology`'s services as OS
+//! processes, each on a free port with its log in the run's output directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,11 +12,9 @@ use devenv::postgres::DURABLE_SETTINGS;
 use devenv::process::{pick_port, stop_gracefully, tail};
 use devenv::{Broker, Postgres, Stop};
 use serde::Serialize;
+use shared::topology::{Service, SERVICES};
 
 use crate::sampler::Target;
-
-/// The services, in the order every table lists them.
-pub const SERVICES: [&str; 4] = ["order", "payment", "inventory", "shipping"];
 
 /// Countries the shipping service serves in a run (the orders go to FR; `AQ` is not served).
 pub const SHIPPED_COUNTRIES: &str = "DE,FR,GB,US";
@@ -142,9 +140,10 @@ impl Databases {
     pub async fn create(admin_url: &str) -> Result<Self> {
         let mut urls = BTreeMap::new();
         for service in SERVICES {
+            let name = service.name;
             let url =
-                shared::db::create_fresh_database(admin_url, &format!("bench_{service}")).await?;
-            urls.insert(service, url);
+                shared::db::create_fresh_database(admin_url, &format!("bench_{name}")).await?;
+            urls.insert(name, url);
         }
         Ok(Self { urls })
     }
@@ -186,20 +185,20 @@ pub struct ServiceEnv<'a> {
 
 impl ServiceEnv<'_> {
     /// The environment of `service`, in the order it is applied (later entries win).
-    pub fn for_service(&self, service: &str) -> Vec<(String, String)> {
+    pub fn for_service(&self, service: &Service) -> Vec<(String, String)> {
         let mut env = vec![
-            ("DATABASE_URL", self.databases.urls[service].clone()),
+            ("DATABASE_URL", self.databases.urls[service.name].clone()),
             ("KAFKA_BROKERS", self.brokers.to_owned()),
             ("KAFKA_TOPIC_PREFIX", self.topic_prefix.to_owned()),
             (
                 "KAFKA_GROUP_ID",
-                format!("{}{service}-service", self.topic_prefix),
+                format!("{}{}", self.topic_prefix, service.group_id),
             ),
             ("KAFKA_FETCH_WAIT_MAX_MS", self.fetch_wait_ms.to_string()),
             ("HTTP_HOST", "127.0.0.1".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
-        match service {
+        match service.name {
             "order" => env.push(("SAGA_DEADLINE_MS", SAGA_DEADLINE_MS.to_string())),
             "shipping" => env.push(("SHIPPING_COUNTRIES", SHIPPED_COUNTRIES.to_owned())),
             _ => {}
@@ -227,7 +226,7 @@ pub fn redact_url(url: &str) -> String {
 
 /// One service process; killed on drop.
 pub struct ServiceProcess {
-    pub name: &'static str,
+    pub service: &'static Service,
     pub port: u16,
     pub log: PathBuf,
     child: tokio::process::Child,
@@ -245,8 +244,8 @@ impl ServiceProcess {
     fn check_alive(&mut self) -> Result<()> {
         if let Ok(Some(status)) = self.child.try_wait() {
             bail!(
-                "{}-service exited ({status}); last lines of {}:\n{}",
-                self.name,
+                "{} exited ({status}); last lines of {}:\n{}",
+                self.service.package,
                 self.log.display(),
                 tail(&self.log, 30)
             );
@@ -255,23 +254,24 @@ impl ServiceProcess {
     }
 }
 
-/// The four services.
+/// The running services.
 pub struct Services(Vec<ServiceProcess>);
 
 impl Services {
-    /// Starts `<bin_dir>/<service>-service` for each service with `env` as its whole
-    /// environment (plus HTTP_PORT), output appended to `<log_dir>/<service>.log`.
+    /// Starts `<bin_dir>/<package>` for each service with `env` as its whole environment (plus
+    /// HTTP_PORT), output appended to `<log_dir>/<service>.log`.
     pub fn spawn(
         bin_dir: &Path,
         log_dir: &Path,
-        env: impl Fn(&str) -> Vec<(String, String)>,
+        env: impl Fn(&Service) -> Vec<(String, String)>,
     ) -> Result<Self> {
         let mut procs = Vec::new();
-        for name in SERVICES {
-            let exe = bin_dir.join(format!("{name}-service"));
+        for service in SERVICES {
+            let (name, package) = (service.name, service.package);
+            let exe = bin_dir.join(package);
             if !exe.is_file() {
                 bail!(
-                    "{} is missing: build it with `cargo build --release -p {name}-service` \
+                    "{} is missing: build it with `cargo build --release -p {package}` \
                      (`cargo xtask bench` does), or pass --bin-dir",
                     exe.display()
                 );
@@ -282,7 +282,7 @@ impl Services {
                 .with_context(|| format!("creating {}", log.display()))?;
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.env_clear()
-                .envs(env(name))
+                .envs(env(service))
                 .env("HTTP_PORT", port.to_string())
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)
@@ -294,7 +294,7 @@ impl Services {
                 .spawn()
                 .with_context(|| format!("starting {}", exe.display()))?;
             procs.push(ServiceProcess {
-                name,
+                service,
                 port,
                 log,
                 child,
@@ -306,7 +306,7 @@ impl Services {
     pub fn get(&self, name: &str) -> &ServiceProcess {
         self.0
             .iter()
-            .find(|p| p.name == name)
+            .find(|p| p.service.name == name)
             .expect("a known service")
     }
 
@@ -342,8 +342,8 @@ impl Services {
                 if Instant::now() > deadline {
                     let p = &self.0[i];
                     bail!(
-                        "{}-service not ready after {timeout:?}; last lines of {}:\n{}",
-                        p.name,
+                        "{} not ready after {timeout:?}; last lines of {}:\n{}",
+                        p.service.package,
                         p.log.display(),
                         tail(&p.log, 30)
                     );
@@ -356,7 +356,11 @@ impl Services {
 
     /// SIGTERM to all, then SIGKILL to those still running after 5 s.
     pub async fn shutdown(mut self) {
-        let children = self.0.iter_mut().map(|p| (p.name, &mut p.child)).collect();
+        let children = self
+            .0
+            .iter_mut()
+            .map(|p| (p.service.name, &mut p.child))
+            .collect();
         for name in stop_gracefully(children, Duration::from_secs(5)).await {
             eprintln!("bench: {name}-service did not stop within 5 s of SIGTERM; killed it");
         }
@@ -396,7 +400,7 @@ mod tests {
         let databases = Databases {
             urls: SERVICES
                 .iter()
-                .map(|s| (*s, format!("postgres://h/{s}")))
+                .map(|s| (s.name, format!("postgres://h/{}", s.name)))
                 .collect(),
         };
         let extra = [("RUST_LOG".to_owned(), "info".to_owned())];
@@ -407,7 +411,7 @@ mod tests {
             fetch_wait_ms: 10,
             extra: &extra,
         };
-        let order = env.for_service("order");
+        let order = env.for_service(&shared::topology::ORDER);
         let get = |key: &str| {
             order
                 .iter()
@@ -420,7 +424,7 @@ mod tests {
         assert_eq!(get("RUST_LOG"), Some("info"));
         assert!(get("SAGA_DEADLINE_MS").is_some());
         assert!(env
-            .for_service("shipping")
+            .for_service(&shared::topology::SHIPPING)
             .iter()
             .any(|(k, v)| k == "SHIPPING_COUNTRIES" && !v.contains("AQ")));
     }

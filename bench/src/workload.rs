@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
 use devenv::Stop;
 use serde_json::{json, Value};
+use shared::topology::SERVICES;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -18,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
 use crate::config::Mix;
-use crate::stack::{database_name, Databases, Services, SERVICES};
+use crate::stack::{database_name, Databases, Services};
 use crate::stats::Summary;
 
 /// Most stock a product may hold (inventory's `MAX_STOCK`).
@@ -518,7 +519,7 @@ impl Probe {
         let mut total = 0;
         for service in SERVICES {
             let n: i64 = sqlx::query_scalar(query)
-                .fetch_one(self.pool(service))
+                .fetch_one(self.pool(service.name))
                 .await?;
             total += n;
         }

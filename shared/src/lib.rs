@@ -16,6 +16,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topics;
+pub mod topology;
 
 mod consumer;
 mod inbox;

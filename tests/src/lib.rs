@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use shared::topics::Topic;
+use shared::topology::{self, Service, INVENTORY, ORDER, PAYMENT, SHIPPING};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -115,20 +116,25 @@ fn required_env(name: &str) -> anyhow::Result<String> {
     })
 }
 
+/// A new database `e2e_<service>_<uuid>` on the server; returns its URL.
+async fn fresh_database(admin_url: &str, service: &Service) -> anyhow::Result<String> {
+    shared::db::create_fresh_database(admin_url, &format!("e2e_{}", service.name)).await
+}
+
 async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
     let admin_url = required_env("DATABASE_URL")?;
     let brokers = required_env("KAFKA_BROKERS")?;
     let run = Uuid::new_v4().simple().to_string();
     let topic_prefix = format!("e2e-{}.", &run[..12]);
     let database_urls = Databases {
-        order: shared::db::create_fresh_database(&admin_url, "e2e_order").await?,
-        payment: shared::db::create_fresh_database(&admin_url, "e2e_payment").await?,
-        inventory: shared::db::create_fresh_database(&admin_url, "e2e_inventory").await?,
-        shipping: shared::db::create_fresh_database(&admin_url, "e2e_shipping").await?,
+        order: fresh_database(&admin_url, &ORDER).await?,
+        payment: fresh_database(&admin_url, &PAYMENT).await?,
+        inventory: fresh_database(&admin_url, &INVENTORY).await?,
+        shipping: fresh_database(&admin_url, &SHIPPING).await?,
     };
-    let args = |binary: &str, service: &str, database_url: &str| -> Vec<String> {
+    let args = |service: &Service, database_url: &str| -> Vec<String> {
         [
-            binary,
+            service.package,
             "--database-url",
             database_url,
             "--http-host",
@@ -140,12 +146,12 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
             "--kafka-topic-prefix",
             &topic_prefix,
             "--kafka-group-id",
-            &format!("{topic_prefix}{service}-service"),
+            &format!("{topic_prefix}{}", service.group_id),
         ]
         .map(str::to_owned)
         .to_vec()
     };
-    let mut order_args = args("order-service", "order", &database_urls.order);
+    let mut order_args = args(&ORDER, &database_urls.order);
     order_args.extend([
         "--saga-deadline-ms".to_owned(),
         settings.saga_deadline_ms.to_string(),
@@ -154,17 +160,14 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
         order_service::Application::build(order_service::Config::try_parse_from(order_args)?)
             .await?;
     let payment = payment_service::Application::build(payment_service::Config::try_parse_from(
-        args("payment-service", "payment", &database_urls.payment),
+        args(&PAYMENT, &database_urls.payment),
     )?)
     .await?;
-    let inventory =
-        inventory_service::Application::build(inventory_service::Config::try_parse_from(args(
-            "inventory-service",
-            "inventory",
-            &database_urls.inventory,
-        ))?)
-        .await?;
-    let mut shipping_args = args("shipping-service", "shipping", &database_urls.shipping);
+    let inventory = inventory_service::Application::build(
+        inventory_service::Config::try_parse_from(args(&INVENTORY, &database_urls.inventory))?,
+    )
+    .await?;
+    let mut shipping_args = args(&SHIPPING, &database_urls.shipping);
     shipping_args.extend(["--countries".to_owned(), SERVED_COUNTRIES.to_owned()]);
     let shipping = shipping_service::Application::build(shipping_service::Config::try_parse_from(
         shipping_args,
@@ -450,10 +453,7 @@ impl Backdoor {
 
     /// Every message of `service`'s dead-letter topic so far.
     pub async fn dead_letters(&self, service: &str) -> Vec<shared::dead_letters::DeadLetter> {
-        let topic = shared::topics::dead_letter_topic(
-            &self.system.topic_prefix,
-            &format!("{service}-service"),
-        );
+        let topic = known(service).dead_letter_topic(&self.system.topic_prefix);
         let brokers = self.system.brokers.clone();
         tokio::task::spawn_blocking(move || shared::dead_letters::read_all(&brokers, &topic))
             .await
@@ -464,7 +464,7 @@ impl Backdoor {
     /// Waits until `service`'s consumer group has committed past `offset` of `topic`/`partition`:
     /// the message was processed (and its transaction committed) by then.
     pub async fn wait_consumed(&self, service: &str, topic: Topic, partition: i32, offset: i64) {
-        let group = format!("{}{service}-service", self.system.topic_prefix);
+        let group = format!("{}{}", self.system.topic_prefix, known(service).group_id);
         let name = topic.name(&self.system.topic_prefix);
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.system.brokers)
@@ -504,4 +504,9 @@ impl Default for Backdoor {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The service of the topology called `name`; panics on a name it does not have.
+pub fn known(name: &str) -> &'static Service {
+    topology::by_name(name).unwrap_or_else(|| panic!("shared::topology has no service {name:?}"))
 }

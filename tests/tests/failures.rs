@@ -9,6 +9,7 @@ use shared::events::{
     ShippingAddress, StockReserved,
 };
 use shared::topics::Topic;
+use shared::topology::{self, Service, INVENTORY};
 use shared::{Envelope, EventPayload};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -170,12 +171,13 @@ async fn a_refund_that_can_never_be_made_leaves_the_order_failed_and_counted() {
 async fn poison_is_dead_lettered_the_partitions_keep_flowing_and_replay_works() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let (api, backdoor) = clients();
-    let consumers = ["inventory", "payment", "shipping"]; // everyone who reads order.events
-    let before: Vec<usize> = futures::future::join_all(consumers.map(|c| backdoor.dead_letters(c)))
-        .await
-        .iter()
-        .map(Vec::len)
-        .collect();
+    let consumers: Vec<&Service> = topology::consumers_of(Topic::Order).collect();
+    let before: Vec<usize> =
+        futures::future::join_all(consumers.iter().map(|c| backdoor.dead_letters(c.name)))
+            .await
+            .iter()
+            .map(Vec::len)
+            .collect();
 
     let order_id = Uuid::now_v7();
     let unknown = json!({
@@ -219,7 +221,8 @@ async fn poison_is_dead_lettered_the_partitions_keep_flowing_and_replay_works() 
     }
 
     let expected = poison.len() * partitions.len();
-    for (consumer, before) in consumers.iter().zip(&before) {
+    for (service, before) in consumers.iter().zip(&before) {
+        let consumer = service.name;
         let letters = eventually(
             &format!("{consumer}'s dead letters"),
             SAGA_TIMEOUT,
@@ -243,7 +246,7 @@ async fn poison_is_dead_lettered_the_partitions_keep_flowing_and_replay_works() 
             assert_eq!(letter.header("dlq.attempts"), Some("3"));
             assert_eq!(
                 letter.header("dlq.group"),
-                Some(format!("{}{consumer}-service", api.system.topic_prefix).as_str())
+                Some(format!("{}{}", api.system.topic_prefix, service.group_id).as_str())
             );
             assert!(
                 letter.header("dlq.offset").is_some() && letter.header("dlq.partition").is_some()
@@ -269,7 +272,7 @@ async fn poison_is_dead_lettered_the_partitions_keep_flowing_and_replay_works() 
     let letters = backdoor.dead_letters("inventory").await;
     let letter = letters.last().unwrap();
     let producer = shared::kafka::producer(&shared_kafka_config(&api)).unwrap();
-    let dlq = shared::topics::dead_letter_topic(&api.system.topic_prefix, "inventory-service");
+    let dlq = INVENTORY.dead_letter_topic(&api.system.topic_prefix);
     shared::dead_letters::replay(&producer, &dlq, letter)
         .await
         .unwrap();
@@ -335,9 +338,9 @@ async fn events_out_of_order_are_never_applied() {
         Envelope::new("chaos", order_id, None, &cancelled),
     )
     .await;
-    for consumer in ["inventory", "payment", "shipping"] {
+    for consumer in topology::consumers_of(Topic::Order) {
         backdoor
-            .wait_consumed(consumer, Topic::Order, partition, offset)
+            .wait_consumed(consumer.name, Topic::Order, partition, offset)
             .await;
     }
     // Then the events it should have followed: the order, its reservation, its charge.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use serde_norway::Value;
+use shared::topology;
 
 /// Read by `shared::telemetry::init`, outside clap.
 const TELEMETRY_VARIABLES: [&str; 2] = ["RUST_LOG", "LOG_FORMAT"];
@@ -29,29 +30,22 @@ struct Service {
     command: clap::Command,
 }
 
+/// The services of `shared::topology`, each with its clap command.
 fn services() -> Vec<Service> {
-    vec![
-        Service {
-            name: "order",
-            package: "order-service",
-            command: order_service::Config::command(),
-        },
-        Service {
-            name: "payment",
-            package: "payment-service",
-            command: payment_service::Config::command(),
-        },
-        Service {
-            name: "inventory",
-            package: "inventory-service",
-            command: inventory_service::Config::command(),
-        },
-        Service {
-            name: "shipping",
-            package: "shipping-service",
-            command: shipping_service::Config::command(),
-        },
-    ]
+    topology::SERVICES
+        .iter()
+        .map(|service| Service {
+            name: service.name,
+            package: service.package,
+            command: match service.package {
+                "order-service" => order_service::Config::command(),
+                "payment-service" => payment_service::Config::command(),
+                "inventory-service" => inventory_service::Config::command(),
+                "shipping-service" => shipping_service::Config::command(),
+                other => panic!("tests/tests/packaging.rs has no Config command for {other}"),
+            },
+        })
+        .collect()
 }
 
 fn root() -> PathBuf {
@@ -485,7 +479,7 @@ fn the_dockerfile_builds_every_service_binary_and_compose_runs_each() {
         .collect();
     assert_eq!(
         binaries, expected,
-        "the services/ binaries changed: update docker-compose.yml, the Dockerfile and this test"
+        "the binaries under services/ are not the packages of shared::topology (README.md, \"Adding a service\")"
     );
 
     let stages = dockerfile_stages();

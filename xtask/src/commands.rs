@@ -1,9 +1,10 @@
 //! The `up`, `test` and `bench` subcommands.
 
-use crate::services::{self, Running, Service, SERVICES};
+use crate::services::{self, Running};
 use anyhow::{bail, Result};
 use devenv::process::{run_status, tail};
 use devenv::{Broker, Postgres, Stop};
+use shared::topology::SERVICES;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, ExitStatus};
 
@@ -25,15 +26,15 @@ impl Infra {
 pub async fn up(stop: &Stop) -> Result<ExitCode> {
     let ports = SERVICES
         .iter()
-        .map(Service::port)
+        .map(services::port)
         .collect::<Result<Vec<_>>>()?;
     let infra = Infra::start(stop, Some(55432), Some(9092)).await?;
-    let databases: Vec<_> = SERVICES.iter().map(Service::database).collect();
+    let databases: Vec<String> = SERVICES.iter().map(|s| s.database.to_owned()).collect();
     stop.guard(infra.postgres.create_databases(&databases))
         .await?;
     let bin_dir = services::build(stop).await?;
     let mut running = Running::spawn(&bin_dir, &ports, |service| {
-        let url = infra.postgres.url_for(&service.database());
+        let url = infra.postgres.url_for(service.database);
         vec![
             ("DATABASE_URL", url.into()),
             ("KAFKA_BROKERS", infra.broker.address.clone()),

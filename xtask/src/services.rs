@@ -1,8 +1,10 @@
-//! Builds, runs and supervises the four services, prefixing their output with their names.
+//! Builds, runs and supervises the services of `shared::topology`, prefixing their output with
+//! their names.
 
 use anyhow::{bail, ensure, Context, Result};
 use devenv::process::{port_is_free, run, stop_gracefully};
 use devenv::Stop;
+use shared::topology::{Service, SERVICES};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -11,42 +13,24 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// A service: short name, default HTTP port, ANSI color of its output prefix.
-pub struct Service(pub &'static str, u16, u8);
+/// ANSI colors of the output prefixes, handed out in `SERVICES` order.
+const COLORS: [u8; 6] = [36, 35, 33, 32, 34, 31];
 
-pub const SERVICES: [Service; 4] = [
-    Service("order", 8081, 36),
-    Service("payment", 8082, 35),
-    Service("inventory", 8083, 33),
-    Service("shipping", 8084, 32),
-];
-
-impl Service {
-    /// Package and binary name.
-    pub fn package(&self) -> String {
-        format!("{}-service", self.0)
-    }
-
-    pub fn database(&self) -> String {
-        format!("sagashop_{}", self.0)
-    }
-
-    /// The HTTP port (from e.g. ORDER_HTTP_PORT, else the default), checked to be free.
-    pub fn port(&self) -> Result<u16> {
-        let var = format!("{}_HTTP_PORT", self.0.to_uppercase());
-        let port = match std::env::var(&var) {
-            Ok(v) => v
-                .parse()
-                .with_context(|| format!("{var}={v} is not a port number"))?,
-            Err(_) => self.1,
-        };
-        ensure!(
-            port_is_free(port),
-            "port {port} for {} is in use (set {var})",
-            self.0
-        );
-        Ok(port)
-    }
+/// The HTTP port of `service` (from e.g. ORDER_HTTP_PORT, else its default), checked to be free.
+pub fn port(service: &Service) -> Result<u16> {
+    let var = format!("{}_HTTP_PORT", service.name.to_uppercase());
+    let port = match std::env::var(&var) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{var}={v} is not a port number"))?,
+        Err(_) => service.http_port,
+    };
+    ensure!(
+        port_is_free(port),
+        "port {port} for {} is in use (set {var})",
+        service.name
+    );
+    Ok(port)
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -60,26 +44,26 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// Builds the four binaries and returns the directory holding them.
+/// Builds the service binaries and returns the directory holding them.
 pub async fn build(stop: &Stop) -> Result<PathBuf> {
     eprintln!("xtask: building the services");
     let mut cmd = cargo();
     cmd.args(["build", "--bins"]);
-    for service in &SERVICES {
-        cmd.arg("-p").arg(service.package());
+    for service in SERVICES {
+        cmd.arg("-p").arg(service.package);
     }
     run(cmd, "cargo build", None, stop).await?;
     Ok(target_dir().join("debug"))
 }
 
-/// Builds the four services and the benchmark in release and returns the directory holding
+/// Builds the services and the benchmark in release and returns the directory holding
 /// their binaries.
 pub async fn build_release(stop: &Stop) -> Result<PathBuf> {
     eprintln!("xtask: building the services and the benchmark (release)");
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--locked"]);
-    for service in &SERVICES {
-        cmd.arg("-p").arg(service.package());
+    for service in SERVICES {
+        cmd.arg("-p").arg(service.package);
     }
     cmd.args(["-p", BENCH_PACKAGE]);
     run(cmd, "cargo build --release", None, stop).await?;
@@ -115,8 +99,8 @@ impl Running {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
         let mut procs = Vec::new();
-        for (service, &port) in SERVICES.iter().zip(ports) {
-            let exe = bin_dir.join(service.package());
+        for (index, (service, &port)) in SERVICES.iter().zip(ports).enumerate() {
+            let exe = bin_dir.join(service.package);
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.envs(env(service))
                 .env("HTTP_PORT", port.to_string())
@@ -131,8 +115,12 @@ impl Running {
                 .spawn()
                 .with_context(|| format!("starting {}", exe.display()))?;
             let prefix = match color {
-                true => format!("\x1b[{}m{:<9} |\x1b[0m ", service.2, service.0),
-                false => format!("{:<9} | ", service.0),
+                true => format!(
+                    "\x1b[{}m{:<9} |\x1b[0m ",
+                    COLORS[index % COLORS.len()],
+                    service.name
+                ),
+                false => format!("{:<9} | ", service.name),
             };
             let output = [
                 child.stdout.take().map(|o| forward(o, prefix.clone())),
@@ -149,7 +137,7 @@ impl Running {
     }
 
     pub fn ports(&self) -> Vec<(&'static str, u16)> {
-        self.0.iter().map(|p| (p.service.0, p.port)).collect()
+        self.0.iter().map(|p| (p.service.name, p.port)).collect()
     }
 
     /// Resolves when the first service exits.
@@ -157,7 +145,7 @@ impl Running {
         loop {
             for p in &mut self.0 {
                 if let Ok(Some(status)) = p.child.try_wait() {
-                    return (p.service.0, status);
+                    return (p.service.name, status);
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -170,7 +158,7 @@ impl Running {
         let children = self
             .0
             .iter_mut()
-            .map(|p| (p.service.0, &mut p.child))
+            .map(|p| (p.service.name, &mut p.child))
             .collect();
         for name in stop_gracefully(children, Duration::from_secs(10)).await {
             eprintln!("xtask: {name} did not stop within 10 s; killed it");

@@ -1,10 +1,11 @@
 //! `sagashop-dlq`: lists a service's dead letters and replays them to their original topic.
 
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use shared::config::KafkaConfig;
 use shared::dead_letters::{self, DeadLetter};
-use shared::topics::dead_letter_topic;
+use shared::topology::{self, Service};
 
 #[derive(Parser)]
 #[command(
@@ -20,16 +21,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Lists the dead letters of a service (order, payment, inventory or shipping).
+    /// Lists the dead letters of a service.
     List {
-        service: String,
+        #[arg(value_parser = service_name())]
+        service: &'static Service,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Publishes dead letters back to the topic they came from.
     Replay {
-        service: String,
+        #[arg(value_parser = service_name())]
+        service: &'static Service,
         /// Which ones, as `partition:offset` in the dead-letter topic (see `list`).
         #[arg(required_unless_present = "all")]
         ids: Vec<String>,
@@ -39,15 +42,10 @@ enum Command {
     },
 }
 
-fn topic_for(kafka: &KafkaConfig, service: &str) -> anyhow::Result<String> {
-    anyhow::ensure!(
-        ["order", "payment", "inventory", "shipping"].contains(&service),
-        "unknown service {service:?}: expected order, payment, inventory or shipping"
-    );
-    Ok(dead_letter_topic(
-        &kafka.topic_prefix,
-        &format!("{service}-service"),
-    ))
+/// A service of the topology, by its short name (`--help` lists them).
+fn service_name() -> impl TypedValueParser<Value = &'static Service> {
+    PossibleValuesParser::new(topology::names())
+        .map(|name| topology::by_name(&name).expect("a possible value names a service"))
 }
 
 fn print(letter: &DeadLetter) {
@@ -78,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::List { service, json } => {
-            let topic = topic_for(&cli.kafka, service)?;
+            let topic = service.dead_letter_topic(&cli.kafka.topic_prefix);
             let brokers = cli.kafka.brokers.clone();
             let letters =
                 tokio::task::spawn_blocking(move || dead_letters::read_all(&brokers, &topic))
@@ -95,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Replay { service, ids, all } => {
-            let topic = topic_for(&cli.kafka, service)?;
+            let topic = service.dead_letter_topic(&cli.kafka.topic_prefix);
             let brokers = cli.kafka.brokers.clone();
             let reading = topic.clone();
             let letters =

@@ -113,7 +113,7 @@ ENV HTTP_HOST=0.0.0.0 \
 EXPOSE 8080
 USER 10001:10001
 WORKDIR /app
-# Ready = database and Kafka reachable. `healthcheck` probes 127.0.0.1:$HTTP_PORT/health/ready.
+# Ready = database and Kafka reachable, every task running. `healthcheck` probes 127.0.0.1:$HTTP_PORT/health/ready.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["/app/healthcheck"]
 # The service handles SIGTERM itself (graceful shutdown), so it can run as PID 1.
 ENTRYPOINT ["/app/service"]

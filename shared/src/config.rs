@@ -52,6 +52,12 @@ pub struct CommonConfig {
     /// Most outbox rows handed to the producer and not yet acknowledged by the broker.
     #[arg(long, env = "OUTBOX_MAX_IN_FLIGHT", default_value_t = 5000)]
     pub outbox_max_in_flight: usize,
+
+    /// Once a task of the service has died (panicked or ended on its own), how long, in
+    /// milliseconds, `/health/ready` answers 503 naming it before the service stops and exits
+    /// non-zero.
+    #[arg(long, env = "TASK_FAILURE_GRACE_MS", default_value_t = 1000)]
+    pub task_failure_grace_ms: u64,
 }
 
 /// Kafka client settings. The defaults suit both Apache Kafka and tansu (see README.md).

@@ -1,10 +1,25 @@
-//! What every service runs: the HTTP API, the outbox relay and the idempotent consumer, side by
-//! side until a shutdown signal; plus the health endpoints.
+//! What every service runs, built with [`Service::builder`]: the HTTP API with the health
+//! endpoints, the outbox relay, the idempotent consumer and any extra workers, side by side
+//! under one supervisor.
+//!
+//! What an orchestrator sees:
+//! - `GET /health/live` answers 200 while the process serves HTTP. `GET /health/ready` answers
+//!   200 only while the database and the broker answer and every task is running, else 503
+//!   `{"error": {"code": "not_ready", ...}, "checks": {"database", "kafka", "tasks"}}`.
+//! - SIGTERM, SIGINT or the shutdown token: the server stops accepting connections and finishes
+//!   the requests in flight, the consumer stores its offsets and leaves its group, every task
+//!   stops, and [`Service::run_until_stopped`] returns `Ok` (the process exits 0).
+//! - A task that panics or ends on its own (or the HTTP server failing) while no stop was asked
+//!   for: an error log naming the task, then `/health/ready` answers 503 with `checks.tasks`
+//!   naming it for `TASK_FAILURE_GRACE_MS` (or until a stop signal), then every other task is
+//!   stopped as above and `run_until_stopped` returns the error (the process exits non-zero).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -16,7 +31,9 @@ use rdkafka::producer::FutureProducer;
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::{JoinError, JoinSet};
 pub use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::CommonConfig;
 use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
@@ -24,21 +41,23 @@ use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::topics::{dead_letter_topic, Topic};
 use crate::{db, http, kafka};
 
+/// The task names in logs, errors and `checks.tasks` (extra workers bring their own).
+const HTTP_SERVER: &str = "http-server";
+const OUTBOX_RELAY: &str = "outbox-relay";
+const EVENT_CONSUMER: &str = "event-consumer";
+
 /// The connections a service needs, ready to use: its database (migrated) and a producer, with
-/// every topic created.
+/// every topic created. Routes and workers are built from it.
 pub struct Infrastructure {
     pub pool: PgPool,
     pub producer: FutureProducer,
     /// Call [`OutboxSignal::committed`] after committing outbox rows outside the consumer.
     pub outbox: OutboxSignal,
-    config: CommonConfig,
-    service: &'static str,
 }
 
 impl Infrastructure {
     /// Connects to PostgreSQL and Kafka, applies migrations and creates the topics.
-    /// `service` is the short name (`order`, `payment`, ...).
-    pub async fn start(
+    async fn start(
         service: &'static str,
         config: &CommonConfig,
         migrator: &Migrator,
@@ -54,105 +73,192 @@ impl Infrastructure {
             outbox: OutboxSignal::new(pool.clone()),
             pool,
             producer,
-            config: config.clone(),
-            service,
         })
     }
 }
 
-/// A built service, bound to its port, not yet running.
-pub struct ServiceRunner {
-    listener: TcpListener,
-    router: Router,
-    relay: OutboxRelay,
-    workers: Vec<Worker>,
-    shutdown: CancellationToken,
+type BuildRoutes = Box<dyn FnOnce(&Infrastructure) -> Router + Send>;
+type BuildConsumer = Box<
+    dyn FnOnce(&Infrastructure, &CommonConfig, CancellationToken) -> anyhow::Result<Task> + Send,
+>;
+type BuildWorker = Box<dyn FnOnce(&Infrastructure, CancellationToken) -> Task + Send>;
+/// A background task, not started yet; it returns once its token is cancelled.
+type Task = BoxFuture<'static, ()>;
+
+/// What a service is made of; [`ServiceBuilder::build`] connects and binds it.
+pub struct ServiceBuilder {
+    service: &'static str,
+    migrator: &'static Migrator,
+    config: CommonConfig,
+    http_port: u16,
+    routes: Option<BuildRoutes>,
+    consumer: Option<BuildConsumer>,
+    workers: Vec<(&'static str, BuildWorker)>,
 }
 
-/// A background task that runs until the token is cancelled.
-pub type Worker = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
+impl ServiceBuilder {
+    /// The service's HTTP API (the health endpoints and `/metrics` are added to it).
+    pub fn routes(
+        mut self,
+        routes: impl FnOnce(&Infrastructure) -> Router + Send + 'static,
+    ) -> Self {
+        self.routes = Some(Box::new(routes));
+        self
+    }
 
-impl ServiceRunner {
-    /// Binds `http_port` (0 picks a free one) and wires `routes`, the relay and a consumer of
-    /// `consumes` that hands each event to `handler`.
-    pub async fn build<H: EventHandler>(
-        infrastructure: Infrastructure,
-        http_port: u16,
-        routes: Router,
-        consumes: &[Topic],
-        handler: H,
-    ) -> anyhow::Result<Self> {
-        let Infrastructure {
-            pool,
-            producer,
-            outbox,
-            config,
+    /// Consumes `topics` in the service's group, handing each event to `handler`.
+    pub fn consumes<H: EventHandler>(mut self, topics: &[Topic], handler: H) -> Self {
+        let topics = topics.to_vec();
+        let service = self.service;
+        self.consumer = Some(Box::new(move |infrastructure, config, shutdown| {
+            let consumer = consumer_loop(infrastructure, config, service, &topics, handler)?;
+            Ok(Box::pin(consumer.run(shutdown)))
+        }));
+        self
+    }
+
+    /// Adds a background task (e.g. a deadline sweeper) that runs beside the others until the
+    /// token it is given is cancelled; `name` names it in logs and in `/health/ready`.
+    pub fn worker<F, W>(mut self, name: &'static str, worker: W) -> Self
+    where
+        W: FnOnce(&Infrastructure, CancellationToken) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.workers.push((
+            name,
+            Box::new(move |infrastructure, shutdown| Box::pin(worker(infrastructure, shutdown))),
+        ));
+        self
+    }
+
+    /// Connects to PostgreSQL and Kafka (applying the migrations and creating the topics),
+    /// binds the HTTP port (0 picks a free one) and wires every task; nothing runs yet.
+    pub async fn build(self) -> anyhow::Result<Service> {
+        let Self {
             service,
-        } = infrastructure;
+            migrator,
+            config,
+            http_port,
+            routes,
+            consumer,
+            workers,
+        } = self;
+        let infrastructure = Infrastructure::start(service, &config, migrator).await?;
         let address = format!("{}:{}", config.http_host, http_port);
         let listener = TcpListener::bind(&address)
             .await
             .with_context(|| format!("binding {address}"))?;
 
-        let prefix = &config.kafka.topic_prefix;
-        let group_id = config
-            .kafka
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("{service}-service"));
-        let consumer = kafka::consumer(&config.kafka, &group_id)?;
-        let names: Vec<String> = consumes.iter().map(|topic| topic.name(prefix)).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&names)
-            .context("subscribing to topics")?;
-        let consumer_loop = ConsumerLoop {
-            consumer,
-            pool: pool.clone(),
-            outbox: outbox.clone(),
-            handler: Arc::new(handler),
-            producer: producer.clone(),
-            service,
-            group_id,
-            dead_letter_topic: dead_letter_topic(prefix, &format!("{service}-service")),
-            policy: ConsumerPolicy {
-                max_attempts: config.consumer_max_attempts.max(1),
-                max_event_bytes: config.kafka.max_event_bytes,
-                batch_size: config.consumer_batch_size.max(1),
-                concurrency: config.consumer_concurrency.max(1),
-            },
-        };
-
+        let shutdown = CancellationToken::new();
         let relay = OutboxRelay::new(
-            outbox,
-            producer.clone(),
+            infrastructure.outbox.clone(),
+            infrastructure.producer.clone(),
             config.kafka.topic_prefix.clone(),
             config.relay_settings(),
         );
+        let mut tasks: Vec<(&'static str, Task)> =
+            vec![(OUTBOX_RELAY, Box::pin(relay.run(shutdown.clone())))];
+        if let Some(consumer) = consumer {
+            tasks.push((
+                EVENT_CONSUMER,
+                consumer(&infrastructure, &config, shutdown.clone())?,
+            ));
+        }
+        for (name, worker) in workers {
+            tasks.push((name, worker(&infrastructure, shutdown.clone())));
+        }
+
+        let routes = routes.map_or_else(Router::new, |routes| routes(&infrastructure));
         crate::metrics::handle();
+        let failure = Arc::new(OnceLock::new());
         let health = Router::new()
             .route("/health/live", get(live))
             .route("/health/ready", get(ready))
             .route("/metrics", get(render_metrics))
             .with_state(Health {
-                pool,
-                producer,
+                pool: infrastructure.pool,
+                producer: infrastructure.producer,
                 service,
+                failure: Arc::clone(&failure),
             });
-        let router = http::with_common_layers(routes.merge(health));
-        Ok(Self {
+        Ok(Service {
             listener,
-            router,
-            relay,
-            workers: vec![Box::new(move |token| Box::pin(consumer_loop.run(token)))],
-            shutdown: CancellationToken::new(),
+            router: http::with_common_layers(routes.merge(health)),
+            tasks,
+            shutdown,
+            failure,
+            failure_grace: Duration::from_millis(config.task_failure_grace_ms),
         })
     }
+}
 
-    /// Adds a background task (e.g. a deadline sweeper) that runs beside the others.
-    pub fn with_worker(mut self, worker: Worker) -> Self {
-        self.workers.push(worker);
-        self
+/// The consumer of `topics`, subscribed, in the configured group (default `<service>-service`).
+fn consumer_loop<H: EventHandler>(
+    infrastructure: &Infrastructure,
+    config: &CommonConfig,
+    service: &'static str,
+    topics: &[Topic],
+    handler: H,
+) -> anyhow::Result<ConsumerLoop<H>> {
+    let prefix = &config.kafka.topic_prefix;
+    let group_id = config
+        .kafka
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("{service}-service"));
+    let consumer = kafka::consumer(&config.kafka, &group_id)?;
+    let names: Vec<String> = topics.iter().map(|topic| topic.name(prefix)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .context("subscribing to topics")?;
+    Ok(ConsumerLoop {
+        consumer,
+        pool: infrastructure.pool.clone(),
+        outbox: infrastructure.outbox.clone(),
+        handler: Arc::new(handler),
+        producer: infrastructure.producer.clone(),
+        service,
+        group_id,
+        dead_letter_topic: dead_letter_topic(prefix, &format!("{service}-service")),
+        policy: ConsumerPolicy {
+            max_attempts: config.consumer_max_attempts.max(1),
+            max_event_bytes: config.kafka.max_event_bytes,
+            batch_size: config.consumer_batch_size.max(1),
+            concurrency: config.consumer_concurrency.max(1),
+        },
+    })
+}
+
+/// A built service, bound to its port, not yet running.
+pub struct Service {
+    listener: TcpListener,
+    router: Router,
+    tasks: Vec<(&'static str, Task)>,
+    shutdown: CancellationToken,
+    /// The first task that died, as `/health/ready` reports it.
+    failure: Arc<OnceLock<String>>,
+    failure_grace: Duration,
+}
+
+impl Service {
+    /// Starts describing the service `service` (the short name: `order`, `payment`, ...) with
+    /// its migrations, settings and HTTP port.
+    pub fn builder(
+        service: &'static str,
+        migrator: &'static Migrator,
+        config: &CommonConfig,
+        http_port: u16,
+    ) -> ServiceBuilder {
+        ServiceBuilder {
+            service,
+            migrator,
+            config: config.clone(),
+            http_port,
+            routes: None,
+            consumer: None,
+            workers: Vec::new(),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -167,23 +273,105 @@ impl ServiceRunner {
         self.shutdown.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM (or the shutdown token), then stops every task cleanly.
+    /// Serves until SIGINT/SIGTERM (or the shutdown token), then stops every task and returns
+    /// `Ok`; or, once a task died, reports it unready, stops the others and returns why.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let token = self.shutdown.clone();
-        tokio::spawn(cancel_on_signal(token.clone()));
-        let mut tasks = vec![tokio::spawn(self.relay.run(token.clone()))];
-        tasks.extend(
-            self.workers
-                .into_iter()
-                .map(|worker| tokio::spawn(worker(token.clone()))),
+        tokio::spawn(cancel_on_signal(self.shutdown.clone()));
+        let mut supervisor = Supervisor {
+            tasks: JoinSet::new(),
+            names: HashMap::new(),
+            shutdown: self.shutdown.clone(),
+            failure: self.failure,
+            failure_grace: self.failure_grace,
+        };
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(self.shutdown.cancelled_owned());
+        supervisor.spawn(
+            HTTP_SERVER,
+            async move { server.await.context("serving HTTP") },
         );
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .await;
-        token.cancel();
-        futures::future::join_all(tasks).await;
-        served.context("serving HTTP")
+        for (name, task) in self.tasks {
+            supervisor.spawn(name, async move {
+                task.await;
+                Ok(())
+            });
+        }
+        supervisor.wait().await
     }
+}
+
+/// Runs the tasks of one service; the first one to die stops all of them.
+struct Supervisor {
+    tasks: JoinSet<anyhow::Result<()>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+    shutdown: CancellationToken,
+    failure: Arc<OnceLock<String>>,
+    failure_grace: Duration,
+}
+
+impl Supervisor {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let span = tracing::info_span!("task", task = name);
+        let handle = self.tasks.spawn(task.instrument(span));
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for every task; the first failure is returned.
+    async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_failure = None;
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            let id = match &joined {
+                Ok((id, _)) => *id,
+                Err(error) => error.id(),
+            };
+            let name = self.names.get(&id).copied().unwrap_or("unnamed");
+            let failure = match joined {
+                Ok((_, Ok(()))) if self.shutdown.is_cancelled() => {
+                    tracing::debug!(task = name, "task stopped");
+                    continue;
+                }
+                Ok((_, Ok(()))) => anyhow!("task `{name}` ended while the service was running"),
+                Ok((_, Err(error))) => error.context(format!("task `{name}` failed")),
+                Err(error) => anyhow!("task `{name}` {}", how_it_stopped(error)),
+            };
+            tracing::error!(
+                task = name,
+                error = format!("{failure:#}"),
+                "a task of the service stopped; stopping the service"
+            );
+            if first_failure.is_none() {
+                let _ = self.failure.set(format!("{failure:#}"));
+                // Unready for a moment before the server goes (unless it is what died).
+                if name != HTTP_SERVER {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.failure_grace) => {}
+                        _ = self.shutdown.cancelled() => {}
+                    }
+                }
+                first_failure = Some(failure);
+            }
+            self.shutdown.cancel();
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+}
+
+/// `panicked: <message>`, or how else the task stopped.
+fn how_it_stopped(error: JoinError) -> String {
+    if !error.is_panic() {
+        return format!("stopped: {error}");
+    }
+    let payload = error.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("panicked: {message}")
 }
 
 async fn cancel_on_signal(token: CancellationToken) {
@@ -212,6 +400,7 @@ struct Health {
     pool: PgPool,
     producer: FutureProducer,
     service: &'static str,
+    failure: Arc<OnceLock<String>>,
 }
 
 /// Prometheus text; the outbox backlog is measured at scrape time.
@@ -232,7 +421,7 @@ async fn live() -> impl IntoResponse {
     Json(serde_json::json!({"status": "live"}))
 }
 
-/// Ready only when the database and the broker both answer.
+/// Ready only when the database and the broker both answer and no task has died.
 async fn ready(State(health): State<Health>) -> impl IntoResponse {
     const TIMEOUT: Duration = Duration::from_secs(2);
     let database =
@@ -244,21 +433,36 @@ async fn ready(State(health): State<Health>) -> impl IntoResponse {
     let broker = kafka::check_reachable(&health.producer, TIMEOUT)
         .await
         .map_err(|error| format!("{error:#}"));
+    let tasks = health
+        .failure
+        .get()
+        .map_or(Ok(()), |failure| Err(failure.clone()));
     let describe = |check: &Result<(), String>| match check {
         Ok(()) => "ok".to_owned(),
         Err(error) => error.clone(),
     };
-    let checks = serde_json::json!({"database": describe(&database), "kafka": describe(&broker)});
-    if database.is_ok() && broker.is_ok() {
-        (
+    let checks = serde_json::json!({
+        "database": describe(&database),
+        "kafka": describe(&broker),
+        "tasks": describe(&tasks),
+    });
+    if database.is_ok() && broker.is_ok() && tasks.is_ok() {
+        return (
             StatusCode::OK,
             Json(serde_json::json!({"status": "ready", "checks": checks})),
-        )
-    } else {
-        let body = serde_json::json!({
-            "error": {"code": "not_ready", "message": "a dependency is unreachable"},
-            "checks": checks,
-        });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+        );
     }
+    let message = if tasks.is_err() {
+        "a task of the service stopped; it is shutting down"
+    } else {
+        "a dependency is unreachable"
+    };
+    let body = serde_json::json!({
+        "error": {"code": "not_ready", "message": message},
+        "checks": checks,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }
+
+#[cfg(test)]
+mod tests;

@@ -499,7 +499,10 @@ async fn every_service_is_live_and_ready() {
         let (status, ready) = api.get(format!("{url}/health/ready")).await;
         assert_eq!(
             (status, &ready["checks"]),
-            (200, &json!({"database": "ok", "kafka": "ok"})),
+            (
+                200,
+                &json!({"database": "ok", "kafka": "ok", "tasks": "ok"})
+            ),
             "{ready}"
         );
     }

@@ -1,10 +1,12 @@
-//! Wiring: database, Kafka, HTTP routes and the event handler.
+//! Wiring: the order service's migrations, HTTP routes, event handler and saga deadline
+//! sweeper, run by `shared::service::Service` (which documents start-up, readiness and
+//! shutdown).
 
 use std::time::Duration;
 
 use axum::Router;
-use shared::service::{Infrastructure, ServiceRunner};
-use shared::topics::Topic;
+use shared::service::{CancellationToken, Service};
+use shared::topology;
 use sqlx::PgPool;
 
 use crate::handler::OrderEventHandler;
@@ -13,32 +15,36 @@ use crate::{deadline, routes, Config, SERVICE};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The order service, built and bound to its port.
-pub struct Application(ServiceRunner);
+pub struct Application(Service);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let infrastructure = Infrastructure::start(SERVICE, &config.common, &MIGRATOR).await?;
-        let outbox = infrastructure.outbox.clone();
-        let routes = routes::router(infrastructure.pool.clone(), outbox.clone());
-        let handler = OrderEventHandler;
-        let consumes = [Topic::Inventory, Topic::Payment, Topic::Shipping];
-        let pool = infrastructure.pool.clone();
-        let deadline = Duration::from_millis(config.saga_deadline_ms);
+        let saga_deadline = Duration::from_millis(config.saga_deadline_ms);
         let sweep_every = Duration::from_millis(config.saga_deadline_sweep_ms.max(1));
-        let runner =
-            ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)
-                .await?
-                .with_worker(Box::new(move |token| {
-                    Box::pin(deadline::run(pool, outbox, deadline, sweep_every, token))
-                }));
-        Ok(Self(runner))
+        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+            .routes(|infrastructure| {
+                routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
+            })
+            .consumes(topology::ORDER.consumes, OrderEventHandler)
+            .worker("saga-deadline", move |infrastructure, shutdown| {
+                deadline::run(
+                    infrastructure.pool.clone(),
+                    infrastructure.outbox.clone(),
+                    saga_deadline,
+                    sweep_every,
+                    shutdown,
+                )
+            })
+            .build()
+            .await
+            .map(Self)
     }
 
     pub fn port(&self) -> u16 {
         self.0.port()
     }
 
-    pub fn shutdown_token(&self) -> shared::service::CancellationToken {
+    pub fn shutdown_token(&self) -> CancellationToken {
         self.0.shutdown_token()
     }
 

@@ -1,8 +1,9 @@
-//! Wiring: database, Kafka, HTTP routes and the event handler.
+//! Wiring: the payment service's migrations, HTTP routes and event handler, run by
+//! `shared::service::Service` (which documents start-up, readiness and shutdown).
 
 use axum::Router;
-use shared::service::{Infrastructure, ServiceRunner};
-use shared::topics::Topic;
+use shared::service::{CancellationToken, Service};
+use shared::topology;
 use sqlx::PgPool;
 
 use crate::handler::PaymentEventHandler;
@@ -11,27 +12,28 @@ use crate::{routes, Config, SERVICE};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The payment service, built and bound to its port.
-pub struct Application(ServiceRunner);
+pub struct Application(Service);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let infrastructure = Infrastructure::start(SERVICE, &config.common, &MIGRATOR).await?;
-        let routes = router(infrastructure.pool.clone());
-        let handler = PaymentEventHandler {
-            charged_version: config.charged_version,
-        };
-        let consumes = [Topic::Inventory, Topic::Order];
-        let runner =
-            ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)
-                .await?;
-        Ok(Self(runner))
+        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+            .routes(|infrastructure| router(infrastructure.pool.clone()))
+            .consumes(
+                topology::PAYMENT.consumes,
+                PaymentEventHandler {
+                    charged_version: config.charged_version,
+                },
+            )
+            .build()
+            .await
+            .map(Self)
     }
 
     pub fn port(&self) -> u16 {
         self.0.port()
     }
 
-    pub fn shutdown_token(&self) -> shared::service::CancellationToken {
+    pub fn shutdown_token(&self) -> CancellationToken {
         self.0.shutdown_token()
     }
 

@@ -1,8 +1,9 @@
-//! Wiring: database, Kafka, HTTP routes and the event handler.
+//! Wiring: the shipping service's migrations, HTTP routes and event handler, run by
+//! `shared::service::Service` (which documents start-up, readiness and shutdown).
 
 use axum::Router;
-use shared::service::{CancellationToken, Infrastructure, ServiceRunner};
-use shared::topics::Topic;
+use shared::service::{CancellationToken, Service};
+use shared::topology;
 use sqlx::PgPool;
 
 use crate::domain::Countries;
@@ -12,19 +13,21 @@ use crate::{routes, Config, SERVICE};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The shipping service, built and bound to its port.
-pub struct Application(ServiceRunner);
+pub struct Application(Service);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let countries = Countries::parse(&config.countries)?;
-        let infrastructure = Infrastructure::start(SERVICE, &config.common, &MIGRATOR).await?;
-        let routes = router(infrastructure.pool.clone(), countries.clone());
-        let handler = ShippingEventHandler { countries };
-        let consumes = [Topic::Payment, Topic::Order];
-        let runner =
-            ServiceRunner::build(infrastructure, config.http_port, routes, &consumes, handler)
-                .await?;
-        Ok(Self(runner))
+        let served = countries.clone();
+        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+            .routes(move |infrastructure| router(infrastructure.pool.clone(), served))
+            .consumes(
+                topology::SHIPPING.consumes,
+                ShippingEventHandler { countries },
+            )
+            .build()
+            .await
+            .map(Self)
     }
 
     pub fn port(&self) -> u16 {

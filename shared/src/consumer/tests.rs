@@ -8,11 +8,13 @@ use std::sync::Mutex;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::*;
 use crate::config::KafkaConfig;
 use crate::events::{OrderConfirmed, ShipmentCancelled};
+use crate::EventPayload;
 use crate::{db, kafka};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -202,6 +204,22 @@ impl Bed {
         self.produce(order_id, &serde_json::to_vec(&envelope).unwrap())
             .await;
         envelope.id
+    }
+
+    /// Messages in the dead-letter topic.
+    async fn dead_lettered(&self) -> i64 {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .create()
+            .unwrap();
+        (0..self.config.topic_partitions)
+            .map(|partition| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&self.dead_letters, partition, Duration::from_secs(10))
+                    .unwrap();
+                high - low
+            })
+            .sum()
     }
 
     async fn count(&self, sql: &str) -> i64 {
@@ -467,4 +485,38 @@ async fn a_rebalance_while_batches_are_applied_loses_nothing_and_applies_nothing
         by_second > 0,
         "the second member took partitions over mid-stream"
     );
+}
+
+/// Events as other releases write them: an older version (upcast), a newer version than this
+/// build knows with a field it does not know (read as the current one), and unknown envelope
+/// fields. None is dead-lettered; each is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_other_releases_are_applied_not_dead_lettered() {
+    let bed = bed().await;
+    let order_id = Uuid::now_v7();
+    let mut handled = Vec::new();
+    handled.push(bed.confirmed(order_id).await);
+    let later_release = |version: u32| {
+        let mut envelope = serde_json::to_value(Envelope::new(
+            "a-later-release",
+            order_id,
+            None,
+            &OrderConfirmed { order_id },
+        ))
+        .unwrap();
+        envelope["type"] = json!(format!("order.confirmed.v{version}"));
+        envelope["payload"]["confirmed_by"] = json!("a field added later");
+        envelope["trace_parent"] = json!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let id: Uuid = serde_json::from_value(envelope["id"].clone()).unwrap();
+        (id, serde_json::to_vec(&envelope).unwrap())
+    };
+    for version in [OrderConfirmed::VERSION + 1, OrderConfirmed::VERSION + 7] {
+        let (id, bytes) = later_release(version);
+        bed.produce(order_id, &bytes).await;
+        handled.push(id);
+    }
+    handled.push(bed.confirmed(order_id).await);
+    let consumer = bed.consume("releases", Recorder::default());
+    finish(&bed, consumer, "releases", &handled).await;
+    assert_eq!(bed.dead_lettered().await, 0, "nothing was dead-lettered");
 }

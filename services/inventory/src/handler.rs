@@ -1,30 +1,33 @@
-//! Applies order events to stock: reserve on `order.created`, release on `order.cancelled`,
-//! sell on `order.confirmed`.
+//! Applies order events to stock: loads an order's reservation and the products the event
+//! touches (all locked), lets [`decide`] reserve, reject, release, sell or void, and stores the
+//! difference.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use shared::events::{
-    Event, OrderCreated, PricedLine, StockRejected, StockReleaseFailed, StockReleased,
-    StockReserved,
-};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use shared::events::{Event, PricedLine, StockReleaseFailed};
 use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{self, decide, Action, ReservationStatus, SagaEvent, Stock};
+use crate::domain::{
+    decide, Decision, Emit, InventoryState, Reservation, ReservationStatus, SagaEvent, Stock,
+};
 use crate::SERVICE;
 
 pub struct InventoryEventHandler;
 
 impl EventHandler for InventoryEventHandler {
-    type Input = Event;
+    type Input = SagaEvent;
 
-    fn select(&self, event: Event) -> Option<Event> {
-        match event {
-            Event::OrderCreated(_) | Event::OrderCancelled(_) | Event::OrderConfirmed(_) => {
-                Some(event)
-            }
+    /// What this service acts on; every other event is named here too, so a new one does not
+    /// compile until it is either handled or ignored on purpose.
+    fn select(&self, event: Event) -> Option<SagaEvent> {
+        Some(match event {
+            Event::OrderCreated(event) => SagaEvent::OrderCreated(event),
+            Event::OrderCancelled(event) => SagaEvent::OrderCancelled(event),
+            Event::OrderConfirmed(event) => SagaEvent::OrderConfirmed(event),
             Event::StockReserved(_)
             | Event::StockRejected(_)
             | Event::StockReleased(_)
@@ -35,58 +38,45 @@ impl EventHandler for InventoryEventHandler {
             | Event::RefundFailed(_)
             | Event::ShipmentScheduled(_)
             | Event::ShipmentRejected(_)
-            | Event::ShipmentCancelled(_) => None,
-        }
+            | Event::ShipmentCancelled(_) => return None,
+        })
     }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
-        input: &Event,
+        event: &SagaEvent,
     ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
-        let event = match input {
-            Event::OrderCreated(_) => SagaEvent::OrderCreated,
-            Event::OrderCancelled(_) => SagaEvent::OrderCancelled,
-            Event::OrderConfirmed(_) => SagaEvent::OrderConfirmed,
-            _ => return Ok(()),
+        let ordered_skus: Vec<&str> = match &event {
+            SagaEvent::OrderCreated(order) => {
+                order.items.iter().map(|line| line.sku.as_str()).collect()
+            }
+            SagaEvent::OrderCancelled(_) | SagaEvent::OrderConfirmed(_) => Vec::new(),
         };
-        let reservation = lock_reservation(conn, order_id).await?;
-        match decide(reservation.as_ref().map(|(status, _)| *status), event) {
-            Action::Reserve => {
-                let Event::OrderCreated(created) = input else {
-                    return Ok(());
-                };
-                reserve(conn, envelope, created.clone()).await?
-            }
-            Action::Release => {
-                let items = reservation.map(|(_, items)| items).unwrap_or_default();
-                move_stock(conn, &items, StockMove::Release).await?;
-                set_status(conn, order_id, ReservationStatus::Released).await?;
-                outbox::emit(
-                    conn,
-                    SERVICE,
-                    order_id,
-                    Some(envelope.id),
-                    &StockReleased { order_id, items },
-                )
-                .await?;
-            }
-            Action::Commit => {
-                let items = reservation.map(|(_, items)| items).unwrap_or_default();
-                move_stock(conn, &items, StockMove::Sell).await?;
-                set_status(conn, order_id, ReservationStatus::Committed).await?;
-            }
-            Action::Void => {
-                sqlx::query("insert into reservations (order_id, status) values ($1, 'VOIDED')")
-                    .bind(order_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Action::Nothing => {
-                tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do")
-            }
+        let state = lock_state(conn, order_id, &ordered_skus).await?;
+        let (next, emit) = match decide(&state, event.clone()) {
+            Decision::Apply { next, emit } => (next, emit),
+            Decision::CannotApply(reason) => return Err(HandlerError::Failed(reason)),
+        };
+        if next == state {
+            tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do");
+        }
+        save(conn, order_id, &state, &next).await?;
+        let causation_id = Some(envelope.id);
+        for event in emit {
+            match event {
+                Emit::Reserved(reserved) => {
+                    outbox::emit(conn, SERVICE, order_id, causation_id, &reserved).await?
+                }
+                Emit::Rejected(rejected) => {
+                    outbox::emit(conn, SERVICE, order_id, causation_id, &rejected).await?
+                }
+                Emit::Released(released) => {
+                    outbox::emit(conn, SERVICE, order_id, causation_id, &released).await?
+                }
+            };
         }
         Ok(())
     }
@@ -97,10 +87,10 @@ impl EventHandler for InventoryEventHandler {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
-        input: &Event,
+        event: &SagaEvent,
         reason: &str,
     ) -> Result<bool, sqlx::Error> {
-        if !matches!(input, Event::OrderCancelled(_)) {
+        if !matches!(event, SagaEvent::OrderCancelled(_)) {
             return Ok(false);
         }
         let order_id = envelope.order_id;
@@ -127,135 +117,151 @@ impl EventHandler for InventoryEventHandler {
     }
 }
 
-async fn reserve(
+/// A product row as [`lock_state`] aggregates it.
+#[derive(Deserialize)]
+struct ProductRow {
+    sku: String,
+    price_cents: i64,
+    available: i32,
+    reserved: i32,
+    sold: i32,
+}
+
+/// Loads and locks the order's reservation, then the products of `ordered_skus` and of its
+/// reserved items in sku order (so concurrent events never deadlock). One statement: a hot path.
+async fn lock_state(
     conn: &mut PgConnection,
-    envelope: &Envelope,
-    order: OrderCreated,
-) -> Result<(), HandlerError> {
-    let order_id = order.order_id;
-    let lines = domain::merge_lines(&order.items);
-    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
-    // Locked in sku order, so concurrent reservations never deadlock.
-    let rows: Vec<(String, i64, i32)> = sqlx::query_as(
-        "select sku, price_cents, available from products where sku = any($1) order by sku for update",
+    order_id: Uuid,
+    ordered_skus: &[&str],
+) -> Result<InventoryState, sqlx::Error> {
+    type Row = (
+        Option<String>,
+        Option<Json<Vec<PricedLine>>>,
+        Option<i64>,
+        Option<String>,
+        Json<Vec<ProductRow>>,
+    );
+    let (status, items, total_cents, reason, products): Row = sqlx::query_as(
+        "with reservation as (
+             select status, items, total_cents, reason from reservations
+             where order_id = $1 for update
+         ), stock as (
+             select sku, price_cents, available, reserved, sold from products
+             where sku = any($2::text[] || array(select jsonb_array_elements(items) ->> 'sku' from reservation))
+             order by sku for update
+         )
+         select reservation.status, reservation.items, reservation.total_cents, reservation.reason,
+                (select coalesce(json_agg(stock), '[]') from stock)
+         from (select) as one left join reservation on true",
     )
-    .bind(&skus)
-    .fetch_all(&mut *conn)
+    .bind(order_id)
+    .bind(ordered_skus)
+    .fetch_one(&mut *conn)
     .await?;
-    let stock: HashMap<String, Stock> = rows
+    let reservation = status
+        .map(|status| -> Result<Reservation, sqlx::Error> {
+            let status = ReservationStatus::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown reservation status {status}").into())
+            })?;
+            let rejection = reason
+                .filter(|_| status == ReservationStatus::Rejected)
+                .map(parse_reason)
+                .transpose()?;
+            Ok(Reservation {
+                status,
+                items: items.map(|items| items.0).unwrap_or_default(),
+                total_cents: total_cents.unwrap_or_default(),
+                rejection,
+            })
+        })
+        .transpose()?;
+    let stock = products
+        .0
         .into_iter()
-        .map(|(sku, price_cents, available)| {
-            (
-                sku,
-                Stock {
-                    price_cents,
-                    available,
-                },
-            )
+        .map(|product| {
+            let stock = Stock {
+                price_cents: product.price_cents,
+                available: product.available,
+                reserved: product.reserved,
+                sold: product.sold,
+            };
+            (product.sku, stock)
         })
         .collect();
-    match domain::reserve(&lines, &stock) {
-        Ok((items, total_cents)) => {
-            move_stock(conn, &items, StockMove::Reserve).await?;
-            sqlx::query("insert into reservations (order_id, status, items, total_cents) values ($1, 'RESERVED', $2, $3)")
-                .bind(order_id)
-                .bind(Json(&items))
-                .bind(total_cents)
-                .execute(&mut *conn)
-                .await?;
-            let reserved = StockReserved {
-                order_id,
-                customer_id: order.customer_id,
-                items,
-                total_cents,
-                shipping_address: order.shipping_address,
-            };
-            outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &reserved).await?;
-        }
-        Err(rejection) => {
+    Ok(InventoryState { reservation, stock })
+}
+
+/// Writes what changed from `state` to `next`: stock levels, a new reservation or a new status.
+async fn save(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    state: &InventoryState,
+    next: &InventoryState,
+) -> Result<(), sqlx::Error> {
+    let changed: BTreeMap<&str, &Stock> = next
+        .stock
+        .iter()
+        .filter(|(sku, stock)| state.stock.get(*sku) != Some(*stock))
+        .map(|(sku, stock)| (sku.as_str(), stock))
+        .collect();
+    if !changed.is_empty() {
+        let skus: Vec<&str> = changed.keys().copied().collect();
+        let level = |of: fn(&Stock) -> i32| {
+            changed
+                .values()
+                .map(|stock| of(stock))
+                .collect::<Vec<i32>>()
+        };
+        sqlx::query(
+            "update products
+             set available = moved.available, reserved = moved.reserved, sold = moved.sold, updated_at = now()
+             from unnest($1::text[], $2::int[], $3::int[], $4::int[]) as moved (sku, available, reserved, sold)
+             where products.sku = moved.sku",
+        )
+        .bind(&skus)
+        .bind(level(|stock| stock.available))
+        .bind(level(|stock| stock.reserved))
+        .bind(level(|stock| stock.sold))
+        .execute(&mut *conn)
+        .await?;
+    }
+    match (&state.reservation, &next.reservation) {
+        (None, Some(reservation)) => {
             sqlx::query(
-                "insert into reservations (order_id, status, reason) values ($1, 'REJECTED', $2)",
+                "insert into reservations (order_id, status, items, total_cents, reason) values ($1, $2, $3, $4, $5)",
             )
             .bind(order_id)
-            .bind(rejection.reason.as_str())
+            .bind(reservation.status.as_str())
+            .bind(Json(&reservation.items))
+            .bind(reservation.total_cents)
+            .bind(reservation.rejection.and_then(reason_text))
             .execute(&mut *conn)
             .await?;
-            let rejected = StockRejected {
-                order_id,
-                reason: rejection.reason,
-                sku: rejection.sku,
-            };
-            outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &rejected).await?;
         }
-    }
-    Ok(())
-}
-
-enum StockMove {
-    Reserve,
-    Release,
-    Sell,
-}
-
-async fn move_stock(
-    conn: &mut PgConnection,
-    items: &[PricedLine],
-    movement: StockMove,
-) -> Result<(), HandlerError> {
-    let statement = match movement {
-        StockMove::Reserve => "update products set available = available - $2, reserved = reserved + $2, updated_at = now() where sku = $1",
-        StockMove::Release => "update products set available = available + $2, reserved = reserved - $2, updated_at = now() where sku = $1",
-        StockMove::Sell => "update products set reserved = reserved - $2, sold = sold + $2, updated_at = now() where sku = $1",
-    };
-    let mut sorted: Vec<&PricedLine> = items.iter().collect();
-    sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
-    for item in sorted {
-        let moved = sqlx::query(statement)
-            .bind(&item.sku)
-            .bind(item.quantity)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if moved == 0 {
-            return Err(HandlerError::Failed(format!(
-                "product {} is gone: {} units cannot be moved",
-                item.sku, item.quantity
-            )));
-        }
-    }
-    Ok(())
-}
-
-async fn lock_reservation(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Option<(ReservationStatus, Vec<PricedLine>)>, HandlerError> {
-    let row: Option<(String, Json<Vec<PricedLine>>)> =
-        sqlx::query_as("select status, items from reservations where order_id = $1 for update")
+        // The rules change nothing of a recorded reservation but its status.
+        (Some(before), Some(after)) if before.status != after.status => {
+            sqlx::query(
+                "update reservations set status = $2, updated_at = now() where order_id = $1",
+            )
             .bind(order_id)
-            .fetch_optional(&mut *conn)
+            .bind(after.status.as_str())
+            .execute(&mut *conn)
             .await?;
-    row.map(|(status, items)| {
-        ReservationStatus::parse(&status)
-            .map(|status| (status, items.0))
-            .ok_or_else(|| {
-                HandlerError::Database(sqlx::Error::Decode(
-                    format!("unknown status {status}").into(),
-                ))
-            })
-    })
-    .transpose()
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
-async fn set_status(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    status: ReservationStatus,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update reservations set status = $2, updated_at = now() where order_id = $1")
-        .bind(order_id)
-        .bind(status.as_str())
-        .execute(conn)
-        .await?;
-    Ok(())
+/// A reason as it is stored: its JSON string, e.g. `out_of_stock`.
+fn reason_text(reason: impl Serialize) -> Option<String> {
+    match serde_json::to_value(reason) {
+        Ok(serde_json::Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+fn parse_reason<R: DeserializeOwned>(text: String) -> Result<R, sqlx::Error> {
+    serde_json::from_value(serde_json::Value::String(text))
+        .map_err(|error| sqlx::Error::Decode(error.into()))
 }

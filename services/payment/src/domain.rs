@@ -1,6 +1,15 @@
-//! Payment's saga rules as pure functions: whether to charge, and what a cancellation undoes.
+//! Payment's saga rules as one pure function: an order's payment record and the balance of the
+//! account concerned, plus one saga event, give the next record and balance and the events to
+//! publish. No I/O here; `handler` loads the state, calls [`decide`] and stores the difference.
+//!
+//! `inventory.reserved` charges the total once, or declines it; `order.cancelled` refunds a
+//! charge, or voids a payment never made so a late reservation is never charged. Any other
+//! pairing changes nothing, so duplicates and late events are harmless.
 
-use shared::events::DeclineReason;
+use shared::events::{
+    DeclineReason, OrderCancelled, PaymentCharged, PaymentDeclined, PaymentMethod, PaymentRefunded,
+    StockReserved,
+};
 
 /// Where an order's payment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,40 +47,146 @@ impl PaymentStatus {
     }
 }
 
+/// What payment did for one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub status: PaymentStatus,
+    /// `None` for a voided payment: no customer was ever seen.
+    pub customer_id: Option<String>,
+    /// The amount charged, or asked for when declined; 0 when voided.
+    pub amount_cents: i64,
+    /// Why it was declined (`Declined` only).
+    pub decline_reason: Option<DeclineReason>,
+}
+
+/// Everything the rules read and change for one event of one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentState {
+    /// `None`: the order was never seen.
+    pub payment: Option<Payment>,
+    /// The balance of the account the event concerns: the reservation's customer for a charge,
+    /// the payment's for a refund. `None`: there is no such account.
+    pub balance_cents: Option<i64>,
+}
+
 /// The saga events payment reacts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SagaEvent {
-    StockReserved,
-    OrderCancelled,
+    StockReserved(StockReserved),
+    OrderCancelled(OrderCancelled),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Try to charge the total: see [`charge`].
-    Charge,
-    /// Compensate: give the charged amount back.
-    Refund,
-    /// Remember the cancellation so a late reservation is never charged.
-    Void,
-    Nothing,
+/// An event payment publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Emit {
+    Charged(PaymentCharged),
+    Declined(PaymentDeclined),
+    Refunded(PaymentRefunded),
 }
 
-/// Decides what `event` does to the payment of an order in `status` (`None`: never seen).
-pub fn decide(status: Option<PaymentStatus>, event: SagaEvent) -> Action {
-    match (status, event) {
-        (None, SagaEvent::StockReserved) => Action::Charge,
-        (None, SagaEvent::OrderCancelled) => Action::Void,
-        (Some(PaymentStatus::Charged), SagaEvent::OrderCancelled) => Action::Refund,
-        _ => Action::Nothing,
+/// The outcome of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Store `next` (equal to the state when nothing changes) and publish `emit`.
+    Apply { next: PaymentState, emit: Vec<Emit> },
+    /// The event is valid but cannot be applied (e.g. the account to refund is gone): the
+    /// consumer retries it, then gives up and records the failure.
+    CannotApply(String),
+}
+
+/// Applies `event` to `state`.
+pub fn decide(state: &PaymentState, event: SagaEvent) -> Decision {
+    match (&state.payment, event) {
+        (None, SagaEvent::StockReserved(reserved)) => charge(state, reserved),
+        (None, SagaEvent::OrderCancelled(_)) => Decision::Apply {
+            next: PaymentState {
+                payment: Some(Payment {
+                    status: PaymentStatus::Voided,
+                    customer_id: None,
+                    amount_cents: 0,
+                    decline_reason: None,
+                }),
+                ..state.clone()
+            },
+            emit: Vec::new(),
+        },
+        (Some(payment), SagaEvent::OrderCancelled(cancelled))
+            if payment.status == PaymentStatus::Charged =>
+        {
+            refund(payment, state.balance_cents, cancelled)
+        }
+        _ => Decision::Apply {
+            next: state.clone(),
+            emit: Vec::new(),
+        },
     }
 }
 
-/// Whether an account with `balance_cents` (`None`: no account) can pay `amount_cents`.
-pub fn charge(balance_cents: Option<i64>, amount_cents: i64) -> Result<i64, DeclineReason> {
-    match balance_cents {
+/// Charges the reserved total if the account covers it, else declines it.
+fn charge(state: &PaymentState, reserved: StockReserved) -> Decision {
+    let order_id = reserved.order_id;
+    let paid = match state.balance_cents {
         None => Err(DeclineReason::NoAccount),
-        Some(balance) if balance < amount_cents => Err(DeclineReason::InsufficientFunds),
-        Some(balance) => Ok(balance - amount_cents),
+        Some(balance) if balance < reserved.total_cents => Err(DeclineReason::InsufficientFunds),
+        Some(balance) => Ok(balance - reserved.total_cents),
+    };
+    let payment = |status, decline_reason| Payment {
+        status,
+        customer_id: Some(reserved.customer_id.clone()),
+        amount_cents: reserved.total_cents,
+        decline_reason,
+    };
+    match paid {
+        Ok(balance) => Decision::Apply {
+            next: PaymentState {
+                payment: Some(payment(PaymentStatus::Charged, None)),
+                balance_cents: Some(balance),
+            },
+            emit: vec![Emit::Charged(PaymentCharged {
+                order_id,
+                customer_id: reserved.customer_id.clone(),
+                amount_cents: reserved.total_cents,
+                shipping_address: reserved.shipping_address,
+                payment_method: PaymentMethod::AccountBalance,
+            })],
+        },
+        Err(reason) => Decision::Apply {
+            next: PaymentState {
+                payment: Some(payment(PaymentStatus::Declined, Some(reason))),
+                ..state.clone()
+            },
+            emit: vec![Emit::Declined(PaymentDeclined { order_id, reason })],
+        },
+    }
+}
+
+/// Gives a charge back to its account.
+fn refund(payment: &Payment, balance_cents: Option<i64>, cancelled: OrderCancelled) -> Decision {
+    let amount_cents = payment.amount_cents;
+    let Some(balance) = balance_cents else {
+        return Decision::CannotApply(format!(
+            "the account of customer {} is gone: {amount_cents} cents cannot be refunded",
+            payment.customer_id.as_deref().unwrap_or_default()
+        ));
+    };
+    let Some(balance) = balance.checked_add(amount_cents) else {
+        return Decision::CannotApply(format!(
+            "a refund of {amount_cents} cents would overflow the balance of customer {}",
+            payment.customer_id.as_deref().unwrap_or_default()
+        ));
+    };
+    Decision::Apply {
+        next: PaymentState {
+            payment: Some(Payment {
+                status: PaymentStatus::Refunded,
+                ..payment.clone()
+            }),
+            balance_cents: Some(balance),
+        },
+        emit: vec![Emit::Refunded(PaymentRefunded {
+            order_id: cancelled.order_id,
+            amount_cents,
+        })],
     }
 }
 
@@ -79,76 +194,332 @@ pub fn charge(balance_cents: Option<i64>, amount_cents: i64) -> Result<i64, Decl
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use shared::events::{CancellationReason, ShippingAddress};
+    use uuid::Uuid;
+
+    const CUSTOMER: &str = "alice";
+
+    fn order_id(order: usize) -> Uuid {
+        Uuid::from_u128(order as u128 + 1)
+    }
+
+    fn reserved(order: usize, total_cents: i64) -> SagaEvent {
+        SagaEvent::StockReserved(StockReserved {
+            order_id: order_id(order),
+            customer_id: CUSTOMER.to_owned(),
+            items: Vec::new(),
+            total_cents,
+            shipping_address: ShippingAddress {
+                country: "FR".to_owned(),
+                rest: serde_json::Map::new(),
+            },
+        })
+    }
+
+    fn cancelled(order: usize) -> SagaEvent {
+        SagaEvent::OrderCancelled(OrderCancelled {
+            order_id: order_id(order),
+            reason: CancellationReason::CancelledByCustomer,
+        })
+    }
+
+    fn new_order(balance_cents: Option<i64>) -> PaymentState {
+        PaymentState {
+            payment: None,
+            balance_cents,
+        }
+    }
+
+    fn applied(state: &PaymentState, event: SagaEvent) -> (PaymentState, Vec<Emit>) {
+        match decide(state, event) {
+            Decision::Apply { next, emit } => (next, emit),
+            Decision::CannotApply(reason) => panic!("cannot apply: {reason}"),
+        }
+    }
+
+    fn status(state: &PaymentState) -> Option<PaymentStatus> {
+        state.payment.as_ref().map(|payment| payment.status)
+    }
 
     #[test]
     fn charges_only_what_the_balance_covers() {
-        assert_eq!(charge(Some(1_000), 1_000), Ok(0));
+        let (paid, emit) = applied(&new_order(Some(1_000)), reserved(0, 1_000));
         assert_eq!(
-            charge(Some(999), 1_000),
-            Err(DeclineReason::InsufficientFunds)
+            (status(&paid), paid.balance_cents),
+            (Some(PaymentStatus::Charged), Some(0))
         );
-        assert_eq!(charge(None, 1), Err(DeclineReason::NoAccount));
+        assert!(matches!(&emit[..], [Emit::Charged(charged)] if charged.amount_cents == 1_000));
+
+        let (short, emit) = applied(&new_order(Some(999)), reserved(0, 1_000));
+        assert_eq!(
+            (status(&short), short.balance_cents),
+            (Some(PaymentStatus::Declined), Some(999))
+        );
+        assert_eq!(
+            short.payment.unwrap().decline_reason,
+            Some(DeclineReason::InsufficientFunds)
+        );
+        assert!(matches!(
+            &emit[..],
+            [Emit::Declined(PaymentDeclined {
+                reason: DeclineReason::InsufficientFunds,
+                ..
+            })]
+        ));
+
+        let (none, emit) = applied(&new_order(None), reserved(0, 1));
+        assert_eq!(
+            none.payment.unwrap().decline_reason,
+            Some(DeclineReason::NoAccount)
+        );
+        assert!(matches!(
+            &emit[..],
+            [Emit::Declined(PaymentDeclined {
+                reason: DeclineReason::NoAccount,
+                ..
+            })]
+        ));
+    }
+
+    #[test]
+    fn a_cancellation_refunds_the_charge() {
+        let (paid, _) = applied(&new_order(Some(500)), reserved(0, 200));
+        let (refunded, emit) = applied(&paid, cancelled(0));
+        assert_eq!(
+            (status(&refunded), refunded.balance_cents),
+            (Some(PaymentStatus::Refunded), Some(500))
+        );
+        assert_eq!(
+            emit,
+            vec![Emit::Refunded(PaymentRefunded {
+                order_id: order_id(0),
+                amount_cents: 200
+            })]
+        );
     }
 
     #[test]
     fn a_cancellation_before_the_charge_prevents_it() {
-        assert_eq!(decide(None, SagaEvent::OrderCancelled), Action::Void);
-        assert_eq!(
-            decide(Some(PaymentStatus::Voided), SagaEvent::StockReserved),
-            Action::Nothing
+        let (voided, emit) = applied(&new_order(Some(500)), cancelled(0));
+        assert_eq!(status(&voided), Some(PaymentStatus::Voided));
+        assert!(emit.is_empty());
+        assert_eq!(applied(&voided, reserved(0, 100)), (voided, Vec::new()));
+    }
+
+    #[test]
+    fn a_refund_to_an_account_that_is_gone_cannot_be_applied() {
+        let (paid, _) = applied(&new_order(Some(500)), reserved(0, 200));
+        let gone = PaymentState {
+            balance_cents: None,
+            ..paid
+        };
+        let Decision::CannotApply(reason) = decide(&gone, cancelled(0)) else {
+            panic!("a refund to no account was applied");
+        };
+        assert!(
+            reason.contains(CUSTOMER) && reason.contains("200 cents"),
+            "{reason}"
         );
     }
 
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    struct Model {
-        status: Option<PaymentStatus>,
-        balance: i64,
-        charged: i64,
+    /// What one order's saga delivers to payment: its reservation or its cancellation.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Delivery {
+        Reserved(usize),
+        Cancelled(usize),
     }
 
-    fn apply(mut model: Model, event: SagaEvent, amount: i64) -> Model {
-        match decide(model.status, event) {
-            Action::Charge => match charge(Some(model.balance), amount) {
-                Ok(balance) => {
-                    model.balance = balance;
-                    model.charged = amount;
-                    model.status = Some(PaymentStatus::Charged);
-                }
-                Err(_) => model.status = Some(PaymentStatus::Declined),
-            },
-            Action::Refund => {
-                model.balance += model.charged;
-                model.charged = 0;
-                model.status = Some(PaymentStatus::Refunded);
+    impl Delivery {
+        fn order(self) -> usize {
+            match self {
+                Self::Reserved(order) | Self::Cancelled(order) => order,
             }
-            Action::Void => model.status = Some(PaymentStatus::Voided),
-            Action::Nothing => {}
         }
-        model
+    }
+
+    /// Several orders paid from one account; every event goes through [`decide`] on the state
+    /// the handler would load, and what it returns is stored as the handler stores it.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Account {
+        totals: Vec<i64>,
+        payments: Vec<Option<Payment>>,
+        balance_cents: Option<i64>,
+        emitted: Vec<(usize, Emit)>,
+    }
+
+    impl Account {
+        fn new(balance_cents: Option<i64>, totals: Vec<i64>) -> Self {
+            Self {
+                payments: vec![None; totals.len()],
+                totals,
+                balance_cents,
+                emitted: Vec::new(),
+            }
+        }
+
+        fn deliver(&mut self, delivery: Delivery) {
+            let order = delivery.order();
+            let event = match delivery {
+                Delivery::Reserved(order) => reserved(order, self.totals[order]),
+                Delivery::Cancelled(order) => cancelled(order),
+            };
+            let state = PaymentState {
+                payment: self.payments[order].clone(),
+                balance_cents: self.balance_cents,
+            };
+            let (next, emit) = applied(&state, event);
+            self.payments[order] = next.payment;
+            self.balance_cents = next.balance_cents;
+            self.emitted
+                .extend(emit.into_iter().map(|emitted| (order, emitted)));
+        }
+
+        /// Charges not refunded, from what was published.
+        fn owed(&self) -> i64 {
+            self.emitted
+                .iter()
+                .map(|(_, emitted)| match emitted {
+                    Emit::Charged(charged) => charged.amount_cents,
+                    Emit::Refunded(refunded) => -refunded.amount_cents,
+                    Emit::Declined(_) => 0,
+                })
+                .sum()
+        }
+
+        fn published(&self, order: usize) -> Vec<&'static str> {
+            self.emitted
+                .iter()
+                .filter(|(of, _)| *of == order)
+                .map(|(_, emitted)| match emitted {
+                    Emit::Charged(_) => "charged",
+                    Emit::Declined(_) => "declined",
+                    Emit::Refunded(_) => "refunded",
+                })
+                .collect()
+        }
+    }
+
+    const ORDERS: usize = 3;
+
+    fn any_delivery() -> impl Strategy<Value = Delivery> {
+        prop_oneof![
+            (0..ORDERS).prop_map(Delivery::Reserved),
+            (0..ORDERS).prop_map(Delivery::Cancelled),
+        ]
+    }
+
+    fn any_start() -> impl Strategy<Value = (Option<i64>, Vec<i64>)> {
+        (
+            prop::option::weighted(0.9, 0i64..3_000),
+            proptest::collection::vec(0i64..2_000, ORDERS),
+        )
+    }
+
+    /// `deliveries` with some of them delivered again at a random later point.
+    fn with_redeliveries<T: Clone + std::fmt::Debug>(
+        deliveries: Vec<T>,
+    ) -> impl Strategy<Value = (Vec<T>, Vec<T>)> {
+        let len = deliveries.len();
+        proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
+            let mut delivered: Vec<(usize, T)> = deliveries
+                .iter()
+                .enumerate()
+                .map(|(i, delivery)| (i * 2 + 1, delivery.clone()))
+                .collect();
+            for (which, after) in redeliveries {
+                if let Some(delivery) = deliveries.get(which) {
+                    delivered.push((after.max(which) * 2 + 2, delivery.clone()));
+                }
+            }
+            delivered.sort_by_key(|(position, _)| *position);
+            let delivered = delivered
+                .into_iter()
+                .map(|(_, delivery)| delivery)
+                .collect();
+            (deliveries.clone(), delivered)
+        })
     }
 
     proptest! {
         #[test]
-        fn redeliveries_change_nothing_and_money_is_conserved(
-            events in proptest::collection::vec(prop_oneof![Just(SagaEvent::StockReserved), Just(SagaEvent::OrderCancelled)], 0..6),
-            redelivered in proptest::collection::vec((0usize..6, 0usize..6), 0..6),
-            balance in 0i64..2_000,
-            amount in 0i64..2_000,
+        fn money_is_conserved_and_each_order_is_charged_at_most_once(
+            (start, totals) in any_start(),
+            deliveries in proptest::collection::vec(any_delivery(), 0..16),
         ) {
-            let start = Model { status: None, balance, charged: 0 };
-            let once = events.iter().fold(start.clone(), |m, e| apply(m, *e, amount));
-            // Re-deliver earlier events at later points.
-            let mut delivered: Vec<(usize, SagaEvent)> = events.iter().enumerate().map(|(i, e)| (2 * i, *e)).collect();
-            for (which, after) in redelivered {
-                if let Some(event) = events.get(which) {
-                    delivered.push((2 * which.max(after) + 1, *event));
+            let mut account = Account::new(start, totals);
+            for delivery in deliveries {
+                account.deliver(delivery);
+                match (start, account.balance_cents) {
+                    (Some(start), Some(balance)) => {
+                        prop_assert!(balance >= 0);
+                        prop_assert_eq!(balance + account.owed(), start);
+                    }
+                    (None, None) => prop_assert_eq!(account.owed(), 0),
+                    (start, balance) => prop_assert!(false, "the account went from {start:?} to {balance:?}"),
+                }
+                let charged: i64 = account.payments.iter().flatten()
+                    .filter(|payment| payment.status == PaymentStatus::Charged)
+                    .map(|payment| payment.amount_cents)
+                    .sum();
+                prop_assert_eq!(charged, account.owed());
+                for order in 0..ORDERS {
+                    let published = account.published(order);
+                    prop_assert!(
+                        matches!(published[..], [] | ["declined"] | ["charged"] | ["charged", "refunded"]),
+                        "order {order} published {published:?}"
+                    );
                 }
             }
-            delivered.sort_by_key(|(at, _)| *at);
-            let again = delivered.iter().fold(start, |m, (_, e)| apply(m, *e, amount));
-            prop_assert_eq!(&once, &again);
-            prop_assert_eq!(once.balance + once.charged, balance);
-            prop_assert!(once.balance >= 0);
+        }
+
+        #[test]
+        fn an_event_applied_twice_changes_nothing_more_than_once(
+            (start, totals) in any_start(),
+            deliveries in proptest::collection::vec(any_delivery(), 0..16),
+        ) {
+            let mut account = Account::new(start, totals);
+            for delivery in deliveries {
+                account.deliver(delivery);
+                let mut twice = account.clone();
+                twice.deliver(delivery);
+                prop_assert_eq!(&twice, &account);
+            }
+        }
+
+        #[test]
+        fn redeliveries_at_any_later_point_change_nothing(
+            (start, totals) in any_start(),
+            (original, delivered) in proptest::collection::vec(any_delivery(), 0..12).prop_flat_map(with_redeliveries),
+        ) {
+            let mut once = Account::new(start, totals);
+            let mut again = once.clone();
+            original.into_iter().for_each(|delivery| once.deliver(delivery));
+            delivered.into_iter().for_each(|delivery| again.deliver(delivery));
+            prop_assert_eq!(once, again);
+        }
+
+        #[test]
+        fn an_order_cancelled_before_its_reservation_is_never_charged(
+            (start, totals) in any_start(),
+            deliveries in proptest::collection::vec(any_delivery(), 0..16),
+        ) {
+            let mut account = Account::new(start, totals);
+            for delivery in &deliveries {
+                account.deliver(*delivery);
+            }
+            for order in 0..ORDERS {
+                let first = deliveries.iter().find(|delivery| delivery.order() == order);
+                if first == Some(&Delivery::Cancelled(order)) {
+                    let voided = Payment {
+                        status: PaymentStatus::Voided,
+                        customer_id: None,
+                        amount_cents: 0,
+                        decline_reason: None,
+                    };
+                    prop_assert_eq!(account.payments[order].as_ref(), Some(&voided));
+                    prop_assert!(account.published(order).is_empty());
+                }
+            }
         }
     }
 }

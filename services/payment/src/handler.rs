@@ -1,13 +1,13 @@
-//! Applies saga events to accounts: charge on `inventory.reserved`, refund on `order.cancelled`.
+//! Applies saga events to payments: loads an order's payment and the account concerned (both
+//! locked), lets [`decide`] charge, decline, refund or void, and stores the difference.
 
-use shared::events::{
-    Event, PaymentCharged, PaymentChargedV1, PaymentDeclined, PaymentMethod, PaymentRefunded,
-    RefundFailed, StockReserved,
-};
+use serde::{de::DeserializeOwned, Serialize};
+use shared::events::{Event, PaymentChargedV1, RefundFailed};
 use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
-use crate::domain::{self, decide, Action, PaymentStatus, SagaEvent};
+use crate::domain::{decide, Decision, Emit, Payment, PaymentState, PaymentStatus, SagaEvent};
 use crate::SERVICE;
 
 pub struct PaymentEventHandler {
@@ -16,11 +16,14 @@ pub struct PaymentEventHandler {
 }
 
 impl EventHandler for PaymentEventHandler {
-    type Input = Event;
+    type Input = SagaEvent;
 
-    fn select(&self, event: Event) -> Option<Event> {
-        match event {
-            Event::StockReserved(_) | Event::OrderCancelled(_) => Some(event),
+    /// What this service acts on; every other event is named here too, so a new one does not
+    /// compile until it is either handled or ignored on purpose.
+    fn select(&self, event: Event) -> Option<SagaEvent> {
+        Some(match event {
+            Event::StockReserved(event) => SagaEvent::StockReserved(event),
+            Event::OrderCancelled(event) => SagaEvent::OrderCancelled(event),
             Event::OrderCreated(_)
             | Event::OrderConfirmed(_)
             | Event::StockRejected(_)
@@ -32,126 +35,47 @@ impl EventHandler for PaymentEventHandler {
             | Event::RefundFailed(_)
             | Event::ShipmentScheduled(_)
             | Event::ShipmentRejected(_)
-            | Event::ShipmentCancelled(_) => None,
-        }
+            | Event::ShipmentCancelled(_) => return None,
+        })
     }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
-        input: &Event,
+        event: &SagaEvent,
     ) -> Result<(), HandlerError> {
         let order_id = envelope.order_id;
-        let event = match input {
-            Event::StockReserved(_) => SagaEvent::StockReserved,
-            Event::OrderCancelled(_) => SagaEvent::OrderCancelled,
-            _ => return Ok(()),
+        let charged_customer = match &event {
+            SagaEvent::StockReserved(reserved) => Some(reserved.customer_id.as_str()),
+            SagaEvent::OrderCancelled(_) => None,
         };
-        let payment: Option<(String, Option<String>, i64)> = sqlx::query_as(
-            "select status, customer_id, amount_cents from payments where order_id = $1 for update",
-        )
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let status = payment
-            .as_ref()
-            .map(|(status, _, _)| {
-                PaymentStatus::parse(status).ok_or_else(|| {
-                    sqlx::Error::Decode(format!("unknown payment status {status}").into())
-                })
-            })
-            .transpose()?;
-        match decide(status, event) {
-            Action::Charge => {
-                let Event::StockReserved(reserved) = input else {
-                    return Ok(());
-                };
-                let balance: Option<i64> = sqlx::query_scalar(
-                    "select balance_cents from accounts where customer_id = $1 for update",
-                )
-                .bind(&reserved.customer_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-                match domain::charge(balance, reserved.total_cents) {
-                    Ok(new_balance) => {
-                        set_balance(conn, &reserved.customer_id, new_balance).await?;
-                        insert_payment(conn, reserved, PaymentStatus::Charged, None).await?;
-                        let charged = PaymentCharged {
-                            order_id,
-                            customer_id: reserved.customer_id.clone(),
-                            amount_cents: reserved.total_cents,
-                            shipping_address: reserved.shipping_address.clone(),
-                            payment_method: PaymentMethod::AccountBalance,
-                        };
-                        let causation = Some(envelope.id);
-                        if self.charged_version == 1 {
-                            let charged = PaymentChargedV1::from(charged);
-                            outbox::emit(conn, SERVICE, order_id, causation, &charged).await?;
-                        } else {
-                            outbox::emit(conn, SERVICE, order_id, causation, &charged).await?;
-                        }
-                    }
-                    Err(reason) => {
-                        insert_payment(
-                            conn,
-                            reserved,
-                            PaymentStatus::Declined,
-                            Some(reason.as_str()),
-                        )
-                        .await?;
-                        outbox::emit(
-                            conn,
-                            SERVICE,
-                            order_id,
-                            Some(envelope.id),
-                            &PaymentDeclined { order_id, reason },
-                        )
-                        .await?;
-                    }
+        let locked = lock_state(conn, order_id, charged_customer).await?;
+        let (next, emit) = match decide(&locked.state, event.clone()) {
+            Decision::Apply { next, emit } => (next, emit),
+            Decision::CannotApply(reason) => return Err(HandlerError::Failed(reason)),
+        };
+        if next == locked.state {
+            tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do");
+        }
+        save(conn, order_id, &locked, &next).await?;
+        let causation_id = Some(envelope.id);
+        for event in emit {
+            match event {
+                Emit::Charged(charged) if self.charged_version == 1 => {
+                    let charged = PaymentChargedV1::from(charged);
+                    outbox::emit(conn, SERVICE, order_id, causation_id, &charged).await?
                 }
-            }
-            Action::Refund => {
-                let (_, customer_id, amount_cents) = payment.unwrap_or_default();
-                let refunded = sqlx::query(
-                    "update accounts set balance_cents = balance_cents + $2, updated_at = now() where customer_id = $1",
-                )
-                .bind(&customer_id)
-                .bind(amount_cents)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if refunded == 0 {
-                    return Err(HandlerError::Failed(format!(
-                        "the account of customer {} is gone: {amount_cents} cents cannot be refunded",
-                        customer_id.unwrap_or_default()
-                    )));
+                Emit::Charged(charged) => {
+                    outbox::emit(conn, SERVICE, order_id, causation_id, &charged).await?
                 }
-                sqlx::query("update payments set status = 'REFUNDED', updated_at = now() where order_id = $1")
-                    .bind(order_id)
-                    .execute(&mut *conn)
-                    .await?;
-                outbox::emit(
-                    conn,
-                    SERVICE,
-                    order_id,
-                    Some(envelope.id),
-                    &PaymentRefunded {
-                        order_id,
-                        amount_cents,
-                    },
-                )
-                .await?;
-            }
-            Action::Void => {
-                sqlx::query("insert into payments (order_id, status) values ($1, 'VOIDED')")
-                    .bind(order_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Action::Nothing => {
-                tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do")
-            }
+                Emit::Declined(declined) => {
+                    outbox::emit(conn, SERVICE, order_id, causation_id, &declined).await?
+                }
+                Emit::Refunded(refunded) => {
+                    outbox::emit(conn, SERVICE, order_id, causation_id, &refunded).await?
+                }
+            };
         }
         Ok(())
     }
@@ -162,10 +86,10 @@ impl EventHandler for PaymentEventHandler {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
-        input: &Event,
+        event: &SagaEvent,
         reason: &str,
     ) -> Result<bool, sqlx::Error> {
-        if !matches!(input, Event::OrderCancelled(_)) {
+        if !matches!(event, SagaEvent::OrderCancelled(_)) {
             return Ok(false);
         }
         let order_id = envelope.order_id;
@@ -192,36 +116,125 @@ impl EventHandler for PaymentEventHandler {
     }
 }
 
-async fn set_balance(
+/// The state [`decide`] needs, as loaded, and whose account it holds.
+struct Locked {
+    state: PaymentState,
+    account_customer_id: Option<String>,
+}
+
+/// Loads and locks the order's payment and the account concerned: `charged_customer`'s, else
+/// the payment's. One statement: a hot path.
+async fn lock_state(
     conn: &mut PgConnection,
-    customer_id: &str,
-    balance_cents: i64,
+    order_id: Uuid,
+    charged_customer: Option<&str>,
+) -> Result<Locked, sqlx::Error> {
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    );
+    let (status, customer_id, amount_cents, reason, account_customer_id, balance_cents): Row =
+        sqlx::query_as(
+            "with payment as (
+                 select status, customer_id, amount_cents, reason from payments
+                 where order_id = $1 for update
+             ), account as (
+                 select customer_id, balance_cents from accounts
+                 where customer_id = coalesce($2, (select customer_id from payment)) for update
+             )
+             select payment.status, payment.customer_id, payment.amount_cents, payment.reason,
+                    account.customer_id, account.balance_cents
+             from (select) as one left join payment on true left join account on true",
+        )
+        .bind(order_id)
+        .bind(charged_customer)
+        .fetch_one(&mut *conn)
+        .await?;
+    let payment = status
+        .map(|status| -> Result<Payment, sqlx::Error> {
+            let status = PaymentStatus::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown payment status {status}").into())
+            })?;
+            let decline_reason = reason
+                .filter(|_| status == PaymentStatus::Declined)
+                .map(parse_reason)
+                .transpose()?;
+            Ok(Payment {
+                status,
+                customer_id,
+                amount_cents: amount_cents.unwrap_or_default(),
+                decline_reason,
+            })
+        })
+        .transpose()?;
+    Ok(Locked {
+        state: PaymentState {
+            payment,
+            balance_cents,
+        },
+        account_customer_id,
+    })
+}
+
+/// Writes what changed from `locked` to `next`: the balance, a new payment or a new status.
+async fn save(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    locked: &Locked,
+    next: &PaymentState,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update accounts set balance_cents = $2, updated_at = now() where customer_id = $1",
-    )
-    .bind(customer_id)
-    .bind(balance_cents)
-    .execute(conn)
-    .await?;
+    if next.balance_cents != locked.state.balance_cents {
+        if let (Some(customer_id), Some(balance_cents)) =
+            (&locked.account_customer_id, next.balance_cents)
+        {
+            sqlx::query(
+                "update accounts set balance_cents = $2, updated_at = now() where customer_id = $1",
+            )
+            .bind(customer_id)
+            .bind(balance_cents)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    match (&locked.state.payment, &next.payment) {
+        (None, Some(payment)) => {
+            sqlx::query(
+                "insert into payments (order_id, customer_id, amount_cents, status, reason) values ($1, $2, $3, $4, $5)",
+            )
+            .bind(order_id)
+            .bind(&payment.customer_id)
+            .bind(payment.amount_cents)
+            .bind(payment.status.as_str())
+            .bind(payment.decline_reason.and_then(reason_text))
+            .execute(&mut *conn)
+            .await?;
+        }
+        // The rules change nothing of a recorded payment but its status.
+        (Some(before), Some(after)) if before.status != after.status => {
+            sqlx::query("update payments set status = $2, updated_at = now() where order_id = $1")
+                .bind(order_id)
+                .bind(after.status.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        _ => {}
+    }
     Ok(())
 }
 
-async fn insert_payment(
-    conn: &mut PgConnection,
-    reserved: &StockReserved,
-    status: PaymentStatus,
-    reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into payments (order_id, customer_id, amount_cents, status, reason) values ($1, $2, $3, $4, $5)",
-    )
-    .bind(reserved.order_id)
-    .bind(&reserved.customer_id)
-    .bind(reserved.total_cents)
-    .bind(status.as_str())
-    .bind(reason)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// A reason as it is stored: its JSON string, e.g. `insufficient_funds`.
+fn reason_text(reason: impl Serialize) -> Option<String> {
+    match serde_json::to_value(reason) {
+        Ok(serde_json::Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+fn parse_reason<R: DeserializeOwned>(text: String) -> Result<R, sqlx::Error> {
+    serde_json::from_value(serde_json::Value::String(text))
+        .map_err(|error| sqlx::Error::Decode(error.into()))
 }

@@ -17,7 +17,7 @@ macro_rules! event {
 }
 
 /// One line of an order as the customer asked for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub sku: String,
@@ -25,7 +25,7 @@ pub struct OrderLine {
 }
 
 /// One reserved line, priced at the time of reservation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PricedLine {
     pub sku: String,
@@ -34,7 +34,7 @@ pub struct PricedLine {
 }
 
 /// Where the order ships to: an ISO 3166-1 alpha-2 country plus free-form address fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShippingAddress {
     pub country: String,
     #[serde(flatten)]
@@ -42,7 +42,7 @@ pub struct ShippingAddress {
 }
 
 /// Why an order ended `CANCELLED`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancellationReason {
     OutOfStock,
@@ -68,7 +68,7 @@ impl CancellationReason {
 }
 
 /// Why inventory could not reserve an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StockRejection {
     OutOfStock,
@@ -76,7 +76,7 @@ pub enum StockRejection {
 }
 
 /// Why payment declined an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeclineReason {
     NoAccount,
@@ -84,7 +84,7 @@ pub enum DeclineReason {
 }
 
 /// A customer placed an order; the saga starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderCreated {
     pub order_id: Uuid,
@@ -95,7 +95,7 @@ pub struct OrderCreated {
 event!(OrderCreated, "order.created.v1", Topic::Order);
 
 /// Every step succeeded; the order is final.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderConfirmed {
     pub order_id: Uuid,
@@ -103,7 +103,7 @@ pub struct OrderConfirmed {
 event!(OrderConfirmed, "order.confirmed.v1", Topic::Order);
 
 /// The order is cancelled; every service undoes what it did for it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderCancelled {
     pub order_id: Uuid,
@@ -112,7 +112,7 @@ pub struct OrderCancelled {
 event!(OrderCancelled, "order.cancelled.v1", Topic::Order);
 
 /// Stock is reserved for every line; carries the priced total and the address forward.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockReserved {
     pub order_id: Uuid,
@@ -124,7 +124,7 @@ pub struct StockReserved {
 event!(StockReserved, "inventory.reserved.v1", Topic::Inventory);
 
 /// Stock could not be reserved; nothing was reserved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockRejected {
     pub order_id: Uuid,
@@ -135,7 +135,7 @@ pub struct StockRejected {
 event!(StockRejected, "inventory.rejected.v1", Topic::Inventory);
 
 /// Compensation: a reservation was released back to available stock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockReleased {
     pub order_id: Uuid,
@@ -144,7 +144,7 @@ pub struct StockReleased {
 event!(StockReleased, "inventory.released.v1", Topic::Inventory);
 
 /// The customer's account was charged the order total.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentCharged {
     pub order_id: Uuid,
@@ -155,7 +155,7 @@ pub struct PaymentCharged {
 event!(PaymentCharged, "payment.charged.v1", Topic::Payment);
 
 /// The charge was declined; nothing was charged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentDeclined {
     pub order_id: Uuid,
@@ -164,7 +164,7 @@ pub struct PaymentDeclined {
 event!(PaymentDeclined, "payment.declined.v1", Topic::Payment);
 
 /// Compensation: a charge was refunded to the account.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRefunded {
     pub order_id: Uuid,
@@ -173,7 +173,7 @@ pub struct PaymentRefunded {
 event!(PaymentRefunded, "payment.refunded.v1", Topic::Payment);
 
 /// A shipment was scheduled to a served country.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentScheduled {
     pub order_id: Uuid,
@@ -182,7 +182,7 @@ pub struct ShipmentScheduled {
 event!(ShipmentScheduled, "shipment.scheduled.v1", Topic::Shipping);
 
 /// The destination country is not served; no shipment exists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentRejected {
     pub order_id: Uuid,
@@ -191,7 +191,7 @@ pub struct ShipmentRejected {
 event!(ShipmentRejected, "shipment.rejected.v1", Topic::Shipping);
 
 /// Compensation: a scheduled shipment was cancelled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipmentCancelled {
     pub order_id: Uuid,
@@ -200,7 +200,7 @@ event!(ShipmentCancelled, "shipment.cancelled.v1", Topic::Shipping);
 
 /// Compensation failed for good: reserved stock could not be released (e.g. its product is
 /// gone). Needs a person; the order ends `FAILED`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockReleaseFailed {
     pub order_id: Uuid,
@@ -214,7 +214,7 @@ event!(
 
 /// Compensation failed for good: a charge could not be refunded (e.g. the account is gone).
 /// Needs a person; the order ends `FAILED`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundFailed {
     pub order_id: Uuid,

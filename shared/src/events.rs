@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::envelope::EventPayload;
+use crate::schemas::EventSchema;
 use crate::topics::Topic;
 
 macro_rules! event {
@@ -19,14 +20,14 @@ macro_rules! event {
 }
 
 /// One line of an order as the customer asked for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderLine {
     pub sku: String,
     pub quantity: i32,
 }
 
 /// One reserved line, priced at the time of reservation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PricedLine {
     pub sku: String,
     pub quantity: i32,
@@ -34,7 +35,7 @@ pub struct PricedLine {
 }
 
 /// Where the order ships to: an ISO 3166-1 alpha-2 country plus free-form address fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShippingAddress {
     pub country: String,
     #[serde(flatten)]
@@ -42,7 +43,7 @@ pub struct ShippingAddress {
 }
 
 /// Why an order ended `CANCELLED`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancellationReason {
     OutOfStock,
@@ -68,7 +69,7 @@ impl CancellationReason {
 }
 
 /// Why inventory could not reserve an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StockRejection {
     OutOfStock,
@@ -85,7 +86,7 @@ impl StockRejection {
 }
 
 /// Why payment declined an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeclineReason {
     NoAccount,
@@ -102,7 +103,7 @@ impl DeclineReason {
 }
 
 /// A customer placed an order; the saga starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderCreated {
     pub order_id: Uuid,
     pub customer_id: String,
@@ -112,14 +113,14 @@ pub struct OrderCreated {
 event!(OrderCreated, "order.created", 1, Topic::Order);
 
 /// Every step succeeded; the order is final.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderConfirmed {
     pub order_id: Uuid,
 }
 event!(OrderConfirmed, "order.confirmed", 1, Topic::Order);
 
 /// The order is cancelled; every service undoes what it did for it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderCancelled {
     pub order_id: Uuid,
     pub reason: CancellationReason,
@@ -127,7 +128,7 @@ pub struct OrderCancelled {
 event!(OrderCancelled, "order.cancelled", 1, Topic::Order);
 
 /// Stock is reserved for every line; carries the priced total and the address forward.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StockReserved {
     pub order_id: Uuid,
     pub customer_id: String,
@@ -138,7 +139,7 @@ pub struct StockReserved {
 event!(StockReserved, "inventory.reserved", 1, Topic::Inventory);
 
 /// Stock could not be reserved; nothing was reserved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StockRejected {
     pub order_id: Uuid,
     pub reason: StockRejection,
@@ -148,7 +149,7 @@ pub struct StockRejected {
 event!(StockRejected, "inventory.rejected", 1, Topic::Inventory);
 
 /// Compensation: a reservation was released back to available stock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StockReleased {
     pub order_id: Uuid,
     pub items: Vec<PricedLine>,
@@ -156,7 +157,9 @@ pub struct StockReleased {
 event!(StockReleased, "inventory.released", 1, Topic::Inventory);
 
 /// How a charge was paid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentMethod {
     /// The customer's prepaid account balance: every charge before `payment.charged.v2`.
@@ -173,7 +176,7 @@ impl PaymentMethod {
 }
 
 /// The customer's account was charged the order total. v2 records how it was paid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PaymentCharged {
     pub order_id: Uuid,
     pub customer_id: String,
@@ -189,7 +192,7 @@ event!(PaymentCharged, "payment.charged", 2, Topic::Payment);
 /// `payment.charged.v1`, as releases before v2 write it. Consumers upcast it to
 /// [`PaymentCharged`]; the payment service writes it while pinned to v1 during a rolling
 /// upgrade (`PAYMENT_CHARGED_VERSION=1`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PaymentChargedV1 {
     pub order_id: Uuid,
     pub customer_id: String,
@@ -223,7 +226,7 @@ impl From<PaymentCharged> for PaymentChargedV1 {
 }
 
 /// The charge was declined; nothing was charged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PaymentDeclined {
     pub order_id: Uuid,
     pub reason: DeclineReason,
@@ -231,7 +234,7 @@ pub struct PaymentDeclined {
 event!(PaymentDeclined, "payment.declined", 1, Topic::Payment);
 
 /// Compensation: a charge was refunded to the account.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PaymentRefunded {
     pub order_id: Uuid,
     pub amount_cents: i64,
@@ -239,7 +242,7 @@ pub struct PaymentRefunded {
 event!(PaymentRefunded, "payment.refunded", 1, Topic::Payment);
 
 /// A shipment was scheduled to a served country.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShipmentScheduled {
     pub order_id: Uuid,
     pub country: String,
@@ -247,7 +250,7 @@ pub struct ShipmentScheduled {
 event!(ShipmentScheduled, "shipment.scheduled", 1, Topic::Shipping);
 
 /// The destination country is not served; no shipment exists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShipmentRejected {
     pub order_id: Uuid,
     pub country: String,
@@ -255,7 +258,7 @@ pub struct ShipmentRejected {
 event!(ShipmentRejected, "shipment.rejected", 1, Topic::Shipping);
 
 /// Compensation: a scheduled shipment was cancelled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShipmentCancelled {
     pub order_id: Uuid,
 }
@@ -263,7 +266,7 @@ event!(ShipmentCancelled, "shipment.cancelled", 1, Topic::Shipping);
 
 /// Compensation failed for good: reserved stock could not be released (e.g. its product is
 /// gone). Needs a person; the order ends `FAILED`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StockReleaseFailed {
     pub order_id: Uuid,
     pub error: String,
@@ -277,7 +280,7 @@ event!(
 
 /// Compensation failed for good: a charge could not be refunded (e.g. the account is gone).
 /// Needs a person; the order ends `FAILED`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RefundFailed {
     pub order_id: Uuid,
     pub amount_cents: i64,
@@ -302,6 +305,11 @@ macro_rules! events {
                 match self {
                     $(Self::$variant(_) => $variant::TYPE,)*
                 }
+            }
+
+            /// The JSON Schema of the current version of every event.
+            pub(crate) fn current_schemas() -> Vec<EventSchema> {
+                vec![$(EventSchema::of::<$variant>(),)*]
             }
 
             /// The subjects (type names without version) of every event.
@@ -357,10 +365,14 @@ pub enum DecodeError {
 /// Splits a versioned type name: `payment.charged.v2` is subject `payment.charged`, version 2.
 pub fn split_type(event_type: &str) -> Option<(&str, u32)> {
     let (subject, version) = event_type.rsplit_once(".v")?;
-    let canonical = !subject.is_empty()
-        && version.bytes().all(|byte| byte.is_ascii_digit())
-        && !version.starts_with('0');
-    canonical.then(|| version.parse().ok().map(|version| (subject, version)))?
+    let subject_ok = !subject.is_empty()
+        && !subject.starts_with('.')
+        && subject
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    let version_ok = version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
+    let version: u32 = version.parse().ok()?;
+    (subject_ok && version_ok).then_some((subject, version))
 }
 
 impl Event {
@@ -383,6 +395,12 @@ impl Event {
             source,
         })
     }
+}
+
+/// Every older version still read (by [`upcast`]): a published version is never dropped, since
+/// its events may still sit on the topics.
+pub(crate) fn older_schemas() -> Vec<EventSchema> {
+    vec![EventSchema::of::<PaymentChargedV1>()]
 }
 
 /// Reads an older version of a subject and turns it into the current one; `None` when
@@ -513,6 +531,19 @@ mod tests {
             Event::decode("payment.charged.v2", &payload),
             Err(DecodeError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn every_version_with_a_schema_is_readable() {
+        for schema in crate::schemas::generated() {
+            // An empty payload matches no schema, but the type must be known.
+            let decoded = Event::decode(schema.event_type, &serde_json::json!({}));
+            assert!(
+                !matches!(decoded, Err(DecodeError::UnknownType(_))),
+                "{} has a schema but is not read",
+                schema.event_type
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! The `up`, `test` and `bench` subcommands.
+//! The `up`, `test`, `bench` and `schemas` subcommands.
 
 use crate::services::{self, Running};
 use anyhow::{bail, Result};
 use devenv::process::{run_status, tail};
 use devenv::{Broker, Postgres, Stop};
+use shared::schemas::{self, Mode};
 use shared::topology::SERVICES;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, ExitStatus};
@@ -105,6 +106,34 @@ pub async fn bench(stop: &Stop, args: Vec<String>) -> Result<ExitCode> {
     cmd.args(&args).current_dir(services::workspace_root());
     let status = run_status(cmd, services::BENCH_PACKAGE, stop).await?;
     Ok(exit_code(status))
+}
+
+/// Checks the event schemas; with `write`, first writes those of new versions.
+pub fn schemas(write: bool, mode: Mode) -> Result<ExitCode> {
+    let root = services::workspace_root();
+    let problems = if write {
+        match schemas::write_with(&root, mode) {
+            Ok(written) => {
+                for path in &written {
+                    println!("xtask: wrote {}", path.display());
+                }
+                schemas::verify_with(&root, mode).err()
+            }
+            Err(problems) => Some(problems),
+        }
+    } else {
+        schemas::verify_with(&root, mode).err()
+    };
+    let Some(problems) = problems else {
+        let count = schemas::generated().len();
+        println!("xtask: {count} event schemas published and compatible ({mode})");
+        return Ok(ExitCode::SUCCESS);
+    };
+    for problem in &problems {
+        eprintln!("xtask: {problem}");
+    }
+    eprintln!("xtask: {} schema problem(s)", problems.len());
+    Ok(ExitCode::FAILURE)
 }
 
 /// The exit code of a child: its own, or 128 + the signal that ended it.

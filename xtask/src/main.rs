@@ -1,11 +1,12 @@
-//! `cargo xtask`: run the whole Sagashop system locally, run the workspace tests, or run the
-//! benchmark.
+//! `cargo xtask`: run the whole Sagashop system locally, run the workspace tests, run the
+//! benchmark, or check and publish the event schemas.
 
 mod commands;
 mod services;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use devenv::Stop;
+use shared::schemas::Mode;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -44,6 +45,22 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check the event schemas in schemas/ against the Rust event types (`--write` publishes
+    /// new versions)
+    ///
+    /// Every version is committed as schemas/<subject>/v<N>.json and never changes, every
+    /// committed version still has its Rust type, versions run from v1 without gaps, and the
+    /// newest version of each subject reads the earlier ones (`--mode`). Exits non-zero with
+    /// the problems.
+    Schemas {
+        /// Also write the schema files of new versions (never overwrites one)
+        #[arg(long)]
+        write: bool,
+        /// BACKWARD (against the previous version), BACKWARD_TRANSITIVE (against every earlier
+        /// one) or NONE
+        #[arg(long, default_value_t = Mode::default())]
+        mode: Mode,
+    },
 }
 
 #[tokio::main]
@@ -64,6 +81,7 @@ async fn main() -> ExitCode {
         Command::Up => commands::up(&stop).await,
         Command::Test { .. } => commands::test(&stop, args_after("test")).await,
         Command::Bench { .. } => commands::bench(&stop, args_after("bench")).await,
+        Command::Schemas { write, mode } => commands::schemas(write, mode),
     };
     match result {
         Ok(code) => code,

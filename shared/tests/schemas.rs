@@ -87,7 +87,7 @@ fn messages(problems: &[Problem]) -> Vec<String> {
 fn a_v2_that_removes_a_required_field_is_caught() {
     let copy = Copy::new();
     assert_eq!(schemas::verify(&copy.root), Ok(()), "the copy starts clean");
-    let mut v2: serde_json::Value = serde_json::from_str(&copy.read("payment.charged", 1)).unwrap();
+    let mut v2: serde_json::Value = serde_json::from_str(&copy.read("payment.refunded", 1)).unwrap();
     v2["properties"]
         .as_object_mut()
         .unwrap()
@@ -97,7 +97,7 @@ fn a_v2_that_removes_a_required_field_is_caught() {
         .unwrap()
         .retain(|field| field != "amount_cents");
     copy.put(
-        "payment.charged",
+        "payment.refunded",
         2,
         &serde_json::to_string_pretty(&v2).unwrap(),
     );
@@ -105,7 +105,7 @@ fn a_v2_that_removes_a_required_field_is_caught() {
     let problems = copy.problems();
     assert!(
         problems.contains(&Problem::Incompatible(Incompatibility {
-            subject: "payment.charged".into(),
+            subject: "payment.refunded".into(),
             newer: 2,
             older: 1,
             mode: schemas::Mode::BackwardTransitive,
@@ -119,7 +119,7 @@ fn a_v2_that_removes_a_required_field_is_caught() {
     let messages = messages(&problems);
     assert!(
         messages.contains(
-            &"payment.charged v2 breaks BACKWARD_TRANSITIVE against v1: field /amount_cents: \
+            &"payment.refunded v2 breaks BACKWARD_TRANSITIVE against v1: field /amount_cents: \
               required field removed"
                 .to_owned()
         ),
@@ -128,7 +128,7 @@ fn a_v2_that_removes_a_required_field_is_caught() {
     // And the file has no Rust type behind it.
     assert!(problems.iter().any(|p| matches!(
         p,
-        Problem::NoRustType { event_type, .. } if event_type == "payment.charged.v2"
+        Problem::NoRustType { event_type, .. } if event_type == "payment.refunded.v2"
     )));
     assert_eq!(problems.len(), 2, "{messages:#?}");
 }

@@ -87,7 +87,8 @@ fn messages(problems: &[Problem]) -> Vec<String> {
 fn a_v2_that_removes_a_required_field_is_caught() {
     let copy = Copy::new();
     assert_eq!(schemas::verify(&copy.root), Ok(()), "the copy starts clean");
-    let mut v2: serde_json::Value = serde_json::from_str(&copy.read("payment.refunded", 1)).unwrap();
+    let mut v2: serde_json::Value =
+        serde_json::from_str(&copy.read("payment.refunded", 1)).unwrap();
     v2["properties"]
         .as_object_mut()
         .unwrap()

@@ -59,12 +59,10 @@ fn misses(services: &[Service], read: &dyn Fn(&str) -> Option<String>) -> Vec<Mi
                 service_manifest,
                 true,
             ),
-            // Optional: a startup.rs that reads its subscriptions from the topology, or none,
-            // has nothing to check.
             (
                 format!("services/{}/src/startup.rs", service.name),
                 subscriptions,
-                false,
+                true,
             ),
         ];
         let shared_files = FILES
@@ -123,31 +121,12 @@ fn service_manifest(text: &str, service: &Service) -> Vec<String> {
     }
 }
 
-/// Until the services read their subscriptions from the topology: the `consumes` list in
-/// startup.rs is the one it declares.
+/// startup.rs subscribes to what the topology declares for the service, not a list of its own.
 fn subscriptions(text: &str, service: &Service) -> Vec<String> {
-    let Some(start) = text.find("let consumes = [") else {
-        return Vec::new();
-    };
-    let list = &text[start + "let consumes = [".len()..];
-    let list = &list[..list.find(']').unwrap_or(list.len())];
-    let mut found: Vec<String> = list
-        .split(',')
-        .map(|topic| topic.trim().trim_start_matches("Topic::").to_owned())
-        .filter(|topic| !topic.is_empty())
-        .collect();
-    let mut declared: Vec<String> = service
-        .consumes
-        .iter()
-        .map(|topic| format!("{topic:?}"))
-        .collect();
-    found.sort();
-    declared.sort();
-    match found == declared {
+    let declared = format!("topology::{}.consumes", service.name.to_uppercase());
+    match text.contains(&declared) {
         true => Vec::new(),
-        false => vec![format!(
-            "`let consumes` to be the topology's {declared:?}, not {found:?}"
-        )],
+        false => vec![format!("to subscribe to `{declared}`")],
     }
 }
 
@@ -609,7 +588,10 @@ fn a_service_no_file_knows_is_missed_by_every_file() {
     let mut files: Vec<&str> = misses.iter().map(|miss| miss.file.as_str()).collect();
     files.dedup();
     let mut expected: Vec<&str> = FILES.iter().map(|(file, _)| *file).collect();
-    expected.push("services/loyalty/Cargo.toml");
+    expected.extend([
+        "services/loyalty/Cargo.toml",
+        "services/loyalty/src/startup.rs",
+    ]);
     assert_eq!(files, expected, "{:#?}", shown(&misses));
     assert!(misses.iter().all(|miss| miss.service == "loyalty"));
     assert!(shown(&misses)
@@ -670,9 +652,9 @@ fn a_service_taken_out_of_one_file_is_named_with_that_file() {
     assert_eq!(
         misses_with(
             "services/inventory/src/startup.rs",
-            Some("let consumes = [Topic::Order, Topic::Payment];".to_owned())
+            Some(".consumes(topology::ORDER.consumes, InventoryEventHandler)".to_owned())
         ),
-        ["services/inventory/src/startup.rs: inventory needs `let consumes` to be the topology's [\"Order\"], not [\"Order\", \"Payment\"]"]
+        ["services/inventory/src/startup.rs: inventory needs to subscribe to `topology::INVENTORY.consumes`"]
     );
 }
 

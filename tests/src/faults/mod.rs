@@ -1,84 +1,30 @@
-//! The fault-injection harness (`tests/tests/faults.rs`): each case gets its own private
-//! PostgreSQL cluster and tansu broker (through `devenv`, so it can kill and restart them),
-//! fresh databases, a unique topic prefix, and runs the four services as separate OS processes
-//! (the binaries next to the test binary) that it can SIGKILL, SIGTERM and restart. A seeded
-//! workload places orders over HTTP while a fault happens; afterwards the case waits until the
-//! system is quiet and checks the invariants directly in every service's database and over
-//! HTTP (see [`check`]).
+//! The fault-injection harness (`tests/tests/faults/`, one module per case, each run by
+//! [`case`]): each case gets its own private PostgreSQL cluster and tansu broker (through
+//! `devenv`, so it can kill and restart them), fresh databases, a unique topic prefix, and runs
+//! the four services as separate OS processes (the binaries next to the test binary) that it
+//! can SIGKILL, SIGTERM and restart. A seeded workload places orders over HTTP while a fault
+//! happens; afterwards the case waits until the system is quiet and checks the invariants
+//! directly in every service's database and over HTTP (see [`check`]). Which services exist
+//! and what each consumes: [`topology`].
 //!
 //! Environment: `FAULTS_SEED` (the workload's seed; printed), `FAULTS_SOAK=1` (five times the
 //! orders and a longer fault period), `FAULTS_ORDERS` (orders per case), `FAULTS_KEEP_LOGS=1`
 //! (keep every case's log directory, not only a failed one's).
 
+pub mod case;
 pub mod check;
 pub mod kafka;
 pub mod system;
+pub mod topology;
 pub mod workload;
 
 use std::time::Duration;
 
+pub use case::{Case, Clock, Faults};
 pub use check::{Expectations, Report};
 pub use system::{FaultSystem, ServiceProcess};
+pub use topology::{Svc, TOPICS};
 pub use workload::{Catalog, Outcome, PlannedOrder, Workload};
-
-/// One of the four services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Svc {
-    Order,
-    Payment,
-    Inventory,
-    Shipping,
-}
-
-impl Svc {
-    pub const ALL: [Svc; 4] = [Svc::Order, Svc::Payment, Svc::Inventory, Svc::Shipping];
-
-    /// Short name: `order`, `payment`, ...
-    pub fn name(self) -> &'static str {
-        match self {
-            Svc::Order => "order",
-            Svc::Payment => "payment",
-            Svc::Inventory => "inventory",
-            Svc::Shipping => "shipping",
-        }
-    }
-
-    /// Package and binary name, e.g. `order-service`.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Svc::Order => "order-service",
-            Svc::Payment => "payment-service",
-            Svc::Inventory => "inventory-service",
-            Svc::Shipping => "shipping-service",
-        }
-    }
-
-    /// The saga topics (base names) it consumes, as its `startup.rs` subscribes.
-    pub fn consumes(self) -> &'static [&'static str] {
-        match self {
-            Svc::Order => &["inventory.events", "payment.events", "shipping.events"],
-            Svc::Payment => &["inventory.events", "order.events"],
-            Svc::Inventory => &["order.events"],
-            Svc::Shipping => &["payment.events", "order.events"],
-        }
-    }
-
-    /// The consumers of a saga topic (base name).
-    pub fn consumers_of(topic: &str) -> Vec<Svc> {
-        Svc::ALL
-            .into_iter()
-            .filter(|svc| svc.consumes().contains(&topic))
-            .collect()
-    }
-}
-
-/// The four saga topics, base names.
-pub const TOPICS: [&str; 4] = [
-    "order.events",
-    "inventory.events",
-    "payment.events",
-    "shipping.events",
-];
 
 /// A small deterministic PRNG (SplitMix64): the workload and the fault schedule of a seed.
 #[derive(Debug, Clone)]

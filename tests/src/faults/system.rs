@@ -271,10 +271,7 @@ impl FaultSystem {
                 ("KAFKA_BROKERS".to_owned(), broker.address()),
                 ("HTTP_HOST".to_owned(), "127.0.0.1".to_owned()),
                 ("KAFKA_TOPIC_PREFIX".to_owned(), prefix.clone()),
-                (
-                    "KAFKA_GROUP_ID".to_owned(),
-                    format!("{prefix}{}-service", svc.name()),
-                ),
+                ("KAFKA_GROUP_ID".to_owned(), svc.group(&prefix)),
                 ("RUST_LOG".to_owned(), "warn".to_owned()),
             ];
             if svc == Svc::Order {
@@ -329,11 +326,16 @@ impl FaultSystem {
 
     /// The consumer group of a service.
     pub fn group(&self, svc: Svc) -> String {
-        format!("{}{}-service", self.prefix, svc.name())
+        svc.group(&self.prefix)
     }
 
     pub fn topic(&self, base: &str) -> String {
         format!("{}{base}", self.prefix)
+    }
+
+    /// The topics (full names) a service consumes.
+    pub fn consumed_topics(&self, svc: Svc) -> Vec<String> {
+        svc.consumes().iter().map(|t| self.topic(t)).collect()
     }
 
     pub fn dead_letter_topic(&self, svc: Svc) -> String {

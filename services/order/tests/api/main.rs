@@ -1,0 +1,11 @@
+//! The order service's HTTP API, driven through its router with the production layers on a
+//! fresh PostgreSQL database per test (no Kafka: events stop in the outbox table), one module
+//! per topic and the helpers they share. Needs `DATABASE_URL`: run `cargo xtask test`.
+
+mod cancel;
+mod create;
+mod errors;
+mod helpers;
+mod idempotency;
+mod listing;
+mod validation;

@@ -70,7 +70,7 @@ impl Case {
             .unwrap_or_else(|e| panic!("[{name}] creating products and accounts: {e:#}"));
         Self {
             name,
-            targets: Targets::new(system.url(Svc::Order)),
+            targets: Targets::new(system.url(Svc::ORDER)),
             system,
             workload,
             rng: Rng::new(seed ^ 0xFA17),

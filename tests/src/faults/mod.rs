@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use case::{Case, Clock, Faults};
 pub use check::{Expectations, Report};
 pub use system::{FaultSystem, ServiceProcess};
-pub use topology::{Svc, TOPICS};
+pub use topology::{saga_topics, Svc};
 pub use workload::{Catalog, Outcome, PlannedOrder, Workload};
 
 /// A small deterministic PRNG (SplitMix64): the workload and the fault schedule of a seed.

@@ -171,6 +171,14 @@ impl ServiceProcess {
         self.child.is_some()
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for its next start.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(key, _)| key != name);
+        if let Some(value) = value {
+            self.env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
     /// Waits until `GET /health/ready` answers 200.
     pub async fn wait_ready(
         &mut self,
@@ -253,7 +261,7 @@ impl FaultSystem {
         std::fs::create_dir_all(&log_dir)?;
         let admin_url = pg.admin_url.to_string();
         let mut database_urls = BTreeMap::new();
-        for svc in Svc::ALL {
+        for svc in Svc::all() {
             let url =
                 shared::db::create_fresh_database(&admin_url, &format!("faults_{}", svc.name()))
                     .await?;
@@ -265,7 +273,7 @@ impl FaultSystem {
             .build()?;
         let mut services = BTreeMap::new();
         let mut extras = BTreeMap::new();
-        for svc in Svc::ALL {
+        for svc in Svc::all() {
             let mut env = vec![
                 ("DATABASE_URL".to_owned(), database_urls[&svc].clone()),
                 ("KAFKA_BROKERS".to_owned(), broker.address()),
@@ -274,7 +282,7 @@ impl FaultSystem {
                 ("KAFKA_GROUP_ID".to_owned(), svc.group(&prefix)),
                 ("RUST_LOG".to_owned(), "warn".to_owned()),
             ];
-            if svc == Svc::Order {
+            if svc == Svc::ORDER {
                 env.push((
                     "SAGA_DEADLINE_MS".to_owned(),
                     options.saga_deadline_ms.to_string(),
@@ -339,7 +347,7 @@ impl FaultSystem {
     }
 
     pub fn dead_letter_topic(&self, svc: Svc) -> String {
-        shared::topics::dead_letter_topic(&self.prefix, svc.binary())
+        svc.dead_letter_topic(&self.prefix)
     }
 
     /// Waits until every started process (primaries and second instances) is ready.
@@ -440,7 +448,7 @@ pub fn binaries_dir() -> PathBuf {
         .parent()
         .expect("the workspace root")
         .to_path_buf();
-    for svc in Svc::ALL {
+    for svc in Svc::all() {
         let binary = dir.join(svc.binary());
         let Ok(built) = binary.metadata().and_then(|m| m.modified()) else {
             panic!(

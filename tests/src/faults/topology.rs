@@ -1,67 +1,93 @@
-//! The services, the saga topics and who consumes what, as the fault harness knows them:
-//! listed here by hand, once (every other module of the harness reads this one), until
-//! `shared::topology` declares them for the whole workspace and this module derives from it.
+//! The services, the saga topics and who consumes what, as the fault harness sees them: read
+//! from `shared::topology`, so a service added there is started, faulted and checked here too.
 
-/// One of the four services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Svc {
-    Order,
-    Payment,
-    Inventory,
-    Shipping,
-}
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+
+use shared::topology::{self, Service};
+
+/// One service of `shared::topology::SERVICES`.
+#[derive(Debug, Clone, Copy)]
+pub struct Svc(&'static Service);
 
 impl Svc {
-    pub const ALL: [Svc; 4] = [Svc::Order, Svc::Payment, Svc::Inventory, Svc::Shipping];
+    pub const ORDER: Svc = Svc(&topology::ORDER);
+    pub const PAYMENT: Svc = Svc(&topology::PAYMENT);
+    pub const INVENTORY: Svc = Svc(&topology::INVENTORY);
+    pub const SHIPPING: Svc = Svc(&topology::SHIPPING);
+
+    /// Every service, in the topology's order.
+    pub fn all() -> impl Iterator<Item = Svc> {
+        topology::SERVICES.iter().map(Svc)
+    }
 
     /// Short name: `order`, `payment`, ...
     pub fn name(self) -> &'static str {
-        match self {
-            Svc::Order => "order",
-            Svc::Payment => "payment",
-            Svc::Inventory => "inventory",
-            Svc::Shipping => "shipping",
-        }
+        self.0.name
     }
 
     /// Package and binary name, e.g. `order-service`.
     pub fn binary(self) -> &'static str {
-        match self {
-            Svc::Order => "order-service",
-            Svc::Payment => "payment-service",
-            Svc::Inventory => "inventory-service",
-            Svc::Shipping => "shipping-service",
-        }
+        self.0.package
     }
 
-    /// The saga topics (base names) it consumes, as its `startup.rs` subscribes.
-    pub fn consumes(self) -> &'static [&'static str] {
-        match self {
-            Svc::Order => &["inventory.events", "payment.events", "shipping.events"],
-            Svc::Payment => &["inventory.events", "order.events"],
-            Svc::Inventory => &["order.events"],
-            Svc::Shipping => &["payment.events", "order.events"],
-        }
+    /// The saga topics (base names) it consumes.
+    pub fn consumes(self) -> Vec<&'static str> {
+        self.0
+            .consumes
+            .iter()
+            .map(|topic| topic.base_name())
+            .collect()
     }
 
     /// Its consumer group under a topic prefix (its `KAFKA_GROUP_ID`).
     pub fn group(self, prefix: &str) -> String {
-        format!("{prefix}{}-service", self.name())
+        format!("{prefix}{}", self.0.group_id)
+    }
+
+    /// Its dead-letter topic under a topic prefix.
+    pub fn dead_letter_topic(self, prefix: &str) -> String {
+        self.0.dead_letter_topic(prefix)
     }
 
     /// The consumers of a saga topic (base name).
     pub fn consumers_of(topic: &str) -> Vec<Svc> {
-        Svc::ALL
-            .into_iter()
+        Svc::all()
             .filter(|svc| svc.consumes().contains(&topic))
             .collect()
     }
 }
 
-/// The four saga topics, base names.
-pub const TOPICS: [&str; 4] = [
-    "order.events",
-    "inventory.events",
-    "payment.events",
-    "shipping.events",
-];
+impl PartialEq for Svc {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Svc {}
+
+impl Hash for Svc {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl PartialOrd for Svc {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Svc {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+/// The saga topics (base names): the one each service owns.
+pub fn saga_topics() -> Vec<&'static str> {
+    topology::SERVICES
+        .iter()
+        .map(|service| service.owns.base_name())
+        .collect()
+}

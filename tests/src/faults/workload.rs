@@ -165,7 +165,7 @@ impl Workload {
             let body = json!({"sku": product.sku, "name": format!("Product {}", product.sku),
                 "price_cents": product.price_cents, "stock": product.stock});
             let response = http
-                .post(format!("{}/products", system.url(Svc::Inventory)))
+                .post(format!("{}/products", system.url(Svc::INVENTORY)))
                 .json(&body)
                 .send()
                 .await?;
@@ -182,7 +182,7 @@ impl Workload {
             let body =
                 json!({"customer_id": account.customer, "balance_cents": account.balance_cents});
             let response = http
-                .post(format!("{}/accounts", system.url(Svc::Payment)))
+                .post(format!("{}/accounts", system.url(Svc::PAYMENT)))
                 .json(&body)
                 .send()
                 .await?;

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use e2e::faults::kafka::{self, Duplicator, PartitionState};
 use e2e::faults::system::Options;
-use e2e::faults::{Case, Expectations, FaultSystem, Faults, Svc, TOPICS};
+use e2e::faults::{saga_topics, Case, Expectations, FaultSystem, Faults, Svc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_delivered_twice_and_groups_rewound() {
     let mut case = Case::start("duplicate_rewind", 200, Options::default(), |_| {}).await;
     let system = &case.system;
-    let topics: Vec<String> = TOPICS.iter().map(|t| system.topic(t)).collect();
+    let topics: Vec<String> = saga_topics().iter().map(|t| system.topic(t)).collect();
     let mut duplicator = Duplicator::start(
         &system.broker.address(),
         &format!("{}faults-duplicator", system.prefix),
@@ -21,7 +21,7 @@ async fn every_event_delivered_twice_and_groups_rewound() {
     )
     .expect("starting the duplicator");
     let (outcome, (rewinds, mut problems)) = case.run(rewind_each_service).await;
-    for svc in Svc::ALL {
+    for svc in Svc::all() {
         if !rewinds.iter().any(|r| r.svc == svc) {
             problems.push((
                 "fault_injected",
@@ -155,7 +155,7 @@ async fn rewind_each_service(f: Faults<'_>) -> (Vec<Rewind>, Vec<(&'static str, 
     let mut rewinds = Vec::new();
     let mut problems = Vec::new();
     let brokers = system.broker.address();
-    let order = [Svc::Payment, Svc::Inventory, Svc::Shipping, Svc::Order];
+    let order = [Svc::PAYMENT, Svc::INVENTORY, Svc::SHIPPING, Svc::ORDER];
     for svc in order.into_iter().cycle() {
         if clock.pause(rng.millis(4_000, 6_000)).await {
             break;

@@ -66,8 +66,8 @@ async fn one_idempotency_key_retried_by_many_concurrent_clients() {
         report.violation(invariant, problem);
     }
     // One key, one order, one charge: the burst customers' own records.
-    let order_pool = case.system.pool(Svc::Order);
-    let payment_pool = case.system.pool(Svc::Payment);
+    let order_pool = case.system.pool(Svc::ORDER);
+    let payment_pool = case.system.pool(Svc::PAYMENT);
     for (i, (order, _, _)) in bursts.iter().enumerate() {
         let customer = &order.customer;
         let orders: Vec<(Uuid, String)> =
@@ -153,7 +153,7 @@ async fn bursts_of_one_key(f: Faults<'_>) -> (Vec<Burst>, u64) {
         let (ids, other) = if kill {
             let killer = async {
                 tokio::time::sleep(rng.millis(5, 60)).await;
-                let process = system.services.get_mut(&Svc::Order).expect("order");
+                let process = system.services.get_mut(&Svc::ORDER).expect("order");
                 process.kill().await.expect("SIGKILL");
                 tokio::time::sleep(RESTART_AFTER_SIGKILL).await;
                 process.start().expect("restarting");
@@ -179,7 +179,7 @@ async fn bursts_of_one_key(f: Faults<'_>) -> (Vec<Burst>, u64) {
         ));
         bursts.push((order, ids, other));
     }
-    let process = system.services.get_mut(&Svc::Order).expect("order");
+    let process = system.services.get_mut(&Svc::ORDER).expect("order");
     process
         .wait_ready(&http, Duration::from_secs(60))
         .await

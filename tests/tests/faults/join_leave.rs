@@ -89,7 +89,7 @@ async fn join_and_leave(
         .wait_ready(http, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("[{case}] {e:#}"));
-    if extra.svc == Svc::Order {
+    if extra.svc == Svc::ORDER {
         targets.add(extra.url());
     }
     // It leaves only once it owns partitions (it consumed events), and a while after: on
@@ -119,7 +119,7 @@ async fn join_and_leave(
     ));
     tokio::time::sleep(stay).await;
     let consumed = consumed_events(http, &extra.url()).await;
-    if extra.svc == Svc::Order {
+    if extra.svc == Svc::ORDER {
         targets.remove(&extra.url());
     }
     let status = extra

@@ -68,7 +68,7 @@ async fn kill_in_turn(f: Faults<'_>) -> u64 {
 /// The next service of a shuffled round-robin (every service gets its turn).
 fn next_service(rng: &mut Rng, queue: &mut Vec<Svc>) -> Svc {
     if queue.is_empty() {
-        *queue = Svc::ALL.to_vec();
+        *queue = Svc::all().collect();
         rng.shuffle(queue);
     }
     queue.pop().expect("refilled")

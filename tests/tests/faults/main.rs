@@ -21,3 +21,4 @@ mod kill_services;
 mod poison;
 mod quick_restart;
 mod restart_postgres;
+mod rolling_upgrade;

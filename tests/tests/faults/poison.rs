@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use e2e::faults::kafka;
 use e2e::faults::system::Options;
-use e2e::faults::{Case, Expectations, Faults, Svc, TOPICS};
+use e2e::faults::{saga_topics, Case, Expectations, Faults, Svc};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -26,7 +26,7 @@ async fn poison_messages_in_every_topic() {
     let brokers = system.broker.address();
     let invariant = "poison_dead_lettered";
     let mut dead_letters = 0;
-    for svc in Svc::ALL {
+    for svc in Svc::all() {
         let dlq = system.dead_letter_topic(svc);
         let records = match kafka::read_topic(&brokers, &dlq).await {
             Ok(records) => records,
@@ -134,7 +134,7 @@ async fn produce_poison(f: Faults<'_>) -> Vec<(Poison, Uuid)> {
     let mut poison: Vec<(Poison, Uuid)> = Vec::new();
     for (round, at) in [0.15, 0.45, 0.75].into_iter().enumerate() {
         tokio::time::sleep_until(clock.at(at)).await;
-        for topic in TOPICS {
+        for topic in saga_topics() {
             for (kind, order_id, payload, headers) in poison_messages(topic, round) {
                 let name = system.topic(topic);
                 let key = order_id.to_string().into_bytes();

@@ -24,15 +24,15 @@ async fn consumer_sigkilled_and_restarted_within_its_session_timeout() {
     } = Case::start("quick_restart", 20, Options::default(), |_| {}).await;
     let http = system.http.clone();
     let brokers = system.broker.address();
-    let group = system.group(Svc::Inventory);
-    let topics = system.consumed_topics(Svc::Inventory);
+    let group = system.group(Svc::INVENTORY);
+    let topics = system.consumed_topics(Svc::INVENTORY);
     let mut first = workload.clone();
     first.orders.truncate(3);
     first.duration = Duration::from_secs(1);
     first.run(&http, &targets).await;
     // A formed, settled group.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let process = system.services.get_mut(&Svc::Inventory).expect("inventory");
+    let process = system.services.get_mut(&Svc::INVENTORY).expect("inventory");
     process.kill().await.expect("SIGKILL");
     tokio::time::sleep(Duration::from_secs(1)).await;
     process.start().expect("restarting");

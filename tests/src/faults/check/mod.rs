@@ -353,7 +353,7 @@ async fn pending_orders(system: &FaultSystem, accepted: &[Uuid]) -> anyhow::Resu
         "select count(*) from orders where order_id = any($1) and status <> 'PENDING'",
     )
     .bind(accepted)
-    .fetch_one(&system.pool(Svc::Order))
+    .fetch_one(&system.pool(Svc::ORDER))
     .await?;
     Ok(accepted.len() - terminal as usize)
 }
@@ -431,7 +431,7 @@ async fn order_context(system: &FaultSystem, snap: &Snapshot, order_id: Uuid) ->
         "select to_jsonb(t) from order_timeline t where order_id = $1 order by seq",
     )
     .bind(order_id)
-    .fetch_all(&system.pool(Svc::Order))
+    .fetch_all(&system.pool(Svc::ORDER))
     .await
     .unwrap_or_default();
     let events: Vec<String> = timeline

@@ -24,7 +24,7 @@ pub(super) async fn outboxes_and_groups(
 ) -> anyhow::Result<(Outboxes, Groups)> {
     let mut outboxes = Vec::new();
     let mut groups = Vec::new();
-    for svc in Svc::ALL {
+    for svc in Svc::all() {
         let pending: i64 =
             sqlx::query_scalar("select count(*) from outbox where published_at is null")
                 .fetch_one(&system.pool(svc))
@@ -122,9 +122,9 @@ pub(super) type Reply = anyhow::Result<(u16, Value)>;
 
 /// The records whose HTTP view is compared with the database: (path, service).
 pub(super) const API_RECORDS: [(&str, Svc); 3] = [
-    ("orders", Svc::Order),
-    ("payments", Svc::Payment),
-    ("shipments", Svc::Shipping),
+    ("orders", Svc::ORDER),
+    ("payments", Svc::PAYMENT),
+    ("shipments", Svc::SHIPPING),
 ];
 
 /// Everything the invariants read, taken once the system is quiet.
@@ -150,11 +150,11 @@ pub(super) struct Snapshot {
 
 impl Snapshot {
     pub(super) async fn take(system: &FaultSystem, known: &Known<'_>) -> anyhow::Result<Self> {
-        let orders = by_order(rows(system, Svc::Order, "orders").await?);
-        let payments = by_order(rows(system, Svc::Payment, "payments").await?);
-        let shipments = by_order(rows(system, Svc::Shipping, "shipments").await?);
-        let reservations = by_order(rows(system, Svc::Inventory, "reservations").await?);
-        let balances = rows(system, Svc::Payment, "accounts")
+        let orders = by_order(rows(system, Svc::ORDER, "orders").await?);
+        let payments = by_order(rows(system, Svc::PAYMENT, "payments").await?);
+        let shipments = by_order(rows(system, Svc::SHIPPING, "shipments").await?);
+        let reservations = by_order(rows(system, Svc::INVENTORY, "reservations").await?);
+        let balances = rows(system, Svc::PAYMENT, "accounts")
             .await?
             .into_iter()
             .map(|a| {
@@ -164,7 +164,7 @@ impl Snapshot {
                 )
             })
             .collect();
-        let products = rows(system, Svc::Inventory, "products")
+        let products = rows(system, Svc::INVENTORY, "products")
             .await?
             .into_iter()
             .map(|p| (text(&p["sku"]).to_owned(), p))
@@ -185,12 +185,12 @@ impl Snapshot {
             .await;
         let mut api_accounts = Vec::new();
         for account in &known.catalog.accounts {
-            let url = format!("{}/accounts/{}", system.url(Svc::Payment), account.customer);
+            let url = format!("{}/accounts/{}", system.url(Svc::PAYMENT), account.customer);
             api_accounts.push((account.customer.clone(), get_json(http, &url).await));
         }
         let mut api_products = Vec::new();
         for product in &known.catalog.products {
-            let url = format!("{}/products/{}", system.url(Svc::Inventory), product.sku);
+            let url = format!("{}/products/{}", system.url(Svc::INVENTORY), product.sku);
             api_products.push((product.sku.clone(), get_json(http, &url).await));
         }
         Ok(Self {

@@ -100,9 +100,9 @@ fn world() -> World {
             "sku-a".into(),
             json!({"sku": "sku-a", "available": 8, "reserved": 0, "sold": 2}),
         )]),
-        outboxes: Svc::ALL.into_iter().map(|svc| (svc, 0)).collect(),
+        outboxes: Svc::all().map(|svc| (svc, 0)).collect(),
         groups: vec![(
-            Svc::Inventory,
+            Svc::INVENTORY,
             "inventory-group".into(),
             vec![PartitionState {
                 topic: "order.events".into(),

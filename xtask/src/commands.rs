@@ -74,9 +74,20 @@ async fn supervise(stop: &Stop, running: &mut Running, infra: &Infra) -> Result<
 pub async fn test(stop: &Stop, args: Vec<String>) -> Result<ExitCode> {
     let infra = Infra::start(stop, None, None).await?;
     let mut cmd = services::cargo();
-    cmd.args(["test", "--workspace", "--locked"]).args(&args);
-    let extra: String = args.iter().map(|a| format!(" {a}")).collect();
-    eprintln!("xtask: running cargo test --workspace --locked{extra}");
+    // The whole workspace unless the arguments pick packages (`-p`/`--package`).
+    let picks_packages = args
+        .iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg.starts_with("-p") || arg.starts_with("--package"));
+    let scope: &[&str] = if picks_packages { &[] } else { &["--workspace"] };
+    cmd.arg("test").args(scope).arg("--locked").args(&args);
+    let shown: Vec<&str> = ["test"]
+        .into_iter()
+        .chain(scope.iter().copied())
+        .chain(["--locked"])
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    eprintln!("xtask: running cargo {}", shown.join(" "));
     cmd.env("DATABASE_URL", infra.postgres.admin_url.as_str());
     cmd.env("KAFKA_BROKERS", &infra.broker.address);
     let status = run_status(cmd, "cargo test", stop).await?;

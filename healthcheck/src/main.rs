@@ -52,11 +52,12 @@ fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
     stream
         .set_write_timeout(Some(remaining()))
         .map_err(|error| error.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: healthcheck\r\n\r\n"
-    )
-    .map_err(|error| format!("sending the request: {error}"))?;
+    // One write: `write!` on the stream would send each piece in a segment of its own.
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: healthcheck\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|error| format!("sending the request: {error}"))?;
     // The status line is all we need: `HTTP/1.x NNN reason`.
     let mut head = Vec::new();
     let mut buffer = [0u8; 256];
@@ -97,10 +98,17 @@ mod tests {
         let url = format!("http://{}/health/ready", listener.local_addr().unwrap());
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let read = stream.read(&mut request).unwrap();
+            // The whole request head, however it was split into segments.
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|end| end == b"\r\n\r\n") {
+                match stream.read(&mut buffer).unwrap() {
+                    0 => break,
+                    read => request.extend_from_slice(&buffer[..read]),
+                }
+            }
             stream.write_all(response.as_bytes()).unwrap();
-            String::from_utf8_lossy(&request[..read])
+            String::from_utf8_lossy(&request)
                 .lines()
                 .next()
                 .unwrap_or_default()

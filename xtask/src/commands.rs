@@ -79,7 +79,11 @@ pub async fn test(stop: &Stop, args: Vec<String>) -> Result<ExitCode> {
         .iter()
         .take_while(|arg| *arg != "--")
         .any(|arg| arg.starts_with("-p") || arg.starts_with("--package"));
-    let scope: &[&str] = if picks_packages { &[] } else { &["--workspace"] };
+    let scope: &[&str] = if picks_packages {
+        &[]
+    } else {
+        &["--workspace"]
+    };
     cmd.arg("test").args(scope).arg("--locked").args(&args);
     let shown: Vec<&str> = ["test"]
         .into_iter()

@@ -64,16 +64,20 @@ impl EventHandler for OrderEventHandler {
         envelope: &Envelope,
         reported: &Reported,
     ) -> Result<(), HandlerError> {
-        let Some(order) = repository::lock_order(conn, envelope.order_id).await? else {
+        let order_id = envelope.order_id;
+        let locked = match reported.payment_method {
+            Some(method) => {
+                repository::lock_order_recording_payment(conn, order_id, method).await?
+            }
+            None => repository::lock_order(conn, order_id).await?,
+        };
+        let Some(order) = locked else {
             tracing::warn!(order_id = %envelope.order_id, "event for an unknown order ignored");
             return Ok(());
         };
         repository::record_timeline(conn, envelope).await?;
         if let (None, Some(items)) = (order.total_cents, &reported.reserved_items) {
             repository::save_prices(conn, order.order_id, items).await?;
-        }
-        if let (None, Some(method)) = (&order.payment_method, reported.payment_method) {
-            repository::save_payment_method(conn, order.order_id, method).await?;
         }
         advance(conn, &order, reported.event, Some(envelope.id)).await?;
         Ok(())

@@ -209,18 +209,24 @@ pub async fn save_state(
 }
 
 /// Records the prices inventory reserved the lines at.
-/// Records how the order was paid.
-pub async fn save_payment_method(
+/// Like [`lock_order`], recording how the order was paid unless that is known already: one
+/// statement (the update takes the lock), as a hot path should.
+pub async fn lock_order_recording_payment(
     conn: &mut PgConnection,
     order_id: Uuid,
     method: PaymentMethod,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update orders set payment_method = $2 where order_id = $1")
+) -> Result<Option<Order>, sqlx::Error> {
+    let query = format!(
+        "update orders set payment_method = coalesce(payment_method, $2) where order_id = $1
+         returning {ORDER_COLUMNS}"
+    );
+    sqlx::query_as::<_, OrderRow>(&query)
         .bind(order_id)
         .bind(method.as_str())
-        .execute(conn)
-        .await?;
-    Ok(())
+        .fetch_optional(conn)
+        .await?
+        .map(OrderRow::into_order)
+        .transpose()
 }
 
 pub async fn save_prices(

@@ -35,6 +35,7 @@ type Check = fn(&str, &Service) -> Vec<String>;
 const FILES: &[(&str, Check)] = &[
     ("Cargo.toml", workspace_manifest),
     ("tests/Cargo.toml", e2e_manifest),
+    ("tests/src/lib.rs", e2e_harness),
     ("docker-compose.yml", compose),
     ("docker/postgres/initdb/10-sagashop.sh", init_script),
     ("docker/kafka/create-topics.sh", create_topics),
@@ -104,6 +105,16 @@ fn e2e_manifest(text: &str, service: &Service) -> Vec<String> {
         false => vec![format!(
             "the dependency `{dependency}` (the e2e harness starts it)"
         )],
+    }
+}
+
+/// The in-process e2e harness starts every service (the start-up is typed, so written per
+/// service).
+fn e2e_harness(text: &str, service: &Service) -> Vec<String> {
+    let start = format!("{}::Application::build(", service.package.replace('-', "_"));
+    match text.contains(&start) {
+        true => Vec::new(),
+        false => vec![format!("to start it (`{start}...`)")],
     }
 }
 
@@ -626,6 +637,13 @@ fn a_service_taken_out_of_one_file_is_named_with_that_file() {
             without_lines("Cargo.toml", "\"services/payment\",")
         ),
         ["Cargo.toml: payment needs \"services/payment\" in [workspace] members"]
+    );
+    assert_eq!(
+        misses_with(
+            "tests/src/lib.rs",
+            Some(real("tests/src/lib.rs").replace("payment_service::Application::build(", "payment_service::router("))
+        ),
+        ["tests/src/lib.rs: payment needs to start it (`payment_service::Application::build(...`)"]
     );
     assert_eq!(
         misses_with("Dockerfile", without_lines("Dockerfile", "target/release/shipping-service")),

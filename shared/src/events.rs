@@ -1,5 +1,8 @@
-//! The event contracts of the order saga. Each type is versioned (`*.v1`) and published on the
-//! topic of the service that emits it, keyed by order id.
+//! The event contracts of the order saga. Each payload type is one version of a subject
+//! (`payment.charged.v2`: subject `payment.charged`, version 2), published on the topic of the
+//! service that emits it, keyed by order id. [`Event`] holds every subject at its current
+//! version; [`Event::decode`] is the one place where older versions are upcast and newer ones
+//! read. Every version has a committed JSON Schema (`shared::schemas`, `cargo xtask schemas`).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -300,7 +303,7 @@ macro_rules! events {
         }
 
         impl Event {
-            /// The versioned type name of the current version, e.g. `payment.charged.v1`.
+            /// The versioned type name of the current version, e.g. `payment.charged.v2`.
             pub fn type_name(&self) -> &'static str {
                 match self {
                     $(Self::$variant(_) => $variant::TYPE,)*

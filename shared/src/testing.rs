@@ -1,5 +1,6 @@
-//! Helpers for a service's HTTP API tests (feature `testing`): a fresh database, the service's
-//! router driven without a socket, and the bad bodies every JSON endpoint must refuse.
+//! Helpers for a service's tests (feature `testing`): a fresh database, the service's router
+//! driven without a socket, the bad bodies every JSON endpoint must refuse, and re-deliveries
+//! for the property tests of the saga rules.
 
 use axum::body::{to_bytes, Body};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
@@ -240,4 +241,32 @@ pub async fn fresh_database(name_prefix: &str) -> PgPool {
     crate::db::connect(&url, 5)
         .await
         .expect("connecting to the test database")
+}
+
+/// `deliveries` with some of them delivered again at a random later point (a duplicate or a
+/// re-delivery after a rewind; never before its first delivery): the original order and the
+/// order as delivered.
+pub fn with_redeliveries<T: Clone + std::fmt::Debug>(
+    deliveries: Vec<T>,
+) -> impl proptest::strategy::Strategy<Value = (Vec<T>, Vec<T>)> {
+    use proptest::strategy::Strategy;
+    let len = deliveries.len();
+    proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
+        let mut delivered: Vec<(usize, T)> = deliveries
+            .iter()
+            .enumerate()
+            .map(|(i, delivery)| (i * 2 + 1, delivery.clone()))
+            .collect();
+        for (which, after) in redeliveries {
+            if let Some(delivery) = deliveries.get(which) {
+                delivered.push((after.max(which) * 2 + 2, delivery.clone()));
+            }
+        }
+        delivered.sort_by_key(|(position, _)| *position);
+        let delivered = delivered
+            .into_iter()
+            .map(|(_, delivery)| delivery)
+            .collect();
+        (deliveries.clone(), delivered)
+    })
 }

@@ -664,31 +664,6 @@ mod tests {
             .collect()
     }
 
-    /// `deliveries` with some of them delivered again at a random later point.
-    fn with_redeliveries<T: Clone + std::fmt::Debug>(
-        deliveries: Vec<T>,
-    ) -> impl Strategy<Value = (Vec<T>, Vec<T>)> {
-        let len = deliveries.len();
-        proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
-            let mut delivered: Vec<(usize, T)> = deliveries
-                .iter()
-                .enumerate()
-                .map(|(i, delivery)| (i * 2 + 1, delivery.clone()))
-                .collect();
-            for (which, after) in redeliveries {
-                if let Some(delivery) = deliveries.get(which) {
-                    delivered.push((after.max(which) * 2 + 2, delivery.clone()));
-                }
-            }
-            delivered.sort_by_key(|(position, _)| *position);
-            let delivered = delivered
-                .into_iter()
-                .map(|(_, delivery)| delivery)
-                .collect();
-            (deliveries.clone(), delivered)
-        })
-    }
-
     proptest! {
         #[test]
         fn stock_is_conserved_and_each_order_is_reserved_at_most_once(
@@ -734,7 +709,7 @@ mod tests {
             (available, lines) in any_start(),
             (original, delivered) in proptest::collection::vec(any_delivery(), 0..12)
                 .prop_map(in_saga_order)
-                .prop_flat_map(with_redeliveries),
+                .prop_flat_map(shared::testing::with_redeliveries),
         ) {
             let mut once = Warehouse::new(&available, lines);
             let mut again = once.clone();

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use shared::events::{Event, PricedLine, StockReleaseFailed};
+use serde::{de::DeserializeOwned, Deserialize};
+use shared::events::{Event, PricedLine, StockRejection, StockReleaseFailed};
 use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -234,7 +234,7 @@ async fn save(
             .bind(reservation.status.as_str())
             .bind(Json(&reservation.items))
             .bind(reservation.total_cents)
-            .bind(reservation.rejection.and_then(reason_text))
+            .bind(reservation.rejection.map(StockRejection::as_str))
             .execute(&mut *conn)
             .await?;
         }
@@ -251,14 +251,6 @@ async fn save(
         _ => {}
     }
     Ok(())
-}
-
-/// A reason as it is stored: its JSON string, e.g. `out_of_stock`.
-fn reason_text(reason: impl Serialize) -> Option<String> {
-    match serde_json::to_value(reason) {
-        Ok(serde_json::Value::String(text)) => Some(text),
-        _ => None,
-    }
 }
 
 fn parse_reason<R: DeserializeOwned>(text: String) -> Result<R, sqlx::Error> {

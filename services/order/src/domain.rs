@@ -325,37 +325,10 @@ mod tests {
         ]
     }
 
-    /// Each event of `events` delivered again at a random later point (a duplicate or a
-    /// re-delivery after a rewind).
-    fn with_redeliveries(
-        events: Vec<SagaEvent>,
-    ) -> impl Strategy<Value = (Vec<SagaEvent>, Vec<SagaEvent>)> {
-        let len = events.len();
-        proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
-            let mut delivered: Vec<(usize, SagaEvent)> = events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (i * 2 + 1, *e))
-                .collect();
-            for (which, after) in redeliveries {
-                if let Some(event) = events.get(which) {
-                    // Never before its first delivery: a duplicate comes after the original.
-                    let position = after.max(which) * 2 + 2;
-                    delivered.push((position, *event));
-                }
-            }
-            delivered.sort_by_key(|(position, _)| *position);
-            (
-                events.clone(),
-                delivered.into_iter().map(|(_, e)| e).collect(),
-            )
-        })
-    }
-
     proptest! {
         #[test]
         fn duplicates_and_redeliveries_change_nothing(
-            (original, delivered) in proptest::collection::vec(any_event(), 0..8).prop_flat_map(with_redeliveries)
+            (original, delivered) in proptest::collection::vec(any_event(), 0..8).prop_flat_map(shared::testing::with_redeliveries)
         ) {
             let (once, once_commands) = replay(original.iter().copied());
             let (again, again_commands) = replay(delivered.iter().copied());

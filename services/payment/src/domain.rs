@@ -415,31 +415,6 @@ mod tests {
         )
     }
 
-    /// `deliveries` with some of them delivered again at a random later point.
-    fn with_redeliveries<T: Clone + std::fmt::Debug>(
-        deliveries: Vec<T>,
-    ) -> impl Strategy<Value = (Vec<T>, Vec<T>)> {
-        let len = deliveries.len();
-        proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
-            let mut delivered: Vec<(usize, T)> = deliveries
-                .iter()
-                .enumerate()
-                .map(|(i, delivery)| (i * 2 + 1, delivery.clone()))
-                .collect();
-            for (which, after) in redeliveries {
-                if let Some(delivery) = deliveries.get(which) {
-                    delivered.push((after.max(which) * 2 + 2, delivery.clone()));
-                }
-            }
-            delivered.sort_by_key(|(position, _)| *position);
-            let delivered = delivered
-                .into_iter()
-                .map(|(_, delivery)| delivery)
-                .collect();
-            (deliveries.clone(), delivered)
-        })
-    }
-
     proptest! {
         #[test]
         fn money_is_conserved_and_each_order_is_charged_at_most_once(
@@ -489,7 +464,7 @@ mod tests {
         #[test]
         fn redeliveries_at_any_later_point_change_nothing(
             (start, totals) in any_start(),
-            (original, delivered) in proptest::collection::vec(any_delivery(), 0..12).prop_flat_map(with_redeliveries),
+            (original, delivered) in proptest::collection::vec(any_delivery(), 0..12).prop_flat_map(shared::testing::with_redeliveries),
         ) {
             let mut once = Account::new(start, totals);
             let mut again = once.clone();

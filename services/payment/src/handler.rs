@@ -1,8 +1,8 @@
 //! Applies saga events to payments: loads an order's payment and the account concerned (both
 //! locked), lets [`decide`] charge, decline, refund or void, and stores the difference.
 
-use serde::{de::DeserializeOwned, Serialize};
-use shared::events::{Event, PaymentChargedV1, RefundFailed};
+use serde::de::DeserializeOwned;
+use shared::events::{DeclineReason, Event, PaymentChargedV1, RefundFailed};
 use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -209,7 +209,7 @@ async fn save(
             .bind(&payment.customer_id)
             .bind(payment.amount_cents)
             .bind(payment.status.as_str())
-            .bind(payment.decline_reason.and_then(reason_text))
+            .bind(payment.decline_reason.map(DeclineReason::as_str))
             .execute(&mut *conn)
             .await?;
         }
@@ -224,14 +224,6 @@ async fn save(
         _ => {}
     }
     Ok(())
-}
-
-/// A reason as it is stored: its JSON string, e.g. `insufficient_funds`.
-fn reason_text(reason: impl Serialize) -> Option<String> {
-    match serde_json::to_value(reason) {
-        Ok(serde_json::Value::String(text)) => Some(text),
-        _ => None,
-    }
 }
 
 fn parse_reason<R: DeserializeOwned>(text: String) -> Result<R, sqlx::Error> {

@@ -284,28 +284,6 @@ mod tests {
         })
     }
 
-    /// `events` with some of them delivered again at a random later point.
-    fn with_redeliveries(
-        events: Vec<SagaEvent>,
-    ) -> impl Strategy<Value = (Vec<SagaEvent>, Vec<SagaEvent>)> {
-        let len = events.len();
-        proptest::collection::vec((0..len.max(1), 0..=len), 0..8).prop_map(move |redeliveries| {
-            let mut delivered: Vec<(usize, SagaEvent)> = events
-                .iter()
-                .enumerate()
-                .map(|(i, event)| (i * 2 + 1, event.clone()))
-                .collect();
-            for (which, after) in redeliveries {
-                if let Some(event) = events.get(which) {
-                    delivered.push((after.max(which) * 2 + 2, event.clone()));
-                }
-            }
-            delivered.sort_by_key(|(position, _)| *position);
-            let delivered = delivered.into_iter().map(|(_, event)| event).collect();
-            (events.clone(), delivered)
-        })
-    }
-
     proptest! {
         #[test]
         fn a_shipment_is_scheduled_at_most_once_and_cancelled_only_if_scheduled(events in any_events()) {
@@ -334,7 +312,7 @@ mod tests {
 
         #[test]
         fn redeliveries_at_any_later_point_change_nothing(
-            (original, delivered) in any_events().prop_flat_map(with_redeliveries)
+            (original, delivered) in any_events().prop_flat_map(shared::testing::with_redeliveries)
         ) {
             prop_assert_eq!(replay(&served(), original), replay(&served(), delivered));
         }

@@ -120,6 +120,8 @@ pub(crate) struct ConsumerLoop<H> {
     pub handler: Arc<H>,
     pub producer: FutureProducer,
     pub service: &'static str,
+    /// The deployment's topic prefix: an event is accepted only from its owner's topic.
+    pub topic_prefix: String,
     pub group_id: String,
     pub dead_letter_topic: String,
     pub policy: ConsumerPolicy,
@@ -415,6 +417,16 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let event = envelope
             .event()
             .map_err(|error: DecodeError| error.to_string())?;
+        // Only the service that owns an event publishes it, on its own topic: the same type on
+        // another topic was produced by someone else and is not believed.
+        let owner = event.topic().name(&self.topic_prefix);
+        if message.topic() != owner {
+            return Err(format!(
+                "{} belongs on {owner}, not on {}: refused",
+                envelope.event_type,
+                message.topic()
+            ));
+        }
         Ok((envelope, event))
     }
 

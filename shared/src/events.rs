@@ -310,6 +310,13 @@ macro_rules! events {
                 }
             }
 
+            /// The topic of the service that owns (publishes) this event.
+            pub fn topic(&self) -> Topic {
+                match self {
+                    $(Self::$variant(_) => $variant::TOPIC,)*
+                }
+            }
+
             /// The JSON Schema of the current version of every event.
             pub(crate) fn current_schemas() -> Vec<EventSchema> {
                 vec![$(EventSchema::of::<$variant>(),)*]

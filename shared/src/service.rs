@@ -219,6 +219,7 @@ fn consumer_loop<H: EventHandler>(
         handler: Arc::new(handler),
         producer: infrastructure.producer.clone(),
         service,
+        topic_prefix: prefix.to_owned(),
         group_id,
         dead_letter_topic: dead_letter_topic(prefix, &format!("{service}-service")),
         policy: ConsumerPolicy {

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::*;
 use crate::config::KafkaConfig;
-use crate::events::{OrderConfirmed, ShipmentCancelled};
+use crate::events::{CancellationReason, OrderCancelled, OrderConfirmed, ShipmentScheduled};
+use crate::topics::Topic;
 use crate::EventPayload;
 use crate::{db, kafka};
 
@@ -135,7 +136,8 @@ async fn bed() -> Bed {
         topic_partitions: 3,
         replication_factor: 1,
     };
-    let topic = format!("{prefix}batches");
+    // The topic `order.confirmed` belongs on (an event is accepted only from its owner's topic).
+    let topic = Topic::Order.name(&prefix);
     let dead_letters = format!("{prefix}batches.dlq");
     kafka::ensure_topics(&config, &[topic.clone(), dead_letters.clone()])
         .await
@@ -166,6 +168,7 @@ impl Bed {
             handler: Arc::new(handler),
             producer: self.producer.clone(),
             service: "test",
+            topic_prefix: self.config.topic_prefix.clone(),
             group_id: group.to_owned(),
             dead_letter_topic: self.dead_letters.clone(),
             policy: ConsumerPolicy {
@@ -200,7 +203,15 @@ impl Bed {
 
     /// Produces a valid event of a type the handler does not handle; returns its id.
     async fn ignored(&self, order_id: Uuid) -> Uuid {
-        let envelope = Envelope::new("test", order_id, None, &ShipmentCancelled { order_id });
+        let envelope = Envelope::new(
+            "test",
+            order_id,
+            None,
+            &OrderCancelled {
+                order_id,
+                reason: CancellationReason::Timeout,
+            },
+        );
         self.produce(order_id, &serde_json::to_vec(&envelope).unwrap())
             .await;
         envelope.id
@@ -519,4 +530,40 @@ async fn events_of_other_releases_are_applied_not_dead_lettered() {
     let consumer = bed.consume("releases", Recorder::default());
     finish(&bed, consumer, "releases", &handled).await;
     assert_eq!(bed.dead_lettered().await, 0, "nothing was dead-lettered");
+}
+
+/// Only the owner of an event publishes it: a `shipment.scheduled` produced on the order topic
+/// (by anyone but shipping) is dead-lettered, not believed, and its neighbours are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_on_a_topic_its_owner_does_not_own_is_refused() {
+    let bed = bed().await;
+    let order_id = Uuid::now_v7();
+    let mut handled = vec![bed.confirmed(order_id).await];
+    let forged = Envelope::new(
+        "intruder",
+        order_id,
+        None,
+        &ShipmentScheduled {
+            order_id,
+            country: "FR".to_owned(),
+        },
+    );
+    bed.produce(order_id, &serde_json::to_vec(&forged).unwrap())
+        .await;
+    handled.push(bed.confirmed(order_id).await);
+    let consumer = bed.consume("forged", Recorder::default());
+    finish(&bed, consumer, "forged", &handled).await;
+    assert_eq!(
+        bed.dead_lettered().await,
+        1,
+        "the forged event was dead-lettered"
+    );
+    let inbox: Vec<Uuid> = sqlx::query_scalar("select event_id from inbox")
+        .fetch_all(&bed.pool)
+        .await
+        .unwrap();
+    assert!(
+        !inbox.contains(&forged.id),
+        "the forged event was not applied"
+    );
 }

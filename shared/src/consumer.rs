@@ -419,11 +419,12 @@ impl<H: EventHandler> ConsumerLoop<H> {
             .map_err(|error: DecodeError| error.to_string())?;
         // Only the service that owns an event publishes it, on its own topic: the same type on
         // another topic was produced by someone else and is not believed.
-        let owner = event.topic().name(&self.topic_prefix);
-        if message.topic() != owner {
+        let owner = event.topic().base_name();
+        if message.topic().strip_prefix(self.topic_prefix.as_str()) != Some(owner) {
             return Err(format!(
-                "{} belongs on {owner}, not on {}: refused",
+                "{} belongs on {}{owner}, not on {}: refused",
                 envelope.event_type,
+                self.topic_prefix,
                 message.topic()
             ));
         }

@@ -26,7 +26,7 @@ pub(super) async fn outboxes_and_groups(
     let mut groups = Vec::new();
     for svc in Svc::all() {
         let pending: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            sqlx::query_scalar("select count(*) from outbox")
                 .fetch_one(&system.pool(svc))
                 .await?;
         outboxes.push((svc, pending));

@@ -512,8 +512,7 @@ impl Probe {
 
     /// Outbox rows not yet published, over the four databases.
     pub async fn unpublished(&self) -> Result<i64> {
-        self.sum("select count(*) from outbox")
-            .await
+        self.sum("select count(*) from outbox").await
     }
 
     async fn sum(&self, query: &str) -> Result<i64> {

@@ -73,7 +73,11 @@ pub struct RetentionConfig {
     pub interval_ms: u64,
 
     /// Most rows one pruning statement deletes (each batch is its own transaction).
-    #[arg(long = "retention-batch-size", env = "RETENTION_BATCH_SIZE", default_value_t = 1_000)]
+    #[arg(
+        long = "retention-batch-size",
+        env = "RETENTION_BATCH_SIZE",
+        default_value_t = 1_000
+    )]
     pub batch_size: usize,
 
     /// How long published outbox rows are kept (in `outbox_published`), in milliseconds.

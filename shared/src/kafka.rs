@@ -137,13 +137,18 @@ pub async fn redelivery_retention(
     let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
     let metadata_client = producer.clone();
     let broker_id = tokio::task::spawn_blocking(move || {
-        let metadata = metadata_client.client().fetch_metadata(None, TIMEOUT).ok()?;
+        let metadata = metadata_client
+            .client()
+            .fetch_metadata(None, TIMEOUT)
+            .ok()?;
         metadata.brokers().first().map(|broker| broker.id())
     })
     .await
     .context("metadata task")?;
-    let mut specifiers: Vec<ResourceSpecifier<'_>> =
-        topics.iter().map(|name| ResourceSpecifier::Topic(name)).collect();
+    let mut specifiers: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|name| ResourceSpecifier::Topic(name))
+        .collect();
     specifiers.extend(broker_id.map(ResourceSpecifier::Broker));
     let described = admin
         .describe_configs(&specifiers, &options)
@@ -178,7 +183,12 @@ pub async fn redelivery_retention(
         });
     }
     let offsets_ms = broker_id
-        .and_then(|id| reported(&OwnedResourceSpecifier::Broker(id), "offsets.retention.minutes"))
+        .and_then(|id| {
+            reported(
+                &OwnedResourceSpecifier::Broker(id),
+                "offsets.retention.minutes",
+            )
+        })
         .map(|minutes| if minutes < 0 { -1 } else { minutes * 60_000 });
     if offsets_ms.is_none() {
         tracing::info!(

@@ -39,8 +39,8 @@ use tracing::Instrument;
 use crate::config::CommonConfig;
 use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
 use crate::outbox::{OutboxRelay, OutboxSignal};
-use crate::topics::{dead_letter_topic, Topic};
 use crate::retention::{self, Rule};
+use crate::topics::{dead_letter_topic, Topic};
 use crate::{db, http, kafka};
 
 /// The task names in logs, errors and `checks.tasks` (extra workers bring their own).
@@ -72,7 +72,12 @@ impl Infrastructure {
         let events: Vec<String> = Topic::ALL.iter().map(|topic| topic.name(prefix)).collect();
         let mut topics: Vec<(String, Option<i64>)> = events
             .iter()
-            .map(|name| (name.clone(), Some(config.retention.kafka_topic_retention_ms)))
+            .map(|name| {
+                (
+                    name.clone(),
+                    Some(config.retention.kafka_topic_retention_ms),
+                )
+            })
             .collect();
         let dead_letters = dead_letter_topic(prefix, &format!("{service}-service"));
         topics.push((dead_letters, Some(kafka::DEAD_LETTER_RETENTION_MS)));

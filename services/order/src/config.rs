@@ -23,6 +23,10 @@ pub struct Config {
 
     /// How long an `Idempotency-Key` is remembered, in milliseconds (0: forever); a retry
     /// after that places a new order. Default: 24 hours.
-    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_MS", default_value_t = 86_400_000)]
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_KEY_RETENTION_MS",
+        default_value_t = 86_400_000
+    )]
     pub idempotency_key_retention_ms: u64,
 }

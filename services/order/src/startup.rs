@@ -27,7 +27,9 @@ impl Application {
                 routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
             })
             .consumes(topology::ORDER.consumes, OrderEventHandler)
-            .retain(idempotency_key_retention(config.idempotency_key_retention_ms))
+            .retain(idempotency_key_retention(
+                config.idempotency_key_retention_ms,
+            ))
             .worker("saga-deadline", move |infrastructure, shutdown| {
                 deadline::run(
                     infrastructure.pool.clone(),

@@ -22,8 +22,7 @@ fn an_inbox_kept_longer_than_topic_plus_offset_retention_passes() {
 fn an_inbox_not_longer_than_topic_plus_offset_retention_fails_naming_the_numbers() {
     for inbox in [14 * DAY, 8 * DAY, DAY] {
         let error =
-            check_inbox_outlives_redelivery(Some(inbox), Some(7 * DAY), Some(7 * DAY))
-                .unwrap_err();
+            check_inbox_outlives_redelivery(Some(inbox), Some(7 * DAY), Some(7 * DAY)).unwrap_err();
         assert!(error.contains("INBOX_RETENTION_MS"), "{error}");
         assert!(error.contains("1209600000 ms in all"), "{error}");
     }
@@ -32,9 +31,11 @@ fn an_inbox_not_longer_than_topic_plus_offset_retention_fails_naming_the_numbers
 #[test]
 fn an_infinite_topic_or_offset_retention_needs_an_inbox_kept_forever() {
     let week = Some(7 * DAY);
-    assert!(check_inbox_outlives_redelivery(Some(1000 * DAY), None, week)
-        .unwrap_err()
-        .contains("retention.ms=-1"));
+    assert!(
+        check_inbox_outlives_redelivery(Some(1000 * DAY), None, week)
+            .unwrap_err()
+            .contains("retention.ms=-1")
+    );
     assert!(check_inbox_outlives_redelivery(Some(1000 * DAY), week, None).is_err());
     assert_eq!(check_inbox_outlives_redelivery(None, None, None), Ok(()));
     assert_eq!(check_inbox_outlives_redelivery(None, week, week), Ok(()));
@@ -47,7 +48,6 @@ fn zero_keeps_our_rows_forever_and_a_negative_kafka_retention_is_infinite() {
     assert_eq!(kafka_window_from_ms(-1), None);
     assert_eq!(kafka_window_from_ms(7), Some(Duration::from_millis(7)));
 }
-
 
 /// A fresh database with the messaging tables.
 async fn messaging_database() -> PgPool {
@@ -111,20 +111,40 @@ async fn pruning_deletes_the_rows_older_than_the_window_in_batches_and_keeps_the
     let hour = Some(Duration::from_secs(3600));
     let shutdown = CancellationToken::new();
 
-    let inbox = prune(&pool, &Rule::inbox(hour), 2, &shutdown).await.unwrap();
-    assert_eq!(inbox, Pruned { rows: 5, batches: 3 });
+    let inbox = prune(&pool, &Rule::inbox(hour), 2, &shutdown)
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox,
+        Pruned {
+            rows: 5,
+            batches: 3
+        }
+    );
     let outbox = prune(&pool, &Rule::published_outbox(hour), 2, &shutdown)
         .await
         .unwrap();
-    assert_eq!(outbox, Pruned { rows: 4, batches: 3 });
+    assert_eq!(
+        outbox,
+        Pruned {
+            rows: 4,
+            batches: 3
+        }
+    );
 
     let stay = |table: &str, column: &str| {
         format!("select count(*) from {table} where {column} > now() - interval '2 minutes'")
     };
     assert_eq!(count(&pool, "select count(*) from inbox").await, 3);
     assert_eq!(count(&pool, &stay("inbox", "processed_at")).await, 3);
-    assert_eq!(count(&pool, "select count(*) from outbox_published").await, 2);
-    assert_eq!(count(&pool, &stay("outbox_published", "published_at")).await, 2);
+    assert_eq!(
+        count(&pool, "select count(*) from outbox_published").await,
+        2
+    );
+    assert_eq!(
+        count(&pool, &stay("outbox_published", "published_at")).await,
+        2
+    );
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::*;
 use crate::config::KafkaConfig;
-use crate::retention::Rule;
 use crate::events::Event;
+use crate::retention::Rule;
 use crate::{Envelope, HandlerError};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -247,8 +247,8 @@ async fn a_requested_shutdown_stops_every_task_and_returns_ok() {
     );
 }
 
-/// Runs `builder`'s service until `check` returns `true` (polled for up to [`WAIT`]), then
-/// stops it; returns the port it served on.
+/// Runs `builder`'s service until `check` (given its port) returns `true`, polled for up to
+/// [`WAIT`], then stops it; returns whether `check` did.
 async fn run_until<F>(builder: ServiceBuilder, mut check: impl FnMut(u16) -> F) -> bool
 where
     F: Future<Output = bool>,
@@ -310,12 +310,11 @@ async fn a_published_event_leaves_the_outbox_and_is_kept_in_outbox_published() {
         "the published event is still in `outbox` ({} rows) or not in `outbox_published`",
         count(&pool, "select count(*) from outbox").await
     );
-    let (event_id, published): (Uuid, bool) = sqlx::query_as(
-        "select event_id, published_at <= now() from outbox_published",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (event_id, published): (Uuid, bool) =
+        sqlx::query_as("select event_id, published_at <= now() from outbox_published")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!((event_id, published), (envelope.id, true));
     assert_eq!(crate::outbox::pending(&pool).await.unwrap(), 0);
 }
@@ -375,8 +374,9 @@ async fn the_retention_worker_prunes_old_rows_on_its_schedule_and_counts_them() 
 
 /// `sagashop_retention_pruned_rows_total` of the `supervised` service for `table`.
 fn pruned_rows(table: &str) -> Option<u64> {
-    let series =
-        format!("sagashop_retention_pruned_rows_total{{service=\"supervised\",table=\"{table}\"}} ");
+    let series = format!(
+        "sagashop_retention_pruned_rows_total{{service=\"supervised\",table=\"{table}\"}} "
+    );
     crate::metrics::handle()
         .render()
         .lines()
@@ -394,7 +394,10 @@ async fn a_service_refuses_to_start_when_its_inbox_could_be_pruned_while_the_bro
         Err(error) => format!("{error:#}"),
     };
     assert!(error.contains("unsafe retention settings"), "{error}");
-    assert!(error.contains("INBOX_RETENTION_MS (86400000 ms)"), "{error}");
+    assert!(
+        error.contains("INBOX_RETENTION_MS (86400000 ms)"),
+        "{error}"
+    );
 
     config.retention.inbox_retention_ms = 0;
     let (builder, _) = service(&config);

@@ -170,7 +170,12 @@ async fn an_idempotency_key_older_than_its_window_is_pruned_and_a_retry_places_a
         (StatusCode::ACCEPTED, &young.body)
     );
     let retry_of_old = place(&app, &body, key("old-key")).await;
-    assert_eq!(retry_of_old.status, StatusCode::ACCEPTED, "{}", retry_of_old.body);
+    assert_eq!(
+        retry_of_old.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        retry_of_old.body
+    );
     assert_ne!(retry_of_old.body["order_id"], old.body["order_id"]);
     assert_eq!(app.count("select count(*) from orders").await, 3);
 }

@@ -438,7 +438,8 @@ pub struct OrderRow {
 /// Database-wide counters of the four service databases at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DbCounters {
-    /// Rows in the four outboxes.
+    /// Rows in the four outboxes, unpublished and published (pruning after OUTBOX_RETENTION_MS
+    /// would make a run longer than that undercount).
     pub outbox_rows: i64,
     /// `xact_commit` of the four databases (pg_stat_database).
     pub commits: i64,
@@ -511,8 +512,7 @@ impl Probe {
 
     /// Outbox rows not yet published, over the four databases.
     pub async fn unpublished(&self) -> Result<i64> {
-        self.sum("select count(*) from outbox where published_at is null")
-            .await
+        self.sum("select count(*) from outbox").await
     }
 
     async fn sum(&self, query: &str) -> Result<i64> {
@@ -527,7 +527,9 @@ impl Probe {
     }
 
     pub async fn counters(&self) -> Result<DbCounters> {
-        let outbox_rows = self.sum("select count(*) from outbox").await?;
+        let outbox_rows = self
+            .sum("select (select count(*) from outbox) + (select count(*) from outbox_published)")
+            .await?;
         let own_queries = i64::try_from(self.own.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let commits: Option<i64> = sqlx::query_scalar(
             "select sum(xact_commit)::bigint from pg_stat_database where datname = any($1)",

@@ -1,6 +1,8 @@
 -- Messaging plumbing every service database carries: the transactional outbox and the inbox.
 -- Applied at start-up (idempotently, under an advisory lock) before the service's migrations.
 
+-- Events not yet acknowledged by the broker, and only those: the relay reads them in `seq`
+-- order on the primary key and moves each acknowledged row to `outbox_published`.
 create table if not exists outbox (
     seq          bigserial primary key,
     event_id     uuid not null unique,
@@ -8,12 +10,45 @@ create table if not exists outbox (
     message_key  text not null,
     event_type   text not null,
     envelope     jsonb not null,
-    created_at   timestamptz not null default now(),
-    published_at timestamptz
+    created_at   timestamptz not null default now()
 );
 
-create index if not exists outbox_unpublished on outbox (seq) where published_at is null;
+-- Events the broker acknowledged, kept for `OUTBOX_RETENTION_MS` (for inspection), then pruned
+-- oldest first. Rows arrive in `published_at` order, so a BRIN index finds the old ones cheaply.
+create table if not exists outbox_published (
+    seq          bigint not null,
+    event_id     uuid not null,
+    topic        text not null,
+    message_key  text not null,
+    event_type   text not null,
+    envelope     jsonb not null,
+    created_at   timestamptz not null,
+    published_at timestamptz not null default now()
+);
 
+create index if not exists outbox_published_by_age on outbox_published using brin (published_at);
+
+-- Earlier versions marked rows published in place (`update outbox set published_at = now()`),
+-- which could never be a HOT update (the partial index `outbox_unpublished` depends on the
+-- column) and left every published row in the outbox. Move those rows out once.
+do $$
+begin
+    if exists (select 1 from information_schema.columns
+               where table_schema = current_schema() and table_name = 'outbox'
+                 and column_name = 'published_at') then
+        insert into outbox_published
+            (seq, event_id, topic, message_key, event_type, envelope, created_at, published_at)
+        select seq, event_id, topic, message_key, event_type, envelope, created_at, published_at
+        from outbox where published_at is not null;
+        delete from outbox where published_at is not null;
+        drop index if exists outbox_unpublished;
+        alter table outbox drop column published_at;
+    end if;
+end
+$$;
+
+-- One row per event applied, kept for `INBOX_RETENTION_MS` (longer than the broker can
+-- deliver the event again: see README.md, Retention), then pruned oldest first.
 create table if not exists inbox (
     event_id     uuid primary key,
     event_type   text not null,
@@ -22,6 +57,8 @@ create table if not exists inbox (
     kafka_offset bigint not null,
     processed_at timestamptz not null default now()
 );
+
+create index if not exists inbox_by_age on inbox using brin (processed_at);
 
 -- Earlier versions notified the relay from a trigger, inside the writing transaction; that
 -- serialised every commit on PostgreSQL's notification lock. Writers now signal after commit.

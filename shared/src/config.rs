@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::outbox::RelaySettings;
+use crate::retention::{window_from_ms, RetentionSettings, Rule};
 
 /// Settings common to all four services; each service flattens this into its own `Config`.
 #[derive(Debug, Clone, Args)]
@@ -58,6 +59,67 @@ pub struct CommonConfig {
     /// non-zero.
     #[arg(long, env = "TASK_FAILURE_GRACE_MS", default_value_t = 1000)]
     pub task_failure_grace_ms: u64,
+
+    #[command(flatten)]
+    pub retention: RetentionConfig,
+}
+
+/// How long the messaging tables keep their rows, and what the broker is assumed to keep when
+/// it does not say (see README.md, Retention). Windows of 0 keep rows forever.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionConfig {
+    /// Time between two pruning passes, in milliseconds.
+    #[arg(long, env = "RETENTION_INTERVAL_MS", default_value_t = 60_000)]
+    pub interval_ms: u64,
+
+    /// Most rows one pruning statement deletes (each batch is its own transaction).
+    #[arg(
+        long = "retention-batch-size",
+        env = "RETENTION_BATCH_SIZE",
+        default_value_t = 1_000
+    )]
+    pub batch_size: usize,
+
+    /// How long published outbox rows are kept (in `outbox_published`), in milliseconds.
+    #[arg(long, env = "OUTBOX_RETENTION_MS", default_value_t = 3_600_000)]
+    pub outbox_retention_ms: u64,
+
+    /// How long inbox rows are kept, in milliseconds; must exceed the topic retention plus the
+    /// committed-offset retention (checked at start-up). Default: 15 days.
+    #[arg(long, env = "INBOX_RETENTION_MS", default_value_t = 1_296_000_000)]
+    pub inbox_retention_ms: u64,
+
+    /// `retention.ms` the event topics are created with, and assumed for them when the broker
+    /// does not report it; -1 is infinite. Default: 7 days (Apache Kafka's).
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC_RETENTION_MS",
+        default_value_t = 604_800_000,
+        allow_negative_numbers = true
+    )]
+    pub kafka_topic_retention_ms: i64,
+
+    /// The broker's committed-offset retention (`offsets.retention.minutes`, in milliseconds
+    /// here), assumed when the broker does not report it; -1 is infinite. Default: 7 days
+    /// (Apache Kafka's).
+    #[arg(
+        long,
+        env = "KAFKA_OFFSETS_RETENTION_MS",
+        default_value_t = 604_800_000,
+        allow_negative_numbers = true
+    )]
+    pub kafka_offsets_retention_ms: i64,
+}
+
+impl Default for RetentionConfig {
+    /// The defaults of the settings above.
+    fn default() -> Self {
+        use clap::{Command, FromArgMatches};
+        let matches = Self::augment_args(Command::new("defaults"))
+            .try_get_matches_from(["defaults"])
+            .expect("every retention setting has a default");
+        Self::from_arg_matches(&matches).expect("the defaults parse")
+    }
 }
 
 /// Kafka client settings. The defaults suit both Apache Kafka and tansu (see README.md).
@@ -144,5 +206,20 @@ impl CommonConfig {
             batch_size: self.outbox_batch_size.max(1),
             max_in_flight: self.outbox_max_in_flight.max(1),
         }
+    }
+
+    pub fn retention_settings(&self) -> RetentionSettings {
+        RetentionSettings {
+            interval: Duration::from_millis(self.retention.interval_ms.max(1)),
+            batch_size: self.retention.batch_size.max(1),
+        }
+    }
+
+    /// The rules every service prunes by: published outbox rows and inbox rows.
+    pub fn messaging_retention_rules(&self) -> Vec<Rule> {
+        vec![
+            Rule::published_outbox(window_from_ms(self.retention.outbox_retention_ms)),
+            Rule::inbox(window_from_ms(self.retention.inbox_retention_ms)),
+        ]
     }
 }

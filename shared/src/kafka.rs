@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::RDKafkaErrorCode;
@@ -12,6 +15,10 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
+
+/// `retention.ms` of the dead-letter topics the services create (30 days, as
+/// `docker/kafka/create-topics.sh`): someone has to look at them, and no consumer reads them.
+pub const DEAD_LETTER_RETENTION_MS: i64 = 2_592_000_000;
 
 fn base_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
@@ -52,17 +59,37 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> anyhow::Result<StreamCo
 /// Creates `topics` if they do not exist (neither tansu nor our Kafka set-up auto-creates
 /// topics), retrying for up to a minute while the broker is unreachable.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> anyhow::Result<()> {
+    let topics: Vec<(String, Option<i64>)> =
+        topics.iter().map(|name| (name.clone(), None)).collect();
+    ensure_topics_retained(config, &topics).await
+}
+
+/// [`ensure_topics`], each topic created with the `retention.ms` beside it (`None`: the
+/// broker's default). Existing topics keep theirs.
+pub async fn ensure_topics_retained(
+    config: &KafkaConfig,
+    topics: &[(String, Option<i64>)],
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(config)
         .create()
         .context("creating the Kafka admin client")?;
+    let retentions: Vec<Option<String>> = topics
+        .iter()
+        .map(|(_, retention_ms)| retention_ms.map(|ms| ms.to_string()))
+        .collect();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|name| {
-            NewTopic::new(
+        .zip(&retentions)
+        .map(|((name, _), retention_ms)| {
+            let topic = NewTopic::new(
                 name,
                 config.topic_partitions,
                 TopicReplication::Fixed(config.replication_factor),
-            )
+            );
+            match retention_ms {
+                Some(ms) => topic.set("retention.ms", ms),
+                None => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -90,6 +117,89 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[String]) -> anyhow::R
             Err(error) => return Err(error),
         }
     }
+}
+
+/// How long the broker keeps what it could deliver again, in milliseconds (-1: forever): the
+/// longest `retention.ms` of `topics`, and `offsets.retention.minutes`. Each value the broker
+/// does not report (tansu reports only what a topic was created with, and no broker settings)
+/// is taken from the `assumed_*` argument; the log says which.
+pub async fn redelivery_retention(
+    config: &KafkaConfig,
+    producer: &FutureProducer,
+    topics: &[String],
+    assumed_topic_ms: i64,
+    assumed_offsets_ms: i64,
+) -> anyhow::Result<(i64, i64)> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let admin: AdminClient<DefaultClientContext> = base_config(config)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let metadata_client = producer.clone();
+    let broker_id = tokio::task::spawn_blocking(move || {
+        let metadata = metadata_client
+            .client()
+            .fetch_metadata(None, TIMEOUT)
+            .ok()?;
+        metadata.brokers().first().map(|broker| broker.id())
+    })
+    .await
+    .context("metadata task")?;
+    let mut specifiers: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|name| ResourceSpecifier::Topic(name))
+        .collect();
+    specifiers.extend(broker_id.map(ResourceSpecifier::Broker));
+    let described = admin
+        .describe_configs(&specifiers, &options)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::debug!(%error, "the broker does not describe its configuration");
+            Vec::new()
+        });
+    let reported = |specifier: &OwnedResourceSpecifier, key: &str| -> Option<i64> {
+        let resource = described
+            .iter()
+            .flatten()
+            .find(|resource| &resource.specifier == specifier)?;
+        resource.get(key)?.value.as_deref()?.parse().ok()
+    };
+    let mut topic_ms: Option<i64> = None;
+    for name in topics {
+        let retention = reported(&OwnedResourceSpecifier::Topic(name.clone()), "retention.ms");
+        if retention.is_none() {
+            tracing::info!(
+                topic = %name,
+                assumed_ms = assumed_topic_ms,
+                "the broker does not report the topic's retention.ms; assuming KAFKA_TOPIC_RETENTION_MS"
+            );
+        }
+        let retention = retention.unwrap_or(assumed_topic_ms);
+        topic_ms = Some(match topic_ms {
+            _ if retention < 0 => -1,
+            Some(longest) if longest < 0 => -1,
+            Some(longest) => longest.max(retention),
+            None => retention,
+        });
+    }
+    let offsets_ms = broker_id
+        .and_then(|id| {
+            reported(
+                &OwnedResourceSpecifier::Broker(id),
+                "offsets.retention.minutes",
+            )
+        })
+        .map(|minutes| if minutes < 0 { -1 } else { minutes * 60_000 });
+    if offsets_ms.is_none() {
+        tracing::info!(
+            assumed_ms = assumed_offsets_ms,
+            "the broker does not report offsets.retention.minutes; assuming KAFKA_OFFSETS_RETENTION_MS"
+        );
+    }
+    Ok((
+        topic_ms.unwrap_or(assumed_topic_ms),
+        offsets_ms.unwrap_or(assumed_offsets_ms),
+    ))
 }
 
 /// Whether the broker answers a metadata request within `timeout`.

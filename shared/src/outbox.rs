@@ -5,15 +5,16 @@
 //! connection of its own (other replicas stand by and take over when that connection goes),
 //! so several replicas never reorder an order's events. The leader is pipelined: it reads
 //! unpublished rows in `seq` order, hands them to the idempotent producer without waiting (the
-//! producer keeps them in order within each partition), and marks rows published in batches as
-//! the broker acknowledges them, so no transaction, lock or pool connection is held while
-//! acknowledgements are awaited (those marks commit asynchronously: a mark lost in a crash only
-//! publishes its row again). Whoever commits outbox rows tells the relay through an
-//! [`OutboxSignal`]: in-process when the relay of the same process leads, else with a `NOTIFY
-//! outbox` sent after the commit (a burst of either costs the relay one read). It also polls
-//! slowly as a safety net. A
-//! delivery that fails leaves its row unpublished; the relay then lets what is in flight land
-//! and reads again from the oldest unpublished row (consumers drop the duplicates).
+//! producer keeps them in order within each partition), and moves rows to `outbox_published`
+//! in batches as the broker acknowledges them, so no transaction, lock or pool connection is
+//! held while acknowledgements are awaited (those moves commit asynchronously: a move lost in a
+//! crash only publishes its row again). `outbox` thus holds only what is still to publish;
+//! `crate::retention` prunes `outbox_published` by age. Whoever commits outbox rows tells the
+//! relay through an [`OutboxSignal`]: in-process when the relay of the same process leads,
+//! else with a `NOTIFY outbox` sent after the commit (a burst of either costs the relay one
+//! read). It also polls slowly as a safety net. A delivery that fails leaves its row in
+//! `outbox`; the relay then lets what is in flight land and reads again from the oldest
+//! unpublished row (consumers drop the duplicates).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +79,7 @@ async fn enqueue(
 
 /// Number of events written but not yet published.
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select count(*) from outbox where published_at is null")
+    sqlx::query_scalar("select count(*) from outbox")
         .fetch_one(pool)
         .await
 }
@@ -333,7 +334,7 @@ impl OutboxRelay {
         let in_flight_seqs: Vec<i64> = sent.iter().copied().collect();
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "select seq, event_id, topic, message_key, event_type, envelope::text as envelope
-             from outbox where published_at is null and seq <> all($1) order by seq limit $2",
+             from outbox where seq <> all($1) order by seq limit $2",
         )
         .bind(&in_flight_seqs)
         .bind(limit as i64)
@@ -393,8 +394,8 @@ impl OutboxRelay {
     }
 }
 
-/// Marks acknowledged rows published: `first` and every acknowledgement already there, or,
-/// with `first` = `None`, everything in flight. Returns the first delivery error seen.
+/// Moves acknowledged rows to `outbox_published`: `first` and every acknowledgement already
+/// there, or, with `first` = `None`, everything in flight. Returns the first delivery error seen.
 async fn settle(
     leader: &mut PgConnection,
     in_flight: &mut FuturesUnordered<futures::future::BoxFuture<'static, Acknowledgement>>,
@@ -426,13 +427,25 @@ async fn settle(
         }
     }
     if !acknowledged.is_empty() {
-        sqlx::query("update outbox set published_at = now() where seq = any($1)")
+        sqlx::query(MOVE_PUBLISHED)
             .bind(&acknowledged)
             .execute(&mut *leader)
             .await?;
     }
     Ok(failure)
 }
+
+/// Moves the rows `$1` (their `seq`s) from `outbox` to `outbox_published`. A delete and an
+/// insert, where marking the row in place could never be a HOT update and left `outbox`
+/// growing: `outbox` holds only what is still to publish.
+const MOVE_PUBLISHED: &str = "
+    with done as (
+        delete from outbox where seq = any($1)
+        returning seq, event_id, topic, message_key, event_type, envelope, created_at
+    )
+    insert into outbox_published
+        (seq, event_id, topic, message_key, event_type, envelope, created_at)
+    select seq, event_id, topic, message_key, event_type, envelope, created_at from done";
 
 async fn wait_for_notification(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
     match listener {

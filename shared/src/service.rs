@@ -1,6 +1,7 @@
 //! What every service runs, built with [`Service::builder`]: the HTTP API with the health
-//! endpoints, the outbox relay, the idempotent consumer and any extra workers, side by side
-//! under one supervisor.
+//! endpoints, the outbox relay, the idempotent consumer, the retention worker and any extra
+//! workers, side by side under one supervisor. Start-up refuses a finite inbox retention the
+//! broker could outlast (see [`retention::check_inbox_outlives_redelivery`]).
 //!
 //! What an orchestrator sees:
 //! - `GET /health/live` answers 200 while the process serves HTTP. `GET /health/ready` answers
@@ -38,6 +39,7 @@ use tracing::Instrument;
 use crate::config::CommonConfig;
 use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
 use crate::outbox::{OutboxRelay, OutboxSignal};
+use crate::retention::{self, Rule};
 use crate::topics::{dead_letter_topic, Topic};
 use crate::{db, http, kafka};
 
@@ -45,6 +47,7 @@ use crate::{db, http, kafka};
 const HTTP_SERVER: &str = "http-server";
 const OUTBOX_RELAY: &str = "outbox-relay";
 const EVENT_CONSUMER: &str = "event-consumer";
+const RETENTION: &str = "retention";
 
 /// The connections a service needs, ready to use: its database (migrated) and a producer, with
 /// every topic created. Routes and workers are built from it.
@@ -66,9 +69,20 @@ impl Infrastructure {
         db::prepare(&pool, migrator).await?;
         let producer = kafka::producer(&config.kafka)?;
         let prefix = &config.kafka.topic_prefix;
-        let mut topics: Vec<String> = Topic::ALL.iter().map(|topic| topic.name(prefix)).collect();
-        topics.push(dead_letter_topic(prefix, &format!("{service}-service")));
-        kafka::ensure_topics(&config.kafka, &topics).await?;
+        let events: Vec<String> = Topic::ALL.iter().map(|topic| topic.name(prefix)).collect();
+        let mut topics: Vec<(String, Option<i64>)> = events
+            .iter()
+            .map(|name| {
+                (
+                    name.clone(),
+                    Some(config.retention.kafka_topic_retention_ms),
+                )
+            })
+            .collect();
+        let dead_letters = dead_letter_topic(prefix, &format!("{service}-service"));
+        topics.push((dead_letters, Some(kafka::DEAD_LETTER_RETENTION_MS)));
+        kafka::ensure_topics_retained(&config.kafka, &topics).await?;
+        retention::check_at_start_up(config, &producer, &events).await?;
         Ok(Self {
             outbox: OutboxSignal::new(pool.clone()),
             pool,
@@ -94,9 +108,17 @@ pub struct ServiceBuilder {
     routes: Option<BuildRoutes>,
     consumer: Option<BuildConsumer>,
     workers: Vec<(&'static str, BuildWorker)>,
+    /// The service's own retention rules, pruned beside the outbox's and the inbox's.
+    retention_rules: Vec<Rule>,
 }
 
 impl ServiceBuilder {
+    /// Prunes the rows of `rule` too (e.g. idempotency keys), on the retention schedule.
+    pub fn retain(mut self, rule: Rule) -> Self {
+        self.retention_rules.push(rule);
+        self
+    }
+
     /// The service's HTTP API (the health endpoints and `/metrics` are added to it).
     pub fn routes(
         mut self,
@@ -142,6 +164,7 @@ impl ServiceBuilder {
             routes,
             consumer,
             workers,
+            retention_rules,
         } = self;
         let infrastructure = Infrastructure::start(service, &config, migrator).await?;
         let address = format!("{}:{}", config.http_host, http_port);
@@ -167,6 +190,18 @@ impl ServiceBuilder {
         for (name, worker) in workers {
             tasks.push((name, worker(&infrastructure, shutdown.clone())));
         }
+        let mut rules = config.messaging_retention_rules();
+        rules.extend(retention_rules);
+        tasks.push((
+            RETENTION,
+            Box::pin(retention::run(
+                infrastructure.pool.clone(),
+                service,
+                rules,
+                config.retention_settings(),
+                shutdown.clone(),
+            )),
+        ));
 
         let routes = routes.map_or_else(Router::new, |routes| routes(&infrastructure));
         crate::metrics::handle();
@@ -259,6 +294,7 @@ impl Service {
             routes: None,
             consumer: None,
             workers: Vec::new(),
+            retention_rules: Vec::new(),
         }
     }
 

@@ -22,7 +22,7 @@ async fn snapshot(api: &Api, order_id: Uuid, customer: &str, sku: &str) -> Value
     })
 }
 
-/// The envelope a service published for `order_id`, read back from its outbox.
+/// The envelope a service published for `order_id`, read back from its published outbox rows.
 async fn published(
     backdoor: &Backdoor,
     database_url: &str,
@@ -31,7 +31,7 @@ async fn published(
 ) -> Value {
     let pool = backdoor.database(database_url).await;
     let envelope: sqlx::types::Json<Value> = sqlx::query_scalar(
-        "select envelope from outbox where message_key = $1 and event_type = $2 and published_at is not null",
+        "select envelope from outbox_published where message_key = $1 and event_type = $2",
     )
     .bind(order_id.to_string())
     .bind(event_type)

@@ -20,4 +20,13 @@ pub struct Config {
     /// How often overdue sagas are looked for.
     #[arg(long, env = "SAGA_DEADLINE_SWEEP_MS", default_value_t = 1_000)]
     pub saga_deadline_sweep_ms: u64,
+
+    /// How long an `Idempotency-Key` is remembered, in milliseconds (0: forever); a retry
+    /// after that places a new order. Default: 24 hours.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_KEY_RETENTION_MS",
+        default_value_t = 86_400_000
+    )]
+    pub idempotency_key_retention_ms: u64,
 }

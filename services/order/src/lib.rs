@@ -10,7 +10,7 @@ mod routes;
 mod startup;
 
 pub use config::Config;
-pub use startup::{migrate, router, Application};
+pub use startup::{idempotency_key_retention, migrate, router, Application};
 
 /// This service's name in event envelopes.
 pub const SERVICE: &str = "order";

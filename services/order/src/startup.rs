@@ -1,10 +1,11 @@
-//! Wiring: the order service's migrations, HTTP routes, event handler and saga deadline
-//! sweeper, run by `shared::service::Service` (which documents start-up, readiness and
-//! shutdown).
+//! Wiring: the order service's migrations, HTTP routes, event handler, saga deadline sweeper
+//! and idempotency-key retention, run by `shared::service::Service` (which documents start-up,
+//! readiness and shutdown).
 
 use std::time::Duration;
 
 use axum::Router;
+use shared::retention::{window_from_ms, Rule};
 use shared::service::{CancellationToken, Service};
 use shared::topology;
 use sqlx::PgPool;
@@ -26,6 +27,9 @@ impl Application {
                 routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
             })
             .consumes(topology::ORDER.consumes, OrderEventHandler)
+            .retain(idempotency_key_retention(
+                config.idempotency_key_retention_ms,
+            ))
             .worker("saga-deadline", move |infrastructure, shutdown| {
                 deadline::run(
                     infrastructure.pool.clone(),
@@ -50,6 +54,16 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.0.run_until_stopped().await
+    }
+}
+
+/// Idempotency keys are forgotten `retention_ms` (`IDEMPOTENCY_KEY_RETENTION_MS`) after the
+/// first request that used them; 0 keeps them forever.
+pub fn idempotency_key_retention(retention_ms: u64) -> Rule {
+    Rule {
+        table: "idempotency_keys",
+        timestamp_column: "created_at",
+        window: window_from_ms(retention_ms),
     }
 }
 

@@ -2,6 +2,9 @@
 //! `KAFKA_BROKERS` and `DATABASE_URL`): a worker that panics or returns while the service runs
 //! makes `/health/ready` answer 503 naming it for the grace, then every other task is stopped
 //! and `run_until_stopped` fails; a requested shutdown stops everything and returns `Ok`.
+//! Retention: a published event leaves `outbox` for `outbox_published`, the retention worker
+//! prunes old rows on its schedule, and a service whose inbox could be pruned while the broker
+//! can still deliver its events again refuses to start.
 
 use std::io::{Read, Write};
 
@@ -14,6 +17,7 @@ use uuid::Uuid;
 use super::*;
 use crate::config::KafkaConfig;
 use crate::events::Event;
+use crate::retention::Rule;
 use crate::{Envelope, HandlerError};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -54,6 +58,7 @@ async fn config() -> CommonConfig {
         outbox_batch_size: 500,
         outbox_max_in_flight: 5000,
         task_failure_grace_ms: GRACE.as_millis() as u64,
+        retention: crate::config::RetentionConfig::default(),
     }
 }
 
@@ -240,4 +245,187 @@ async fn a_requested_shutdown_stops_every_task_and_returns_ok() {
         None,
         "the HTTP server stopped"
     );
+}
+
+/// Runs `builder`'s service until `check` (given its port) returns `true`, polled for up to
+/// [`WAIT`], then stops it; returns whether `check` did.
+async fn run_until<F>(builder: ServiceBuilder, mut check: impl FnMut(u16) -> F) -> bool
+where
+    F: Future<Output = bool>,
+{
+    let service = builder.build().await.expect("building the service");
+    let port = service.port();
+    let shutdown = service.shutdown_token();
+    let running = tokio::spawn(service.run_until_stopped());
+    let deadline = Instant::now() + WAIT;
+    let mut held = false;
+    while Instant::now() < deadline {
+        if check(port).await {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(WAIT, running).await;
+    held
+}
+
+async fn count(pool: &PgPool, query: &str) -> i64 {
+    sqlx::query_scalar(query)
+        .fetch_one(pool)
+        .await
+        .expect("counting rows")
+}
+
+#[tokio::test]
+async fn a_published_event_leaves_the_outbox_and_is_kept_in_outbox_published() {
+    let config = config().await;
+    let (builder, _) = service(&config);
+    let pool = db::connect(&config.database_url, 2).await.unwrap();
+    db::prepare(&pool, &Migrator::DEFAULT).await.unwrap();
+    let order_id = Uuid::new_v4();
+    let mut tx = pool.begin().await.unwrap();
+    let envelope = crate::outbox::emit(
+        &mut tx,
+        "supervised",
+        order_id,
+        None,
+        &crate::events::OrderConfirmed { order_id },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let moved = run_until(builder, |_| {
+        let pool = pool.clone();
+        async move {
+            count(&pool, "select count(*) from outbox").await == 0
+                && count(&pool, "select count(*) from outbox_published").await == 1
+        }
+    })
+    .await;
+    assert!(
+        moved,
+        "the published event is still in `outbox` ({} rows) or not in `outbox_published`",
+        count(&pool, "select count(*) from outbox").await
+    );
+    let (event_id, published): (Uuid, bool) =
+        sqlx::query_as("select event_id, published_at <= now() from outbox_published")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((event_id, published), (envelope.id, true));
+    assert_eq!(crate::outbox::pending(&pool).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_retention_worker_prunes_old_rows_on_its_schedule_and_counts_them() {
+    let mut config = config().await;
+    config.retention.interval_ms = 200;
+    config.retention.batch_size = 2;
+    let (builder, _) = service(&config);
+    let builder = builder.retain(Rule {
+        table: "kept_for_a_day",
+        timestamp_column: "noted_at",
+        window: Some(Duration::from_secs(86_400)),
+    });
+    let pool = db::connect(&config.database_url, 2).await.unwrap();
+    db::prepare(&pool, &Migrator::DEFAULT).await.unwrap();
+    sqlx::raw_sql(
+        "create table kept_for_a_day (noted_at timestamptz not null);
+         insert into kept_for_a_day values (now() - interval '2 days'), (now());
+         insert into inbox (event_id, event_type, topic, kafka_partition, kafka_offset, processed_at)
+         select gen_random_uuid(), 'order.confirmed.v1', 'order.events', 0, n,
+                now() - case when n <= 5 then interval '30 days' else interval '1 hour' end
+         from generate_series(1, 7) n;
+         insert into outbox_published
+             (seq, event_id, topic, message_key, event_type, envelope, created_at, published_at)
+         values (1, gen_random_uuid(), 'order', 'k', 'order.confirmed.v1', '{}',
+                 now() - interval '2 hours', now() - interval '2 hours');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let expected = [("inbox", 5), ("outbox_published", 1), ("kept_for_a_day", 1)];
+    let pruned = run_until(builder, |_| {
+        let pool = pool.clone();
+        async move {
+            count(&pool, "select count(*) from inbox").await == 2
+                && count(&pool, "select count(*) from outbox_published").await == 0
+                && count(&pool, "select count(*) from kept_for_a_day").await == 1
+                && expected
+                    .iter()
+                    .all(|&(table, rows)| pruned_rows(table) == Some(rows))
+        }
+    })
+    .await;
+    assert!(
+        pruned,
+        "old rows are still there or uncounted: inbox {}, outbox_published {}, \
+         kept_for_a_day {}; counted {:?}",
+        count(&pool, "select count(*) from inbox").await,
+        count(&pool, "select count(*) from outbox_published").await,
+        count(&pool, "select count(*) from kept_for_a_day").await,
+        expected.map(|(table, _)| (table, pruned_rows(table))),
+    );
+}
+
+/// `sagashop_retention_pruned_rows_total` of the `supervised` service for `table`.
+fn pruned_rows(table: &str) -> Option<u64> {
+    let series = format!(
+        "sagashop_retention_pruned_rows_total{{service=\"supervised\",table=\"{table}\"}} "
+    );
+    crate::metrics::handle()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_service_refuses_to_start_when_its_inbox_could_be_pruned_while_the_broker_redelivers() {
+    let mut config = config().await;
+    // The topics are created with 7 days, the offsets assumed kept 7 days: one day is too short.
+    config.retention.inbox_retention_ms = 86_400_000;
+    let (builder, _) = service(&config);
+    let error = match builder.build().await {
+        Ok(_) => panic!("a service with INBOX_RETENTION_MS=1 day started"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("unsafe retention settings"), "{error}");
+    assert!(
+        error.contains("INBOX_RETENTION_MS (86400000 ms)"),
+        "{error}"
+    );
+
+    config.retention.inbox_retention_ms = 0;
+    let (builder, _) = service(&config);
+    assert!(
+        builder.build().await.is_ok(),
+        "an inbox kept forever is always safe"
+    );
+}
+
+#[tokio::test]
+async fn the_topic_retention_the_broker_reports_wins_over_the_setting() {
+    let mut config = config().await;
+    // The topics exist already, with 30 days; the settings claim one hour.
+    let prefix = &config.kafka.topic_prefix;
+    let topics: Vec<(String, Option<i64>)> = Topic::ALL
+        .iter()
+        .map(|topic| (topic.name(prefix), Some(30 * 86_400_000)))
+        .collect();
+    kafka::ensure_topics_retained(&config.kafka, &topics)
+        .await
+        .unwrap();
+    config.retention.kafka_topic_retention_ms = 3_600_000;
+    config.retention.kafka_offsets_retention_ms = 3_600_000;
+    config.retention.inbox_retention_ms = 3 * 3_600_000;
+    let (builder, _) = service(&config);
+    let error = match builder.build().await {
+        Ok(_) => panic!("started though the broker keeps the topics 30 days"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("2592000000 ms, retention.ms"), "{error}");
 }

@@ -133,3 +133,49 @@ async fn a_malformed_idempotency_key_is_400_and_places_nothing() {
     let reply = place(&app, &order_body("hal"), key(&"k".repeat(255))).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
 }
+
+/// The contract of `IDEMPOTENCY_KEY_RETENTION_MS`: a key is remembered for that long after its
+/// first request; once pruned, a retry with it is a new request and places a new order. Keys
+/// younger than the window stay and still answer with their order.
+#[tokio::test]
+async fn an_idempotency_key_older_than_its_window_is_pruned_and_a_retry_places_a_new_order() {
+    let app = start().await;
+    let body = order_body("grace");
+    let old = place(&app, &body, key("old-key")).await;
+    assert_eq!(old.status, StatusCode::ACCEPTED, "{}", old.body);
+    let young = place(&app, &body, key("young-key")).await;
+    assert_eq!(young.status, StatusCode::ACCEPTED, "{}", young.body);
+    sqlx::query(
+        "update idempotency_keys set created_at = now() - interval '2 hours'
+         where idempotency_key = 'old-key'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let rule = order_service::idempotency_key_retention(3_600_000);
+    let pruned = shared::retention::prune(&app.pool, &rule, 100, &Default::default())
+        .await
+        .expect("pruning idempotency keys");
+    assert_eq!(pruned.rows, 1);
+    let keys: Vec<String> = sqlx::query_scalar("select idempotency_key from idempotency_keys")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["young-key"]);
+
+    let retry_of_young = place(&app, &body, key("young-key")).await;
+    assert_eq!(
+        (retry_of_young.status, &retry_of_young.body),
+        (StatusCode::ACCEPTED, &young.body)
+    );
+    let retry_of_old = place(&app, &body, key("old-key")).await;
+    assert_eq!(
+        retry_of_old.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        retry_of_old.body
+    );
+    assert_ne!(retry_of_old.body["order_id"], old.body["order_id"]);
+    assert_eq!(app.count("select count(*) from orders").await, 3);
+}

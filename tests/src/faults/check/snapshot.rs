@@ -25,10 +25,9 @@ pub(super) async fn outboxes_and_groups(
     let mut outboxes = Vec::new();
     let mut groups = Vec::new();
     for svc in Svc::all() {
-        let pending: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(&system.pool(svc))
-                .await?;
+        let pending: i64 = sqlx::query_scalar("select count(*) from outbox")
+            .fetch_one(&system.pool(svc))
+            .await?;
         outboxes.push((svc, pending));
         let group = system.group(svc);
         let states = group_state(

@@ -30,7 +30,10 @@ create index if not exists outbox_published_by_age on outbox_published using bri
 
 -- Earlier versions marked rows published in place (`update outbox set published_at = now()`),
 -- which could never be a HOT update (the partial index `outbox_unpublished` depends on the
--- column) and left every published row in the outbox. Move those rows out once.
+-- column) and left every published row in the outbox. Move the rows they marked out (at every
+-- start, so rows an older replica marks during a rolling upgrade move too) and drop the index.
+-- The column stays, unused and null, so an older replica's relay keeps working until it is
+-- replaced (it may publish a row the new relay also publishes: consumers drop the duplicate).
 do $$
 begin
     if exists (select 1 from information_schema.columns
@@ -42,7 +45,6 @@ begin
         from outbox where published_at is not null;
         delete from outbox where published_at is not null;
         drop index if exists outbox_unpublished;
-        alter table outbox drop column published_at;
     end if;
 end
 $$;

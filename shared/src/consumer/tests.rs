@@ -134,6 +134,7 @@ async fn bed() -> Bed {
         max_event_bytes: 262_144,
         topic_partitions: 3,
         replication_factor: 1,
+        security: Default::default(),
     };
     let topic = format!("{prefix}batches");
     let dead_letters = format!("{prefix}batches.dlq");

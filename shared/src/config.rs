@@ -204,7 +204,10 @@ impl std::fmt::Debug for KafkaSecurity {
             .field("protocol", &self.protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
-            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("ssl_ca_location", &self.ssl_ca_location)
             .finish()
     }

@@ -68,7 +68,10 @@ pub async fn grant_runtime_privileges(owner: &PgPool, runtime_role: &str) -> any
         .fetch_one(&mut *tx)
         .await?;
     let statements = [
-        format!("grant connect on database {} to {role}", quote_identifier(&database)),
+        format!(
+            "grant connect on database {} to {role}",
+            quote_identifier(&database)
+        ),
         "revoke create on schema public from public".to_owned(),
         format!("grant usage on schema public to {role}"),
         format!("grant select, insert, update, delete on all tables in schema public to {role}"),
@@ -77,7 +80,9 @@ pub async fn grant_runtime_privileges(owner: &PgPool, runtime_role: &str) -> any
             "alter default privileges in schema public \
              grant select, insert, update, delete on tables to {role}"
         ),
-        format!("alter default privileges in schema public grant usage, select on sequences to {role}"),
+        format!(
+            "alter default privileges in schema public grant usage, select on sequences to {role}"
+        ),
     ];
     for statement in statements {
         sqlx::query(&statement)
@@ -122,7 +127,7 @@ fn role_of(url: &str) -> anyhow::Result<String> {
 }
 
 /// `name` as a PostgreSQL identifier, quoted.
-pub fn quote_identifier(name: &str) -> String {
+fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

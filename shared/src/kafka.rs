@@ -40,7 +40,10 @@ pub fn security_settings(security: &KafkaSecurity) -> anyhow::Result<Vec<(&'stat
             );
         };
         settings.extend([
-            ("sasl.mechanism", security.sasl_mechanism.to_ascii_uppercase()),
+            (
+                "sasl.mechanism",
+                security.sasl_mechanism.to_ascii_uppercase(),
+            ),
             ("sasl.username", username.clone()),
             ("sasl.password", password.clone()),
         ]);
@@ -175,7 +178,10 @@ mod tests {
 
     #[test]
     fn by_default_the_clients_connect_in_plaintext_without_credentials() {
-        assert_eq!(settings(&[]), [("security.protocol", "plaintext".to_owned())]);
+        assert_eq!(
+            settings(&[]),
+            [("security.protocol", "plaintext".to_owned())]
+        );
     }
 
     #[test]
@@ -214,7 +220,10 @@ mod tests {
     fn sasl_without_credentials_is_refused_at_start_up() {
         let config = config(&["--kafka-security-protocol", "sasl_plaintext"]);
         let error = security_settings(&config.security).unwrap_err();
-        assert!(format!("{error}").contains("KAFKA_SASL_USERNAME"), "{error}");
+        assert!(
+            format!("{error}").contains("KAFKA_SASL_USERNAME"),
+            "{error}"
+        );
         assert!(producer(&config).is_err());
     }
 

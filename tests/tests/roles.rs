@@ -15,9 +15,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use shared::events::{PricedLine, ShippingAddress, StockReserved};
-use shared::Envelope;
 use shared::topics::Topic;
 use shared::topology::{ORDER, PAYMENT};
+use shared::Envelope;
 use sqlx::{Connection, PgConnection};
 use url::Url;
 use uuid::Uuid;
@@ -157,19 +157,23 @@ async fn the_runtime_role_reads_and_writes_rows_but_cannot_change_the_schema_or_
     let owner = shared::db::connect(payment.url(&server, true).as_str(), 1)
         .await
         .expect("connecting as the owner");
-    eventually("the relay to publish the charge", Duration::from_secs(30), || {
-        let owner = &owner;
-        async move {
-            let published: (i64, i64) = sqlx::query_as(
-                "select count(*) filter (where published_at is not null),
+    eventually(
+        "the relay to publish the charge",
+        Duration::from_secs(30),
+        || {
+            let owner = &owner;
+            async move {
+                let published: (i64, i64) = sqlx::query_as(
+                    "select count(*) filter (where published_at is not null),
                         count(*) filter (where published_at is null) from outbox",
-            )
-            .fetch_one(owner)
-            .await
-            .ok()?;
-            (published == (1, 0)).then_some(())
-        }
-    })
+                )
+                .fetch_one(owner)
+                .await
+                .ok()?;
+                (published == (1, 0)).then_some(())
+            }
+        },
+    )
     .await;
 
     // But the runtime role cannot change the schema, in any schema it can reach ...
@@ -204,7 +208,11 @@ async fn the_runtime_role_reads_and_writes_rows_but_cannot_change_the_schema_or_
         let code = error
             .as_database_error()
             .and_then(|error| error.code().map(|code| code.into_owned()));
-        assert_eq!(code.as_deref(), Some(INSUFFICIENT_PRIVILEGE), "{database}: {error}");
+        assert_eq!(
+            code.as_deref(),
+            Some(INSUFFICIENT_PRIVILEGE),
+            "{database}: {error}"
+        );
     }
     // While its owner may, which is why only the start-up migration step connects as it.
     sqlx::raw_sql("create table owner_may (id int); drop table owner_may")

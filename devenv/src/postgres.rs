@@ -481,3 +481,30 @@ fn redact(url: &Url) -> Url {
     }
     url
 }
+
+#[cfg(test)]
+mod service_database_tests {
+    use super::*;
+
+    #[test]
+    fn the_compose_sql_is_filled_in_as_psql_would() {
+        let service = ServiceDatabase {
+            database: "sagashop_payment".to_owned(),
+            owner: "payment_owner".to_owned(),
+            owner_password: "it's".to_owned(),
+            runtime: "payment_service".to_owned(),
+            runtime_password: "p".to_owned(),
+        };
+        let statements = service_database_statements(&service).expect("statements");
+        assert_eq!(
+            statements,
+            [
+                r#"CREATE ROLE "payment_owner" LOGIN PASSWORD 'it''s'"#,
+                r#"CREATE ROLE "payment_service" LOGIN PASSWORD 'p'"#,
+                r#"CREATE DATABASE "sagashop_payment" OWNER "payment_owner""#,
+                r#"REVOKE ALL ON DATABASE "sagashop_payment" FROM PUBLIC"#,
+                r#"GRANT CONNECT ON DATABASE "sagashop_payment" TO "payment_service""#,
+            ]
+        );
+    }
+}

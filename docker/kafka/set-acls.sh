@@ -11,7 +11,8 @@
 #   shipping-service    shipping.events, shipping-service.dlq  payment.events, order.events  shipping-service
 #   kafka-ui            nothing                            every topic (and describes every group and the cluster)
 #
-# Create is granted on a service's own topics because each service creates the topics it uses at
+# Each may also read its own dead-letter topic (`sagashop-dlq list`). Create is granted on a
+# service's own topics because each service creates the topics it uses at
 # start-up if they are missing (they exist already: kafka-init made them). The lists are the
 # ones of shared/src/topology.rs (tests/tests/topology.rs checks them). Adding an ACL that exists
 # changes nothing, so the job can run again.
@@ -39,6 +40,9 @@ grant_service() {
     for topic in "${read_topics[@]}"; do
         acl --allow-principal "$principal" --operation Read --operation Describe --operation Create --topic "$topic"
     done
+    # Its own dead letters, for `sagashop-dlq list` in its container (replay writes to the source
+    # topics: run it as admin).
+    acl --allow-principal "$principal" --operation Read --topic "$group.dlq"
     acl --allow-principal "$principal" --operation Read --group "$group"
     echo "kafka-init: $user writes $writes, reads $reads in group $group"
 }

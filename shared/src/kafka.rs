@@ -14,9 +14,9 @@ use rdkafka::ClientConfig;
 
 use crate::config::{KafkaConfig, KafkaSecurity};
 
-/// What every client (producer, consumer, admin) is configured with: the brokers and how to
-/// authenticate to them.
-fn base_config(config: &KafkaConfig) -> anyhow::Result<ClientConfig> {
+/// What every client (producer, consumer, admin, the dead-letter tool's reader) is configured
+/// with: the brokers and how to authenticate to them.
+pub fn base_config(config: &KafkaConfig) -> anyhow::Result<ClientConfig> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)

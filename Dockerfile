@@ -23,7 +23,9 @@ ARG CARGO_CHEF_VERSION=0.1.78
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS chef
 ARG CARGO_CHEF_VERSION
 # rdkafka-sys builds librdkafka from source (mklove ./configure + make, a bash script) and links
-# zlib through libz-sys (pkg-config finds zlib1g-dev; the binary then needs zlib1g at run time).
+# zlib through libz-sys (pkg-config finds zlib1g-dev; the binary then needs zlib1g at run time)
+# and OpenSSL through openssl-sys (libssl-dev; libssl3 at run time): librdkafka's SASL/SCRAM,
+# which the compose stack's Kafka requires, is built only with OpenSSL (rdkafka feature `ssl`).
 # python3 is optional for librdkafka (version string, linker script) but keeps its build quiet.
 # Debian package versions are not pinned (DL3008): a pinned version leaves the archive with the
 # next point release and breaks the build; the base image tag pins the release instead.
@@ -31,6 +33,7 @@ ARG CARGO_CHEF_VERSION
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         g++ \
+        libssl-dev \
         make \
         pkg-config \
         python3 \
@@ -77,15 +80,16 @@ FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # order-service | payment-service | inventory-service | shipping-service
 ARG SERVICE
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# The binaries link libc, libm, libgcc_s (all in the base image) and libz (zlib1g: installed
-# explicitly so that it stays there whatever the base image drops). No curl: see `healthcheck`.
+# The binaries link libc, libm, libgcc_s (all in the base image), libz (zlib1g) and libssl and
+# libcrypto (libssl3), both installed explicitly so that they stay there whatever the base image
+# drops. No curl: see `healthcheck`.
 # hadolint ignore=DL3008
 RUN if [ -z "${SERVICE}" ]; then \
         echo "build with --build-arg SERVICE=<order-service|payment-service|inventory-service|shipping-service>" >&2; \
         exit 1; \
     fi \
     && apt-get update \
-    && apt-get install -y --no-install-recommends zlib1g \
+    && apt-get install -y --no-install-recommends libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 sagashop \
     && useradd --system --uid 10001 --gid sagashop --no-create-home \

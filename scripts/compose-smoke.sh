@@ -14,6 +14,7 @@
 # the stack to become healthy once built, default 300), SMOKE_SAGA_TIMEOUT (seconds for each saga
 # to settle, default 60), ORDER_URL PAYMENT_URL INVENTORY_URL SHIPPING_URL (default
 # http://127.0.0.1:8081 ... :8084). Needs bash, curl, and docker with the compose plugin (v2.20+).
+# The secrets come from .env when there is one, else from .env.example (its demo passwords).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -30,6 +31,12 @@ use_compose=true
 [ "${SMOKE_NO_COMPOSE:-0}" = 1 ] && use_compose=false
 
 compose=(docker compose -f docker-compose.yml)
+# The secrets: the developer's .env, else the documented example's demo passwords (CI).
+if [ ! -f .env ]; then
+    compose+=(--env-file .env.example)
+fi
+# The admin client settings start-kafka.sh writes in the broker's container.
+kafka_admin=(--command-config /tmp/sagashop-admin.properties)
 work="$(mktemp -d)"
 started=$SECONDS
 status=""
@@ -136,7 +143,7 @@ if [ "$use_compose" = true ]; then
     done
 
     say "topics (kafka-init)"
-    topics="$("${compose[@]}" exec -T kafka /opt/kafka/bin/kafka-topics.sh --bootstrap-server localhost:9092 --list)"
+    topics="$("${compose[@]}" exec -T kafka /opt/kafka/bin/kafka-topics.sh --bootstrap-server localhost:9092 "${kafka_admin[@]}" --list)"
     for topic in order.events inventory.events payment.events shipping.events \
         order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq; do
         grep -qx "$topic" <<< "$topics" || die "topic $topic is missing"
@@ -231,7 +238,7 @@ if [ "$use_compose" = true ] && [ -n "$payment_replicas" ]; then
     say "payment replicas share the consumer group payment-service"
     members() {
         "${compose[@]}" exec -T kafka /opt/kafka/bin/kafka-consumer-groups.sh \
-            --bootstrap-server localhost:9092 --describe --group payment-service 2> /dev/null \
+            --bootstrap-server localhost:9092 "${kafka_admin[@]}" --describe --group payment-service 2> /dev/null \
             | awk '$1 == "payment-service" && $7 != "-" { print $7 }' | sort -u | wc -l | tr -d ' '
     }
     expected=$((payment_replicas < 3 ? payment_replicas : 3)) # 3 partitions per topic

@@ -81,17 +81,25 @@ elif command -v docker-compose > /dev/null || apt_install docker-compose; then
 fi
 if [ "${#compose[@]}" -gt 0 ]; then
     log "using $("${compose[@]}" version 2>/dev/null | head -n 1)"
-    # The compose file interpolates only variables that have defaults; start from a clean
-    # environment so that the developer's own settings cannot hide a missing default.
-    check "compose config (default services)" \
-        env -i PATH="$PATH" HOME="$HOME" "${compose[@]}" -f "$COMPOSE_FILE_PATH" config -q
-    check "compose config (--profile observability)" \
-        env -i PATH="$PATH" HOME="$HOME" "${compose[@]}" -f "$COMPOSE_FILE_PATH" --profile observability config -q
+    # The secrets come from .env (none has a default): check the file with the documented
+    # example, from a clean environment so that the developer's own settings or .env cannot
+    # hide a variable the example lacks; and check that without them it refuses to start.
+    compose_with_example=(env -i PATH="$PATH" HOME="$HOME" "${compose[@]}" -f "$COMPOSE_FILE_PATH" --env-file .env.example)
+    check "compose config with .env.example (default services)" \
+        "${compose_with_example[@]}" config -q
+    check "compose config with .env.example (--profile observability)" \
+        "${compose_with_example[@]}" --profile observability config -q
+    empty_env="$(mktemp)"
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    check "compose config without the secrets fails, naming one" \
+        bash -c '! output="$("$@" config -q 2>&1)" && grep -q "PASSWORD" <<<"$output"' \
+        _ env -i PATH="$PATH" HOME="$HOME" "${compose[@]}" -f "$COMPOSE_FILE_PATH" --env-file "$empty_env"
+    rm -f "$empty_env"
     # shellcheck disable=SC2016 # expanded by the inner bash
     check "the observability profile has prometheus, grafana and jaeger" \
         bash -c 'services="$("$@" --profile observability config --services)" \
             && for s in prometheus grafana jaeger; do grep -qx "$s" <<<"$services" || exit 1; done' \
-        _ "${compose[@]}" -f "$COMPOSE_FILE_PATH"
+        _ "${compose_with_example[@]}"
 else
     failed=$((failed + 1))
     log "FAIL  no Compose implementation (docker compose or docker-compose) could be found or installed"
@@ -138,7 +146,7 @@ check "docker/grafana/dashboards/*.json parse" \
 
 # --- 3. shell scripts ---------------------------------------------------------------------------
 scripts=()
-for script in scripts/validate-compose.sh scripts/compose-smoke.sh docker/kafka/create-topics.sh \
+for script in scripts/validate-compose.sh scripts/compose-smoke.sh docker/kafka/*.sh \
     docker/postgres/initdb/*.sh; do
     if [ -f "$script" ]; then
         scripts+=("$script")

@@ -20,7 +20,7 @@ pub mod postgres;
 pub mod process;
 
 pub use broker::{Broker, Tansu};
-pub use postgres::{Cluster, Postgres};
+pub use postgres::{Cluster, Postgres, ServiceDatabase};
 pub use process::{Stop, TempDir};
 
 static LABEL: OnceLock<String> = OnceLock::new();

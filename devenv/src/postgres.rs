@@ -67,23 +67,39 @@ impl Postgres {
         connect(&self.admin_url, Duration::from_secs(10)).await
     }
 
-    pub async fn create_databases(&self, names: &[String]) -> Result<()> {
+    /// Creates `database` and its roles with the SQL the compose stack runs
+    /// ([`create_service_database`]), unless the database exists already and so do its roles.
+    pub async fn create_service_database(&self, service: &ServiceDatabase) -> Result<()> {
         let mut conn = self.connect().await?;
-        for name in names {
-            let exists: bool =
-                sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-                    .bind(name)
-                    .fetch_one(&mut conn)
-                    .await?;
-            if !exists {
-                sqlx::query(&format!(r#"create database "{name}""#))
-                    .execute(&mut conn)
-                    .await
-                    .with_context(|| format!("creating database {name}"))?;
-                say!("created database {name}");
+        let (database_exists, roles): (bool, i64) = sqlx::query_as(
+            "select exists (select 1 from pg_database where datname = $1),
+                    (select count(*) from pg_roles where rolname in ($2, $3))",
+        )
+        .bind(&service.database)
+        .bind(&service.owner)
+        .bind(&service.runtime)
+        .fetch_one(&mut conn)
+        .await?;
+        match (database_exists, roles) {
+            (true, 2) => Ok(()),
+            (true, _) => bail!(
+                "database {} exists without the roles {} and {} (made by an earlier version?): \
+                 drop it, or point DATABASE_URL at another server",
+                service.database,
+                service.owner,
+                service.runtime
+            ),
+            (false, _) => {
+                create_service_database(&mut conn, service).await?;
+                say!(
+                    "created database {} (owner {}, runtime role {})",
+                    service.database,
+                    service.owner,
+                    service.runtime
+                );
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// The admin URL with its path replaced by `database`.
@@ -107,6 +123,93 @@ impl Postgres {
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.as_ref()
     }
+}
+
+/// One service's database and its two login roles (see docker/postgres/service-database.sql).
+#[derive(Debug, Clone)]
+pub struct ServiceDatabase {
+    pub database: String,
+    /// Owns the database; applies the migrations.
+    pub owner: String,
+    pub owner_password: String,
+    /// What the service runs with: rows only.
+    pub runtime: String,
+    pub runtime_password: String,
+}
+
+impl ServiceDatabase {
+    /// `url` (any URL of the server) for `database` as `role` with `password`.
+    pub fn url(&self, server_url: &Url, as_owner: bool) -> Url {
+        let mut url = url_for(server_url, &self.database);
+        let (role, password) = match as_owner {
+            true => (&self.owner, &self.owner_password),
+            false => (&self.runtime, &self.runtime_password),
+        };
+        url.set_username(role).expect("a server URL has a host");
+        url.set_password(Some(password))
+            .expect("a server URL has a host");
+        url
+    }
+}
+
+/// The SQL that creates a service's database and roles, shared with the compose stack.
+const SERVICE_DATABASE_SQL: &str = include_str!("../../docker/postgres/service-database.sql");
+
+/// Runs docker/postgres/service-database.sql on `conn` (a superuser or a role with CREATEROLE
+/// and CREATEDB, in database postgres) for `service`, substituting its psql variables as psql
+/// does (`:"name"` an identifier, `:'name'` a literal), one statement at a time (CREATE
+/// DATABASE cannot run in a transaction).
+pub async fn create_service_database(
+    conn: &mut PgConnection,
+    service: &ServiceDatabase,
+) -> Result<()> {
+    for statement in service_database_statements(service)? {
+        sqlx::raw_sql(&statement)
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("running {statement}"))?;
+    }
+    Ok(())
+}
+
+/// The statements of docker/postgres/service-database.sql for `service`.
+pub fn service_database_statements(service: &ServiceDatabase) -> Result<Vec<String>> {
+    let variables = [
+        ("database", &service.database),
+        ("owner", &service.owner),
+        ("owner_password", &service.owner_password),
+        ("runtime", &service.runtime),
+        ("runtime_password", &service.runtime_password),
+    ];
+    let mut sql: String = SERVICE_DATABASE_SQL
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if sql.lines().any(|line| line.trim_start().starts_with('\\')) {
+        bail!("service-database.sql uses a psql command, which this runner cannot run");
+    }
+    for quote in ['"', '\''] {
+        for used in sql.split(&format!(":{quote}")).skip(1) {
+            let name = used.split(quote).next().unwrap_or_default();
+            if !variables.iter().any(|(known, _)| *known == name) {
+                bail!("service-database.sql uses the unknown psql variable {name:?}");
+            }
+        }
+    }
+    for (name, value) in variables {
+        let identifier = format!("\"{}\"", value.replace('"', "\"\""));
+        let literal = format!("'{}'", value.replace('\'', "''"));
+        sql = sql
+            .replace(&format!(":\"{name}\""), &identifier)
+            .replace(&format!(":'{name}'"), &literal);
+    }
+    Ok(sql
+        .split(';')
+        .map(str::trim)
+        .filter(|statement| !statement.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// A private PostgreSQL cluster in a temp dir, listening on 127.0.0.1 only, with trust
@@ -377,4 +480,31 @@ fn redact(url: &Url) -> Url {
         let _ = url.set_password(Some("***"));
     }
     url
+}
+
+#[cfg(test)]
+mod service_database_tests {
+    use super::*;
+
+    #[test]
+    fn the_compose_sql_is_filled_in_as_psql_would() {
+        let service = ServiceDatabase {
+            database: "sagashop_payment".to_owned(),
+            owner: "payment_owner".to_owned(),
+            owner_password: "it's".to_owned(),
+            runtime: "payment_service".to_owned(),
+            runtime_password: "p".to_owned(),
+        };
+        let statements = service_database_statements(&service).expect("statements");
+        assert_eq!(
+            statements,
+            [
+                r#"CREATE ROLE "payment_owner" LOGIN PASSWORD 'it''s'"#,
+                r#"CREATE ROLE "payment_service" LOGIN PASSWORD 'p'"#,
+                r#"CREATE DATABASE "sagashop_payment" OWNER "payment_owner""#,
+                r#"REVOKE ALL ON DATABASE "sagashop_payment" FROM PUBLIC"#,
+                r#"GRANT CONNECT ON DATABASE "sagashop_payment" TO "payment_service""#,
+            ]
+        );
+    }
 }

@@ -21,6 +21,11 @@ event_retention_ms="${EVENT_RETENTION_MS:-604800000}"
 dlq_retention_ms="${DLQ_RETENTION_MS:-2592000000}"
 # KAFKA_TOPICS_SH: another kafka-topics.sh (e.g. a stub, to try this script without a broker).
 kafka_topics="${KAFKA_TOPICS_SH:-/opt/kafka/bin/kafka-topics.sh}"
+# ADMIN_CONFIG: the client settings (SASL) of the admin user, when the broker requires them.
+auth=()
+if [ -n "${ADMIN_CONFIG:-}" ]; then
+    auth=(--command-config "$ADMIN_CONFIG")
+fi
 
 event_topics=(order.events inventory.events payment.events shipping.events)
 dlq_topics=(order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq)
@@ -28,7 +33,7 @@ dlq_topics=(order-service.dlq payment-service.dlq inventory-service.dlq shipping
 # The broker is healthy before this job starts, but give it a little slack anyway.
 existing=""
 for attempt in $(seq 1 30); do
-    if existing="$("$kafka_topics" --bootstrap-server "$bootstrap" --list)"; then
+    if existing="$("$kafka_topics" --bootstrap-server "$bootstrap" "${auth[@]}" --list)"; then
         break
     fi
     if [ "$attempt" -eq 30 ]; then
@@ -44,7 +49,7 @@ create() {
         echo "kafka-init: $topic exists"
         return
     fi
-    "$kafka_topics" --bootstrap-server "$bootstrap" --create --if-not-exists \
+    "$kafka_topics" --bootstrap-server "$bootstrap" "${auth[@]}" --create --if-not-exists \
         --topic "$topic" \
         --partitions "$partitions" \
         --replication-factor "$replication" \
@@ -59,6 +64,6 @@ for topic in "${dlq_topics[@]}"; do
     create "$topic" "$dlq_retention_ms"
 done
 
-"$kafka_topics" --bootstrap-server "$bootstrap" --describe \
+"$kafka_topics" --bootstrap-server "$bootstrap" "${auth[@]}" --describe \
     --topic "$(IFS='|'; echo "${event_topics[*]}|${dlq_topics[*]}")" | grep -v 'Partition: ' || true
 echo "kafka-init: all topics are ready"

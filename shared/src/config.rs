@@ -10,9 +10,16 @@ use crate::retention::{window_from_ms, RetentionSettings, Rule};
 /// Settings common to all four services; each service flattens this into its own `Config`.
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
-    /// PostgreSQL URL of this service's own database.
+    /// PostgreSQL URL of this service's own database, as the role the service runs with.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+
+    /// PostgreSQL URL of the same database as the role that owns it. When set, this role
+    /// creates the schema and applies the migrations at start-up, then grants the role of
+    /// `DATABASE_URL` row access only (no DDL); when unset, `DATABASE_URL` does both (for
+    /// development).
+    #[arg(long, env = "DATABASE_MIGRATION_URL")]
+    pub database_migration_url: Option<String>,
 
     /// Maximum connections in the database pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
@@ -197,6 +204,75 @@ pub struct KafkaConfig {
         default_value_t = 1
     )]
     pub replication_factor: i32,
+
+    #[command(flatten)]
+    pub security: KafkaSecurity,
+}
+
+/// How the Kafka clients authenticate (README.md, Security). The default, `plaintext`, suits
+/// the local broker of `cargo xtask`; the compose stack uses `sasl_plaintext` with SCRAM.
+#[derive(Clone, Args)]
+pub struct KafkaSecurity {
+    /// `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[arg(
+        long = "kafka-security-protocol",
+        env = "KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext",
+        value_parser = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"],
+        ignore_case = true
+    )]
+    pub protocol: String,
+
+    /// `sasl.mechanism` for the `sasl_*` protocols: `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN`.
+    #[arg(
+        long = "kafka-sasl-mechanism",
+        env = "KAFKA_SASL_MECHANISM",
+        default_value = "SCRAM-SHA-512",
+        value_parser = ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"],
+        ignore_case = true
+    )]
+    pub sasl_mechanism: String,
+
+    /// The SASL user (required by the `sasl_*` protocols).
+    #[arg(long = "kafka-sasl-username", env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// The SASL user's password (required by the `sasl_*` protocols).
+    #[arg(long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD")]
+    pub sasl_password: Option<String>,
+
+    /// `ssl.ca.location`: a PEM file of the CAs that sign the broker's certificate, for the
+    /// `ssl` and `sasl_ssl` protocols (default: the system's CAs).
+    #[arg(long = "kafka-ssl-ca-location", env = "KAFKA_SSL_CA_LOCATION")]
+    pub ssl_ca_location: Option<String>,
+}
+
+impl Default for KafkaSecurity {
+    fn default() -> Self {
+        Self {
+            protocol: "plaintext".to_owned(),
+            sasl_mechanism: "SCRAM-SHA-512".to_owned(),
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+        }
+    }
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSecurity")
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .finish()
+    }
 }
 
 impl CommonConfig {

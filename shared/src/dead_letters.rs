@@ -13,6 +13,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::config::KafkaConfig;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One message of a dead-letter topic.
@@ -47,10 +49,21 @@ impl DeadLetter {
     }
 }
 
-/// Reads every message of `topic` from the beginning to the current end.
+/// Reads every message of `topic` from the beginning to the current end, from the plaintext
+/// broker at `brokers`.
 pub fn read_all(brokers: &str, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    read_all_with(client, topic)
+}
+
+/// Like [`read_all`], connecting and authenticating as `kafka` says.
+pub fn read_all_as(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    read_all_with(crate::kafka::base_config(kafka)?, topic)
+}
+
+fn read_all_with(mut client: ClientConfig, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let consumer: BaseConsumer = client
         .set("group.id", "sagashop-dlq-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")

@@ -1,5 +1,6 @@
 //! Kafka clients configured for the project's guarantees: an idempotent producer with
-//! `acks=all`, consumers that store offsets only when told to, and explicit topic creation.
+//! `acks=all`, consumers that store offsets only when told to, and explicit topic creation, all
+//! authenticating as `KafkaSecurity` says (plaintext, or SASL such as SCRAM over TCP or TLS).
 
 use std::time::Duration;
 
@@ -14,24 +15,58 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, KafkaSecurity};
 
 /// `retention.ms` of the dead-letter topics the services create (30 days, as
 /// `docker/kafka/create-topics.sh`): someone has to look at them, and no consumer reads them.
 pub const DEAD_LETTER_RETENTION_MS: i64 = 2_592_000_000;
 
-fn base_config(config: &KafkaConfig) -> ClientConfig {
+/// What every client (producer, consumer, admin, the dead-letter tool's reader) is configured
+/// with: the brokers and how to authenticate to them.
+pub fn base_config(config: &KafkaConfig) -> anyhow::Result<ClientConfig> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
         .set("socket.keepalive.enable", "true");
-    client
+    for (key, value) in security_settings(&config.security)? {
+        client.set(key, value);
+    }
+    Ok(client)
+}
+
+/// The librdkafka settings for `security`: `security.protocol`, and for the SASL protocols
+/// the mechanism and the credentials (both required), and the CA file for the TLS ones.
+pub fn security_settings(security: &KafkaSecurity) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let protocol = security.protocol.to_ascii_lowercase();
+    let mut settings = vec![("security.protocol", protocol.clone())];
+    if protocol.starts_with("sasl_") {
+        let (Some(username), Some(password)) = (&security.sasl_username, &security.sasl_password)
+        else {
+            anyhow::bail!(
+                "KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            );
+        };
+        settings.extend([
+            (
+                "sasl.mechanism",
+                security.sasl_mechanism.to_ascii_uppercase(),
+            ),
+            ("sasl.username", username.clone()),
+            ("sasl.password", password.clone()),
+        ]);
+    }
+    if protocol.ends_with("ssl") {
+        if let Some(location) = &security.ssl_ca_location {
+            settings.push(("ssl.ca.location", location.clone()));
+        }
+    }
+    Ok(settings)
 }
 
 /// An idempotent producer (`enable.idempotence=true`, `acks=all`): broker-side retries never
 /// duplicate or reorder messages within a partition.
 pub fn producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
-    base_config(config)
+    base_config(config)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", config.linger_ms.to_string())
@@ -43,7 +78,7 @@ pub fn producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
 /// A group consumer that commits, every second, only the offsets the application stored after
 /// its database transaction committed (`enable.auto.offset.store=false`).
 pub fn consumer(config: &KafkaConfig, group_id: &str) -> anyhow::Result<StreamConsumer> {
-    base_config(config)
+    base_config(config)?
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -70,7 +105,7 @@ pub async fn ensure_topics_retained(
     config: &KafkaConfig,
     topics: &[(String, Option<i64>)],
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = base_config(config)
+    let admin: AdminClient<DefaultClientContext> = base_config(config)?
         .create()
         .context("creating the Kafka admin client")?;
     let retentions: Vec<Option<String>> = topics
@@ -131,7 +166,7 @@ pub async fn redelivery_retention(
     assumed_offsets_ms: i64,
 ) -> anyhow::Result<(i64, i64)> {
     const TIMEOUT: Duration = Duration::from_secs(5);
-    let admin: AdminClient<DefaultClientContext> = base_config(config)
+    let admin: AdminClient<DefaultClientContext> = base_config(config)?
         .create()
         .context("creating the Kafka admin client")?;
     let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
@@ -214,4 +249,111 @@ pub async fn check_reachable(producer: &FutureProducer, timeout: Duration) -> an
     })
     .await
     .context("metadata task")?
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+    }
+
+    fn config(args: &[&str]) -> KafkaConfig {
+        Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+            .expect("valid arguments")
+            .kafka
+    }
+
+    fn settings(args: &[&str]) -> Vec<(&'static str, String)> {
+        security_settings(&config(args).security).expect("valid settings")
+    }
+
+    fn compose_service() -> KafkaConfig {
+        config(&[
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--kafka-security-protocol",
+            "SASL_PLAINTEXT",
+            "--kafka-sasl-username",
+            "payment-service",
+            "--kafka-sasl-password",
+            "s3cret",
+        ])
+    }
+
+    #[test]
+    fn by_default_the_clients_connect_in_plaintext_without_credentials() {
+        assert_eq!(
+            settings(&[]),
+            [("security.protocol", "plaintext".to_owned())]
+        );
+    }
+
+    #[test]
+    fn sasl_sends_the_mechanism_and_the_credentials() {
+        let settings = security_settings(&compose_service().security).expect("valid settings");
+        assert_eq!(
+            settings,
+            [
+                ("security.protocol", "sasl_plaintext".to_owned()),
+                ("sasl.mechanism", "SCRAM-SHA-512".to_owned()),
+                ("sasl.username", "payment-service".to_owned()),
+                ("sasl.password", "s3cret".to_owned()),
+            ]
+        );
+        let tls = settings_of_tls();
+        assert!(tls.contains(&("ssl.ca.location", "/etc/ca.pem".to_owned())));
+        assert!(tls.contains(&("sasl.mechanism", "SCRAM-SHA-256".to_owned())));
+    }
+
+    fn settings_of_tls() -> Vec<(&'static str, String)> {
+        settings(&[
+            "--kafka-security-protocol",
+            "sasl_ssl",
+            "--kafka-sasl-mechanism",
+            "scram-sha-256",
+            "--kafka-sasl-username",
+            "u",
+            "--kafka-sasl-password",
+            "p",
+            "--kafka-ssl-ca-location",
+            "/etc/ca.pem",
+        ])
+    }
+
+    #[test]
+    fn sasl_without_credentials_is_refused_at_start_up() {
+        let config = config(&["--kafka-security-protocol", "sasl_plaintext"]);
+        let error = security_settings(&config.security).unwrap_err();
+        assert!(
+            format!("{error}").contains("KAFKA_SASL_USERNAME"),
+            "{error}"
+        );
+        assert!(producer(&config).is_err());
+    }
+
+    #[test]
+    fn the_password_is_not_in_the_debug_output() {
+        let debug = format!("{:?}", compose_service());
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("payment-service"), "{debug}");
+    }
+
+    /// librdkafka offers SCRAM only when built with OpenSSL (rdkafka's `ssl` feature): without
+    /// it, creating a client with these settings fails ("No provider for SASL mechanism").
+    /// Creating a client does not connect, so no broker is needed.
+    #[tokio::test]
+    async fn every_client_accepts_scram_settings() {
+        let config = compose_service();
+        let _producer = producer(&config).expect("a SCRAM producer");
+        let _consumer = consumer(&config, "payment-service").expect("a SCRAM consumer");
+        let admin: Result<AdminClient<DefaultClientContext>, _> =
+            base_config(&config).expect("settings").create();
+        admin.expect("a SCRAM admin client");
+    }
 }

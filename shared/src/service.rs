@@ -41,7 +41,7 @@ use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
 use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::retention::{self, Rule};
 use crate::topics::{dead_letter_topic, Topic};
-use crate::{db, http, kafka};
+use crate::{db, http, kafka, topology};
 
 /// The task names in logs, errors and `checks.tasks` (extra workers bring their own).
 const HTTP_SERVER: &str = "http-server";
@@ -65,11 +65,24 @@ impl Infrastructure {
         config: &CommonConfig,
         migrator: &Migrator,
     ) -> anyhow::Result<Self> {
+        if let Some(migration_url) = &config.database_migration_url {
+            db::prepare_as_owner(migration_url, &config.database_url, migrator).await?;
+        }
         let pool = db::connect(&config.database_url, config.database_max_connections).await?;
-        db::prepare(&pool, migrator).await?;
+        if config.database_migration_url.is_none() {
+            db::prepare(&pool, migrator).await?;
+        }
         let producer = kafka::producer(&config.kafka)?;
         let prefix = &config.kafka.topic_prefix;
-        let events: Vec<String> = Topic::ALL.iter().map(|topic| topic.name(prefix)).collect();
+        // A declared service creates only the topics it uses: under ACLs it may create no other
+        // (docker/kafka/set-acls.sh).
+        let used: Vec<Topic> = match topology::by_name(service) {
+            Some(declared) => std::iter::once(declared.owns)
+                .chain(declared.consumes.iter().copied())
+                .collect(),
+            None => Topic::ALL.to_vec(),
+        };
+        let events: Vec<String> = used.iter().map(|topic| topic.name(prefix)).collect();
         let mut topics: Vec<(String, Option<i64>)> = events
             .iter()
             .map(|name| {

@@ -33,6 +33,23 @@ impl Service {
     pub fn reads(&self, topic: Topic) -> bool {
         self.consumes.contains(&topic)
     }
+
+    /// The PostgreSQL role that owns its database and applies its migrations
+    /// (`DATABASE_MIGRATION_URL`), e.g. `order_owner`.
+    pub fn owner_role(&self) -> String {
+        format!("{}_owner", self.name)
+    }
+
+    /// The PostgreSQL role it runs with (`DATABASE_URL`): rows of its own tables only, e.g.
+    /// `order_service`.
+    pub fn runtime_role(&self) -> String {
+        format!("{}_service", self.name)
+    }
+
+    /// Its Kafka user (SASL principal `User:<this>`) in the compose stack: its package name.
+    pub fn kafka_user(&self) -> &'static str {
+        self.package
+    }
 }
 
 pub const ORDER: Service = Service {

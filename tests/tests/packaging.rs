@@ -148,8 +148,7 @@ fn compose_passes_each_service_only_variables_it_reads() {
 #[test]
 fn compose_passes_each_service_the_variables_it_requires() {
     let compose = compose();
-    let advertised =
-        environment(compose_service(&compose, "kafka"))["KAFKA_ADVERTISED_LISTENERS"].clone();
+    let advertised = kafka_server_properties()["advertised.listeners"].clone();
     let mut ports = BTreeSet::new();
     for service in services() {
         let read = variables_read(&service.command);
@@ -192,6 +191,21 @@ fn compose_passes_each_service_the_variables_it_requires() {
     }
 }
 
+/// docker/kafka/server.properties, the compose broker's configuration, as key -> value.
+fn kafka_server_properties() -> BTreeMap<String, String> {
+    read("docker/kafka/server.properties")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (key, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("server.properties: not key=value: {line}"));
+            (key.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect()
+}
+
 /// `postgres://user:password@host:port/database` -> (user, host, database).
 fn parse_database_url(url: &str) -> (String, String, String) {
     let rest = url
@@ -210,31 +224,146 @@ fn parse_database_url(url: &str) -> (String, String, String) {
 }
 
 #[test]
-fn each_service_has_its_own_database_and_role_created_by_the_init_script() {
+fn each_service_migrates_as_the_owner_and_runs_as_its_own_runtime_role() {
     let compose = compose();
     let init_script = read("docker/postgres/initdb/10-sagashop.sh");
+    let postgres = compose_service(&compose, "postgres");
+    let mounts = format!("{:?}", postgres["volumes"]);
+    assert!(
+        mounts
+            .contains("./docker/postgres/service-database.sql:/opt/sagashop/service-database.sql"),
+        "the postgres service does not mount the SQL the init script runs: {mounts}"
+    );
+    assert!(init_script.contains("/opt/sagashop/service-database.sql"));
     let (mut users, mut databases) = (BTreeSet::new(), BTreeSet::new());
-    for service in services() {
-        let url = environment(compose_service(&compose, service.name))["DATABASE_URL"].clone();
-        let (user, host, database) = parse_database_url(&url);
+    for service in topology::SERVICES {
+        let environment = environment(compose_service(&compose, service.name));
+        let (runtime, host, database) = parse_database_url(&environment["DATABASE_URL"]);
+        let (owner, owner_host, owner_database) =
+            parse_database_url(&environment["DATABASE_MIGRATION_URL"]);
         assert_eq!(
-            host, "postgres",
-            "{}: DATABASE_URL must point at the compose postgres service",
+            (host.as_str(), owner_host.as_str()),
+            ("postgres", "postgres"),
+            "{}: both database URLs must point at the compose postgres service",
             service.name
         );
-        compose_service(&compose, &host);
-        assert!(
-            users.insert(user.clone()),
-            "role {user} is shared by two services"
+        assert_eq!(database, owner_database, "{}: two databases", service.name);
+        assert_eq!(database, service.database);
+        assert_eq!(runtime, service.runtime_role());
+        assert_eq!(owner, service.owner_role());
+        assert_ne!(
+            runtime, owner,
+            "{}: the runtime role owns the database",
+            service.name
         );
+        for user in [&runtime, &owner] {
+            assert!(
+                users.insert(user.clone()),
+                "role {user} is shared by two services"
+            );
+        }
         assert!(
             databases.insert(database.clone()),
             "database {database} is shared by two services"
         );
+    }
+}
+
+/// No secret has a default in the compose file: each comes from .env, and .env.example (the
+/// documented example) names every variable the file interpolates.
+#[test]
+fn compose_takes_every_secret_from_the_env_file() {
+    let text = read("docker-compose.yml");
+    let example = read(".env.example");
+    let documented: BTreeSet<&str> = example
+        .lines()
+        .map(|line| line.trim().trim_start_matches("# "))
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+        .collect();
+    let mut secrets = 0;
+    for reference in text.split("${").skip(1) {
+        let end = reference
+            .find(['}', ':', '-', '?'])
+            .expect("a ${...} that ends");
+        let name = &reference[..end];
         assert!(
-            init_script.contains(&format!("create_service_database {database} {user} ")),
-            "docker/postgres/initdb/10-sagashop.sh does not create database {database} for role {user}"
+            documented.contains(name),
+            ".env.example does not document {name}, which docker-compose.yml reads"
         );
+        if name.contains("PASSWORD") {
+            secrets += 1;
+            assert!(
+                reference[end..].starts_with(":?"),
+                "docker-compose.yml gives the secret {name} a default: use ${{{name}:?...}}"
+            );
+        }
+    }
+    assert!(
+        secrets >= 12,
+        "only {secrets} secrets in docker-compose.yml"
+    );
+}
+
+/// Kafka requires SASL/SCRAM on every listener that a client outside the broker's container can
+/// reach, authorises with ACLs and denies what no ACL allows; each service logs in as its own
+/// user, which the broker's start-up script creates.
+#[test]
+fn kafka_authenticates_every_client_and_authorises_with_acls() {
+    let properties = kafka_server_properties();
+    let protocols: BTreeMap<&str, &str> = properties["listener.security.protocol.map"]
+        .split(',')
+        .filter_map(|entry| entry.split_once(':'))
+        .collect();
+    for listener in properties["listeners"].split(',') {
+        let (name, address) = listener.split_once("://").expect("NAME://host:port");
+        let protocol = protocols[name];
+        assert!(
+            protocol.starts_with("SASL_") || address.starts_with("localhost:"),
+            "listener {listener} ({protocol}) lets clients in unauthenticated"
+        );
+    }
+    assert_eq!(
+        properties["authorizer.class.name"],
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    );
+    assert_eq!(properties["allow.everyone.if.no.acl.found"], "false");
+    assert_eq!(properties["sasl.enabled.mechanisms"], "SCRAM-SHA-512");
+    assert_eq!(properties["auto.create.topics.enable"], "false");
+    assert_eq!(
+        properties["process.roles"], "broker,controller",
+        "a single KRaft node"
+    );
+
+    let compose = compose();
+    let start = read("docker/kafka/start-kafka.sh");
+    let kafka = environment(compose_service(&compose, "kafka"));
+    for service in topology::SERVICES {
+        let environment = environment(compose_service(&compose, service.name));
+        assert_eq!(
+            environment["KAFKA_SECURITY_PROTOCOL"].to_uppercase(),
+            protocols["SASL_PLAINTEXT"],
+            "{}",
+            service.name
+        );
+        assert_eq!(
+            environment["KAFKA_SASL_MECHANISM"],
+            properties["sasl.enabled.mechanisms"]
+        );
+        assert_eq!(environment["KAFKA_SASL_USERNAME"], service.kafka_user());
+        let password = &environment["KAFKA_SASL_PASSWORD"];
+        let variable = format!("{}_KAFKA_PASSWORD", service.name.to_uppercase());
+        assert!(
+            password.starts_with(&format!("${{{variable}:?")),
+            "{password}"
+        );
+        assert_eq!(
+            &kafka[&variable], password,
+            "the broker gets another password"
+        );
+        assert!(start.contains(&format!(
+            "scram {} \"${{{variable}:?}}\"",
+            service.kafka_user()
+        )));
     }
 }
 
@@ -332,7 +461,6 @@ fn the_gateway_and_prometheus_reach_every_service_on_its_port() {
 
 #[test]
 fn kafka_init_creates_every_topic_the_services_use() {
-    let compose = compose();
     let script = read("docker/kafka/create-topics.sh");
     let mut topics: Vec<String> = shared::topics::Topic::ALL
         .iter()
@@ -354,12 +482,8 @@ fn kafka_init_creates_every_topic_the_services_use() {
             "docker/kafka/create-topics.sh does not create {topic}"
         );
     }
-    let kafka = environment(compose_service(&compose, "kafka"));
-    assert_eq!(kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"], "false");
-    assert_eq!(
-        kafka["KAFKA_PROCESS_ROLES"], "broker,controller",
-        "a single KRaft node"
-    );
+    let properties = kafka_server_properties();
+    assert_eq!(properties["auto.create.topics.enable"], "false");
 }
 
 /// The Dockerfile as logical lines (continuations joined), split into stages at each FROM.

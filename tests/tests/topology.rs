@@ -39,6 +39,8 @@ const FILES: &[(&str, Check)] = &[
     ("docker-compose.yml", compose),
     ("docker/postgres/initdb/10-sagashop.sh", init_script),
     ("docker/kafka/create-topics.sh", create_topics),
+    ("docker/kafka/start-kafka.sh", kafka_users),
+    ("docker/kafka/set-acls.sh", kafka_acls),
     ("Dockerfile", dockerfile),
     ("docker/prometheus/prometheus.yml", prometheus),
     ("docker/gateway/nginx.conf", nginx),
@@ -161,21 +163,61 @@ fn compose(text: &str, service: &Service) -> Vec<String> {
             }
             let database = environment
                 .get("DATABASE_URL")
-                .and_then(|url| url.split('?').next()?.rsplit_once('/'))
-                .map(|(_, database)| database);
+                .and_then(|url| url.rsplit_once('/'))
+                .and_then(|(_, database)| database.split('?').next());
             if database != Some(service.database) {
                 needs.push(format!(
                     "a DATABASE_URL naming database {} in its environment",
                     service.database
                 ));
             }
+            let upper = service.name.to_uppercase();
+            for (variable, role, password) in [
+                (
+                    "DATABASE_URL",
+                    service.runtime_role(),
+                    format!("{upper}_DB_PASSWORD"),
+                ),
+                (
+                    "DATABASE_MIGRATION_URL",
+                    service.owner_role(),
+                    format!("{upper}_DB_OWNER_PASSWORD"),
+                ),
+            ] {
+                let expected = format!(
+                    "postgres://{role}:${{{password}:?set it in .env}}@postgres:5432/{}",
+                    service.database
+                );
+                if environment.get(variable) != Some(&expected) {
+                    needs.push(format!("{variable}: {expected}"));
+                }
+            }
+            let user = service.kafka_user().to_owned();
+            let password = format!("${{{upper}_KAFKA_PASSWORD:?set it in .env}}");
+            for (variable, value) in [
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext".to_owned()),
+                ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".to_owned()),
+                ("KAFKA_SASL_USERNAME", user),
+                ("KAFKA_SASL_PASSWORD", password),
+            ] {
+                if environment.get(variable) != Some(&value) {
+                    needs.push(format!("{variable}: {value} in its environment"));
+                }
+            }
         }
     }
-    let password = format!("{}_DB_PASSWORD", service.name.to_uppercase());
-    if !environment_of(services, "postgres").contains_key(&password) {
-        needs.push(format!(
-            "{password} in the postgres service's environment (the init script reads it)"
-        ));
+    let upper = service.name.to_uppercase();
+    for (infrastructure, password) in [
+        ("postgres", format!("{upper}_DB_PASSWORD")),
+        ("postgres", format!("{upper}_DB_OWNER_PASSWORD")),
+        ("kafka", format!("{upper}_KAFKA_PASSWORD")),
+    ] {
+        let expected = format!("${{{password}:?set it in .env}}");
+        if environment_of(services, infrastructure).get(&password) != Some(&expected) {
+            needs.push(format!(
+                "{password}: {expected} in the {infrastructure} service's environment (its start-up script reads it)"
+            ));
+        }
     }
     let gateway = &services["gateway"];
     let published = gateway["ports"].as_sequence().is_some_and(|ports| {
@@ -195,14 +237,65 @@ fn compose(text: &str, service: &Service) -> Vec<String> {
 }
 
 fn init_script(text: &str, service: &Service) -> Vec<String> {
-    let call = format!("create_service_database {} ", service.database);
-    match text.lines().any(|line| line.starts_with(&call)) {
+    let upper = service.name.to_uppercase();
+    let call = format!(
+        "create_service_database {} {} \"${{{upper}_DB_OWNER_PASSWORD:?}}\" {} \"${{{upper}_DB_PASSWORD:?}}\"",
+        service.database,
+        service.owner_role(),
+        service.runtime_role(),
+    );
+    let calls = logical_lines(text)
+        .iter()
+        .any(|line| line.split_whitespace().collect::<Vec<_>>().join(" ") == call);
+    match calls {
         true => Vec::new(),
-        false => vec![format!(
-            "`{call}{}_service \"${{{}_DB_PASSWORD:?}}\"`",
-            service.name,
-            service.name.to_uppercase()
-        )],
+        false => vec![format!("`{call}`")],
+    }
+}
+
+/// The broker's start-up script creates the service's SCRAM user with its own password.
+fn kafka_users(text: &str, service: &Service) -> Vec<String> {
+    let add = format!(
+        "--add-scram \"$(scram {} \"${{{}_KAFKA_PASSWORD:?}}\")\"",
+        service.kafka_user(),
+        service.name.to_uppercase()
+    );
+    match text
+        .lines()
+        .any(|line| line.trim().trim_end_matches('\\').trim() == add)
+    {
+        true => Vec::new(),
+        false => vec![format!("`{add}`")],
+    }
+}
+
+/// The ACLs let the service write its own topic and dead-letter topic, and read what it
+/// consumes in its group: exactly the topology's lists.
+fn kafka_acls(text: &str, service: &Service) -> Vec<String> {
+    let writes = [
+        service.owns.base_name().to_owned(),
+        service.dead_letter_topic(""),
+    ]
+    .join(",");
+    let reads: Vec<&str> = service
+        .consumes
+        .iter()
+        .map(|topic| topic.base_name())
+        .collect();
+    let grant = format!(
+        "grant_service {} {} {writes} {}",
+        service.kafka_user(),
+        service.group_id,
+        reads.join(",")
+    );
+    let prefix = format!("grant_service {} ", service.kafka_user());
+    let granted: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .collect();
+    match granted[..] {
+        [line] if line.trim() == grant => Vec::new(),
+        _ => vec![format!("exactly one `{grant}`")],
     }
 }
 
@@ -661,7 +754,24 @@ fn a_service_taken_out_of_one_file_is_named_with_that_file() {
             "docker/postgres/initdb/10-sagashop.sh",
             without_lines("docker/postgres/initdb/10-sagashop.sh", "create_service_database sagashop_order ")
         ),
-        ["docker/postgres/initdb/10-sagashop.sh: order needs `create_service_database sagashop_order order_service \"${ORDER_DB_PASSWORD:?}\"`"]
+        ["docker/postgres/initdb/10-sagashop.sh: order needs `create_service_database sagashop_order order_owner \"${ORDER_DB_OWNER_PASSWORD:?}\" order_service \"${ORDER_DB_PASSWORD:?}\"`"]
+    );
+    assert_eq!(
+        misses_with(
+            "docker/kafka/set-acls.sh",
+            Some(real("docker/kafka/set-acls.sh").replace(
+                "payment.events,payment-service.dlq inventory.events,order.events",
+                "payment.events,payment-service.dlq,order.events inventory.events,order.events"
+            ))
+        ),
+        ["docker/kafka/set-acls.sh: payment needs exactly one `grant_service payment-service payment-service payment.events,payment-service.dlq inventory.events,order.events`"]
+    );
+    assert_eq!(
+        misses_with(
+            "docker/kafka/start-kafka.sh",
+            without_lines("docker/kafka/start-kafka.sh", "scram shipping-service")
+        ),
+        ["docker/kafka/start-kafka.sh: shipping needs `--add-scram \"$(scram shipping-service \"${SHIPPING_KAFKA_PASSWORD:?}\")\"`"]
     );
     assert_eq!(
         misses_with("services/shipping/Cargo.toml", None),
@@ -699,7 +809,10 @@ fn a_service_taken_out_of_a_yaml_file_is_named_with_that_file() {
             &mut compose["services"]["shipping"]["environment"],
             "DATABASE_URL"
         )),
-        ["docker-compose.yml: shipping needs a DATABASE_URL naming database sagashop_shipping in its environment"]
+        [
+            "docker-compose.yml: shipping needs a DATABASE_URL naming database sagashop_shipping in its environment",
+            "docker-compose.yml: shipping needs DATABASE_URL: postgres://shipping_service:${SHIPPING_DB_PASSWORD:?set it in .env}@postgres:5432/sagashop_shipping",
+        ]
     );
     assert_eq!(
         doctored("docker-compose.yml", &|compose| remove(

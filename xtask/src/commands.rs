@@ -3,9 +3,9 @@
 use crate::services::{self, Running};
 use anyhow::{bail, Result};
 use devenv::process::{run_status, tail};
-use devenv::{Broker, Postgres, Stop};
+use devenv::{Broker, Postgres, ServiceDatabase, Stop};
 use shared::schemas::{self, Mode};
-use shared::topology::SERVICES;
+use shared::topology::{Service, SERVICES};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, ExitStatus};
 
@@ -30,20 +30,38 @@ pub async fn up(stop: &Stop) -> Result<ExitCode> {
         .map(services::port)
         .collect::<Result<Vec<_>>>()?;
     let infra = Infra::start(stop, Some(55432), Some(9092)).await?;
-    let databases: Vec<String> = SERVICES.iter().map(|s| s.database.to_owned()).collect();
-    stop.guard(infra.postgres.create_databases(&databases))
-        .await?;
+    // Each service gets its database and two roles, as in the compose stack: it migrates as
+    // the owner and runs as a role that can only read and write rows (README.md, Security).
+    let databases: Vec<ServiceDatabase> = SERVICES.iter().map(service_database).collect();
+    for database in &databases {
+        stop.guard(infra.postgres.create_service_database(database))
+            .await?;
+    }
     let bin_dir = services::build(stop).await?;
     let mut running = Running::spawn(&bin_dir, &ports, |service| {
-        let url = infra.postgres.url_for(service.database);
+        let database = service_database(service);
+        let server = &infra.postgres.admin_url;
         vec![
-            ("DATABASE_URL", url.into()),
+            ("DATABASE_URL", database.url(server, false).into()),
+            ("DATABASE_MIGRATION_URL", database.url(server, true).into()),
             ("KAFKA_BROKERS", infra.broker.address.clone()),
         ]
     })?;
     let result = supervise(stop, &mut running, &infra).await;
     running.shutdown().await;
     result
+}
+
+/// `service`'s database and roles under `cargo xtask up`; the passwords are the role names
+/// (the private cluster trusts every local connection anyway).
+fn service_database(service: &Service) -> ServiceDatabase {
+    ServiceDatabase {
+        database: service.database.to_owned(),
+        owner: service.owner_role(),
+        owner_password: service.owner_role(),
+        runtime: service.runtime_role(),
+        runtime_password: service.runtime_role(),
+    }
 }
 
 /// Prints the banner once all are ready; returns on a stop signal or when a service exits.

@@ -1,34 +1,37 @@
 #!/usr/bin/env bash
 # Runs once, on the first start of the postgres container (empty volume), as the superuser.
-# Creates one database per service, each owned by its own login role, and makes sure a role can
-# connect to its own database only: CONNECT is revoked from PUBLIC on every database, so only
-# the owner (and the superuser) can reach it.
+# Creates one database per service with two login roles each (docker/postgres/service-database.sql):
+# the owner, which applies the migrations, and the runtime role the service works with, which
+# may only read and write rows of its own database (README.md, Security).
 #
-#   database            role               password (environment of the postgres service)
-#   sagashop_order      order_service      ORDER_DB_PASSWORD
-#   sagashop_payment    payment_service    PAYMENT_DB_PASSWORD
-#   sagashop_inventory  inventory_service  INVENTORY_DB_PASSWORD
-#   sagashop_shipping   shipping_service   SHIPPING_DB_PASSWORD
+#   database            owner role        runtime role       passwords (.env)
+#   sagashop_order      order_owner       order_service      ORDER_DB_OWNER_PASSWORD, ORDER_DB_PASSWORD
+#   sagashop_payment    payment_owner     payment_service    PAYMENT_DB_OWNER_PASSWORD, PAYMENT_DB_PASSWORD
+#   sagashop_inventory  inventory_owner   inventory_service  INVENTORY_DB_OWNER_PASSWORD, INVENTORY_DB_PASSWORD
+#   sagashop_shipping   shipping_owner    shipping_service   SHIPPING_DB_OWNER_PASSWORD, SHIPPING_DB_PASSWORD
 #
-# The owner of a database also owns its `public` schema (PostgreSQL 15+: pg_database_owner),
-# so each service can run its migrations there.
+# CONNECT is revoked from PUBLIC on every database, so no role reaches another service's data.
 set -eo pipefail
 
+service_database_sql="${SERVICE_DATABASE_SQL:-/opt/sagashop/service-database.sql}"
+
 create_service_database() {
-    local database="$1" role="$2" password="$3"
-    echo "sagashop: creating database $database owned by role $role"
+    local database="$1" owner="$2" owner_password="$3" runtime="$4" runtime_password="$5"
+    echo "sagashop: creating database $database owned by $owner, used by $runtime"
     psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
-        -v database="$database" -v role="$role" -v password="$password" <<'SQL'
-CREATE ROLE :"role" LOGIN PASSWORD :'password';
-CREATE DATABASE :"database" OWNER :"role";
-REVOKE ALL ON DATABASE :"database" FROM PUBLIC;
-SQL
+        -v database="$database" -v owner="$owner" -v owner_password="$owner_password" \
+        -v runtime="$runtime" -v runtime_password="$runtime_password" \
+        -f "$service_database_sql"
 }
 
-create_service_database sagashop_order order_service "${ORDER_DB_PASSWORD:?}"
-create_service_database sagashop_payment payment_service "${PAYMENT_DB_PASSWORD:?}"
-create_service_database sagashop_inventory inventory_service "${INVENTORY_DB_PASSWORD:?}"
-create_service_database sagashop_shipping shipping_service "${SHIPPING_DB_PASSWORD:?}"
+create_service_database sagashop_order order_owner "${ORDER_DB_OWNER_PASSWORD:?}" \
+    order_service "${ORDER_DB_PASSWORD:?}"
+create_service_database sagashop_payment payment_owner "${PAYMENT_DB_OWNER_PASSWORD:?}" \
+    payment_service "${PAYMENT_DB_PASSWORD:?}"
+create_service_database sagashop_inventory inventory_owner "${INVENTORY_DB_OWNER_PASSWORD:?}" \
+    inventory_service "${INVENTORY_DB_PASSWORD:?}"
+create_service_database sagashop_shipping shipping_owner "${SHIPPING_DB_OWNER_PASSWORD:?}" \
+    shipping_service "${SHIPPING_DB_PASSWORD:?}"
 
 # Nor may the service roles open the maintenance databases.
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres <<'SQL'

@@ -77,9 +77,9 @@ async fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::List { service, json } => {
             let topic = service.dead_letter_topic(&cli.kafka.topic_prefix);
-            let brokers = cli.kafka.brokers.clone();
+            let kafka = cli.kafka.clone();
             let letters =
-                tokio::task::spawn_blocking(move || dead_letters::read_all(&brokers, &topic))
+                tokio::task::spawn_blocking(move || dead_letters::read_all_as(&kafka, &topic))
                     .await??;
             for letter in &letters {
                 if *json {
@@ -94,10 +94,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Replay { service, ids, all } => {
             let topic = service.dead_letter_topic(&cli.kafka.topic_prefix);
-            let brokers = cli.kafka.brokers.clone();
+            let kafka = cli.kafka.clone();
             let reading = topic.clone();
             let letters =
-                tokio::task::spawn_blocking(move || dead_letters::read_all(&brokers, &reading))
+                tokio::task::spawn_blocking(move || dead_letters::read_all_as(&kafka, &reading))
                     .await??;
             let chosen: Vec<&DeadLetter> = if *all {
                 letters.iter().collect()

@@ -135,6 +135,7 @@ async fn bed() -> Bed {
         max_event_bytes: 262_144,
         topic_partitions: 3,
         replication_factor: 1,
+        security: Default::default(),
     };
     // The topic `order.confirmed` belongs on (an event is accepted only from its owner's topic).
     let topic = Topic::Order.name(&prefix);

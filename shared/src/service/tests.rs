@@ -37,6 +37,7 @@ async fn config() -> CommonConfig {
     let prefix = format!("service-{}.", &Uuid::new_v4().simple().to_string()[..12]);
     CommonConfig {
         database_url,
+        database_migration_url: None,
         database_max_connections: 5,
         http_host: "127.0.0.1".to_owned(),
         kafka: KafkaConfig {
@@ -50,6 +51,7 @@ async fn config() -> CommonConfig {
             max_event_bytes: 262_144,
             topic_partitions: 1,
             replication_factor: 1,
+            security: Default::default(),
         },
         consumer_max_attempts: 3,
         consumer_batch_size: 100,

@@ -14,6 +14,13 @@ create table if not exists outbox (
 
 create index if not exists outbox_unpublished on outbox (seq) where published_at is null;
 
+-- A row the broker refused every time is parked: failed_at and failure say when and why, and
+-- the relay skips it. `update outbox set failed_at = null, failure = null where seq = ...`
+-- queues it again.
+alter table outbox add column if not exists failed_at timestamptz;
+alter table outbox add column if not exists failure text;
+create index if not exists outbox_failed on outbox (seq) where failed_at is not null;
+
 create table if not exists inbox (
     event_id     uuid primary key,
     event_type   text not null,

@@ -50,6 +50,8 @@ async fn config() -> CommonConfig {
         consumer_max_attempts: 3,
         consumer_batch_size: 100,
         consumer_concurrency: 2,
+        consumer_stuck_after_ms: 60_000,
+        outbox_stuck_after_ms: 60_000,
         outbox_poll_interval_ms: 1000,
         outbox_batch_size: 500,
         outbox_max_in_flight: 5000,
@@ -152,7 +154,7 @@ async fn a_dying_worker(death: Death) -> String {
     let body = ready_answers(port, 200).await;
     assert_eq!(
         body["checks"],
-        json!({"database": "ok", "kafka": "ok", "tasks": "ok"}),
+        json!({"database": "ok", "kafka": "ok", "tasks": "ok", "consumer": "ok", "relay": "ok"}),
         "{body}"
     );
     let fired_at = Instant::now();

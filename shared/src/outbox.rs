@@ -531,3 +531,6 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> Result<(), 
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

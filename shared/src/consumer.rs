@@ -12,7 +12,9 @@
 //! applied again as a batch of their own, and the failing message goes through the one-message
 //! path, which retries database failures with backoff until they pass, retries other failures
 //! a bounded number of times and then gives up explicitly or dead-letters the message, so the
-//! partition keeps flowing. Its neighbours are never lost, reordered or half-applied.
+//! partition keeps flowing. Its neighbours are never lost, reordered or half-applied. A dead
+//! letter too large for the producer goes out truncated, a missing dead-letter topic is
+//! created, and [`Progress`] shows, per partition, how long the loop has been on one message.
 
 use std::future::Future;
 use std::sync::Arc;

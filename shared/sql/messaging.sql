@@ -26,6 +26,13 @@ create table if not exists outbox_published (
     published_at timestamptz not null default now()
 );
 
+-- A row the broker refused every time is parked: failed_at and failure say when and why, and
+-- the relay skips it. `update outbox set failed_at = null, failure = null where seq = ...`
+-- queues it again.
+alter table outbox add column if not exists failed_at timestamptz;
+alter table outbox add column if not exists failure text;
+create index if not exists outbox_failed on outbox (seq) where failed_at is not null;
+
 create index if not exists outbox_published_by_age on outbox_published using brin (published_at);
 
 -- Earlier versions marked rows published in place (`update outbox set published_at = now()`),

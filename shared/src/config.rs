@@ -48,6 +48,16 @@ pub struct CommonConfig {
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 4)]
     pub consumer_concurrency: usize,
 
+    /// How long, in milliseconds, the consumer may stay on one message (retrying it, or
+    /// waiting for its batch) before `/health/ready` answers 503 naming its partition; 0 never.
+    #[arg(long, env = "CONSUMER_STUCK_AFTER_MS", default_value_t = 60_000)]
+    pub consumer_stuck_after_ms: u64,
+
+    /// How long, in milliseconds, the oldest outbox row may wait to be published before
+    /// `/health/ready` answers 503 naming it; 0 never.
+    #[arg(long, env = "OUTBOX_STUCK_AFTER_MS", default_value_t = 60_000)]
+    pub outbox_stuck_after_ms: u64,
+
     /// Safety-net poll interval of the outbox relay, in milliseconds (it is woken by NOTIFY on
     /// every commit; the poll only covers a lost notification).
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 1000)]

@@ -12,7 +12,9 @@
 //! applied again as a batch of their own, and the failing message goes through the one-message
 //! path, which retries database failures with backoff until they pass, retries other failures
 //! a bounded number of times and then gives up explicitly or dead-letters the message, so the
-//! partition keeps flowing. Its neighbours are never lost, reordered or half-applied.
+//! partition keeps flowing. Its neighbours are never lost, reordered or half-applied. A dead
+//! letter too large for the producer goes out truncated, a missing dead-letter topic is
+//! created, and [`Progress`] shows, per partition, how long the loop has been on one message.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -27,10 +30,12 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::config::KafkaConfig;
 use crate::envelope::Envelope;
 use crate::events::{DecodeError, Event};
 use crate::inbox::{self, Origin};
 use crate::outbox::OutboxSignal;
+use crate::progress::Progress;
 
 /// Applies one event of the saga to the service's state.
 pub trait EventHandler: Send + Sync + 'static {
@@ -79,20 +84,36 @@ pub enum HandlerError {
     Database(sqlx::Error),
 }
 
-/// A constraint violation or data exception (SQLSTATE classes 22 and 23) will fail the same
-/// way every time: it is `Failed`, not retried forever. Everything else (connections lost,
-/// timeouts, deadlocks, serialization failures) is transient.
+/// Errors that will fail the same way every time are `Failed` (bounded attempts, then
+/// [`EventHandler::give_up`] or the dead-letter topic), not retried forever: a row that does
+/// not decode (e.g. a status a newer release wrote), a missing column or type, an expected row
+/// that is not there, and SQLSTATE classes 0A (unsupported feature), 22 (data exception), 23
+/// (constraint violation) and 42 (syntax error, undefined object, insufficient privilege).
+/// Everything else (connections lost, pool and statement timeouts, deadlocks, serialization
+/// failures, lock not available, query cancelled) is transient.
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
-        let code = error
-            .as_database_error()
-            .and_then(|database| database.code());
-        match code {
-            Some(code) if code.starts_with("22") || code.starts_with("23") => {
-                Self::Failed(format!("the database refused the change: {error}"))
-            }
-            _ => Self::Database(error),
+        if fails_every_time(&error) {
+            Self::Failed(format!("the database refused the change: {error}"))
+        } else {
+            Self::Database(error)
         }
+    }
+}
+
+fn fails_every_time(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::RowNotFound => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| matches!(code.get(..2), Some("0A" | "22" | "23" | "42"))),
+        _ => false,
     }
 }
 
@@ -108,6 +129,9 @@ pub(crate) struct ConsumerPolicy {
     pub max_event_bytes: usize,
     /// Most messages taken at once (applied in one transaction per partition).
     pub batch_size: usize,
+    /// Largest dead letter the producer sends (key, payload and headers); the payload of a
+    /// larger one is cut to fit.
+    pub dead_letter_max_bytes: usize,
     /// Partitions of a batch applied at the same time, each on its own connection.
     pub concurrency: usize,
 }
@@ -124,7 +148,11 @@ pub(crate) struct ConsumerLoop<H> {
     pub topic_prefix: String,
     pub group_id: String,
     pub dead_letter_topic: String,
+    /// To create the dead-letter topic when the broker says it does not exist.
+    pub kafka: KafkaConfig,
     pub policy: ConsumerPolicy,
+    /// The oldest unfinished message per partition, for `/health/ready` and `/metrics`.
+    pub progress: Progress,
 }
 
 fn event_span(envelope: &Envelope, origin: &Origin) -> tracing::Span {
@@ -233,9 +261,14 @@ impl<H: EventHandler> ConsumerLoop<H> {
         messages: &[&BorrowedMessage<'_>],
         shutdown: &CancellationToken,
     ) -> bool {
+        let Some(first) = messages.first() else {
+            return true;
+        };
+        let (topic, partition) = (first.topic(), first.partition());
         let mut rest = messages;
         let mut take = rest.len();
         while !rest.is_empty() {
+            self.progress.working_on(topic, partition, rest[0].offset());
             match self.apply_batch(&rest[..take]).await {
                 Ok(outcomes) => {
                     for (message, outcome) in rest[..take].iter().zip(outcomes) {
@@ -259,6 +292,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
             }
             take = rest.len();
         }
+        self.progress.idle(topic, partition);
         true
     }
 
@@ -511,8 +545,14 @@ impl<H: EventHandler> ConsumerLoop<H> {
         metrics::counter!("sagashop_consumer_retries_total", "service" => self.service, "kind" => kind).increment(1);
     }
 
-    /// Sends the original bytes and headers, plus the error and origin, to the dead-letter
-    /// topic; retries until the broker accepts it. `false` means shutdown interrupted it.
+    /// Sends the original key, bytes and headers, plus the error and origin (`dlq.*`), to the
+    /// dead-letter topic until the broker accepts it; `false` means shutdown interrupted it.
+    ///
+    /// A letter larger than the producer sends keeps only the start of the payload that fits
+    /// (none, if the broker still refuses it; then not the original headers either), marked
+    /// `dlq.truncated=true` and `dlq.original_bytes`: `dlq.topic`, `dlq.partition` and
+    /// `dlq.offset` say where the original is. A dead-letter topic the broker does not know is
+    /// created, then the letter is sent again.
     async fn dead_letter(
         &self,
         message: &BorrowedMessage<'_>,
@@ -532,54 +572,120 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let attempts = attempts.to_string();
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
+        let origin = [
+            ("dlq.error", error),
+            ("dlq.topic", message.topic()),
+            ("dlq.partition", partition.as_str()),
+            ("dlq.offset", offset.as_str()),
+            ("dlq.group", self.group_id.as_str()),
+            ("dlq.attempts", attempts.as_str()),
+        ];
+        let payload = message.payload().unwrap_or_default();
+        let key = message.key().unwrap_or_default();
+        let original_headers = message.headers();
+        let original_header_bytes: usize = original_headers.map_or(0, |headers| {
+            headers
+                .iter()
+                .map(|header| header.key.len() + header.value.map_or(0, <[u8]>::len))
+                .sum()
+        });
+        let origin_bytes: usize = origin
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum();
+        let original_bytes = payload.len().to_string();
+        // The room a record needs besides its payload: key, headers, record framing.
+        let overhead = |with_original_headers: bool| {
+            key.len()
+                + origin_bytes
+                + DEAD_LETTER_FRAMING_BYTES
+                + if with_original_headers {
+                    original_header_bytes
+                } else {
+                    0
+                }
+        };
+        let limit = self.policy.dead_letter_max_bytes;
+        let mut with_original_headers = overhead(true) <= limit;
+        let mut kept = if payload.len() + overhead(with_original_headers) <= limit {
+            payload.len()
+        } else {
+            limit.saturating_sub(overhead(with_original_headers))
+        };
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let mut headers = OwnedHeaders::new();
+            if let Some(original) = original_headers.filter(|_| with_original_headers) {
+                for header in original.iter() {
+                    headers = headers.insert(Header {
+                        key: header.key,
+                        value: header.value,
+                    });
+                }
+            }
+            for (key, value) in origin {
                 headers = headers.insert(Header {
-                    key: header.key,
-                    value: header.value,
+                    key,
+                    value: Some(value),
                 });
             }
-        }
-        let headers = headers
-            .insert(Header {
-                key: "dlq.error",
-                value: Some(error),
-            })
-            .insert(Header {
-                key: "dlq.topic",
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: "dlq.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.group",
-                value: Some(self.group_id.as_str()),
-            })
-            .insert(Header {
-                key: "dlq.attempts",
-                value: Some(attempts.as_str()),
-            });
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let mut record =
-                FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers.clone());
-            if let Some(key) = message.key() {
-                record = record.key(key);
+            let truncated = kept < payload.len() || !with_original_headers;
+            if truncated {
+                headers = headers
+                    .insert(Header {
+                        key: "dlq.truncated",
+                        value: Some("true"),
+                    })
+                    .insert(Header {
+                        key: "dlq.original_bytes",
+                        value: Some(original_bytes.as_str()),
+                    });
             }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic)
+                .headers(headers)
+                .payload(&payload[..kept]);
+            if message.key().is_some() {
+                record = record.key(key);
             }
             match self.producer.send(record, Duration::from_secs(30)).await {
                 Ok(_) => {
+                    if truncated {
+                        tracing::error!(
+                            original_bytes = payload.len(),
+                            kept,
+                            "the dead letter was too large; sent it truncated (the original \
+                             stays at its topic, partition and offset while retained)"
+                        );
+                    }
                     self.count("dead_lettered");
                     return true;
+                }
+                Err((KafkaError::MessageProduction(code), _))
+                    if too_large(code) && (kept > 0 || with_original_headers) =>
+                {
+                    tracing::warn!(%code, kept, "the dead letter is too large; sending less");
+                    if kept > 0 {
+                        kept = 0;
+                    } else {
+                        with_original_headers = false;
+                    }
+                    continue;
+                }
+                Err((KafkaError::MessageProduction(code), _)) if topic_missing(code) => {
+                    tracing::warn!(%code, "the dead-letter topic does not exist; creating it");
+                    let topic = [self.dead_letter_topic.clone()];
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        created = crate::kafka::ensure_topics(&self.kafka, &topic) => {
+                            match created {
+                                Ok(()) => continue,
+                                Err(error) => tracing::warn!(
+                                    error = format!("{error:#}"),
+                                    "could not create the dead-letter topic; retrying"
+                                ),
+                            }
+                        }
+                    }
                 }
                 Err((error, _)) => tracing::warn!(%error, "dead-letter publish failed; retrying"),
             }
@@ -590,6 +696,27 @@ impl<H: EventHandler> ConsumerLoop<H> {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Room left for a record's framing and header lengths when fitting a dead letter.
+const DEAD_LETTER_FRAMING_BYTES: usize = 1024;
+
+/// The producer or the broker refused a record for its size.
+fn too_large(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+    )
+}
+
+/// The broker does not know the topic.
+fn topic_missing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition
+    )
 }
 
 #[cfg(test)]

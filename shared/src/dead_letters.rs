@@ -3,6 +3,10 @@
 //! A dead letter is the original message (key, bytes, headers) plus `dlq.*` headers saying why
 //! it failed and where it came from. Replaying publishes the original back to its topic; every
 //! consumer of that topic sees it again, which is safe: consumers are idempotent (inbox).
+//!
+//! A letter too large for the producer was sent truncated (`dlq.truncated=true`,
+//! `dlq.original_bytes`): it is not replayed (its bytes are not the original's); the original
+//! is at `dlq.topic`, `dlq.partition`, `dlq.offset` for as long as that topic retains it.
 
 use std::time::Duration;
 
@@ -46,6 +50,25 @@ impl DeadLetter {
     /// The topic it was consumed from, which replay publishes it back to.
     pub fn source_topic(&self) -> Option<&str> {
         self.header("dlq.topic")
+    }
+
+    /// Whether it holds less than the original (see the module documentation); then the size
+    /// of the original payload, when known.
+    pub fn truncated(&self) -> Option<Option<usize>> {
+        (self.header("dlq.truncated") == Some("true")).then(|| {
+            self.header("dlq.original_bytes")
+                .and_then(|n| n.parse().ok())
+        })
+    }
+
+    /// Where the original message is: `topic[partition]@offset`.
+    pub fn origin(&self) -> String {
+        format!(
+            "{}[{}]@{}",
+            self.source_topic().unwrap_or("?"),
+            self.header("dlq.partition").unwrap_or("?"),
+            self.header("dlq.offset").unwrap_or("?"),
+        )
     }
 }
 
@@ -136,12 +159,22 @@ fn read_all_with(mut client: ClientConfig, topic: &str) -> anyhow::Result<Vec<De
 }
 
 /// Publishes a dead letter's original key, bytes and headers back to the topic it came from,
-/// with a `dlq.replayed_from` header; returns that topic.
+/// with a `dlq.replayed_from` header; returns that topic. A truncated letter is refused.
 pub async fn replay(
     producer: &FutureProducer,
     dead_letter_topic: &str,
     letter: &DeadLetter,
 ) -> anyhow::Result<String> {
+    if let Some(original_bytes) = letter.truncated() {
+        anyhow::bail!(
+            "dead letter {}:{} is truncated (the original had {} bytes): it cannot be replayed; \
+             the original is at {}",
+            letter.partition,
+            letter.offset,
+            original_bytes.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            letter.origin()
+        );
+    }
     let topic = letter
         .source_topic()
         .with_context(|| {

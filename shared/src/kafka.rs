@@ -63,6 +63,10 @@ pub fn security_settings(security: &KafkaSecurity) -> anyhow::Result<Vec<(&'stat
     Ok(settings)
 }
 
+/// `message.max.bytes` of the producer: the largest record (key, payload, headers and framing)
+/// it sends. Kafka's own default, below the broker's default limit of 1 MiB.
+pub const PRODUCER_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
 /// An idempotent producer (`enable.idempotence=true`, `acks=all`): broker-side retries never
 /// duplicate or reorder messages within a partition.
 pub fn producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
@@ -71,6 +75,7 @@ pub fn producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
         .set("acks", "all")
         .set("linger.ms", config.linger_ms.to_string())
         .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", PRODUCER_MAX_MESSAGE_BYTES.to_string())
         .create()
         .context("creating the Kafka producer")
 }

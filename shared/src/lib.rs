@@ -22,6 +22,7 @@ pub mod topology;
 
 mod consumer;
 mod inbox;
+mod progress;
 
 pub use consumer::{EventHandler, HandlerError};
 pub use envelope::{Envelope, EventPayload};

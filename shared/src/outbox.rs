@@ -14,9 +14,12 @@
 //! else with a `NOTIFY outbox` sent after the commit (a burst of either costs the relay one
 //! read). It also polls slowly as a safety net. A delivery that fails leaves its row in
 //! `outbox`; the relay then lets what is in flight land and reads again from the oldest
-//! unpublished row (consumers drop the duplicates).
+//! unpublished row (consumers drop the duplicates). A row the broker refuses for a reason that
+//! will not pass (too large, invalid, not authorised) is parked after [`RELAY_MAX_ATTEMPTS`]
+//! refusals (`failed_at`, `failure`) and skipped, so the rows after it flow;
+//! `update outbox set failed_at = null, failure = null where seq = ..` queues it again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +38,8 @@ use crate::envelope::{Envelope, EventPayload};
 use crate::topics::Topic;
 
 const RELAY_LOCK_KEY: i64 = 0x5a6a_5002;
+/// Refusals of a row that will not pass before the relay parks it.
+pub const RELAY_MAX_ATTEMPTS: u32 = 3;
 /// How long a stopping relay waits for the acknowledgements of what it sent.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -77,9 +82,27 @@ async fn enqueue(
     Ok(())
 }
 
-/// Number of events written but not yet published.
+/// Number of events written but not yet published (parked rows are not waiting).
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select count(*) from outbox")
+    sqlx::query_scalar("select count(*) from outbox where failed_at is null")
+    .fetch_one(pool)
+    .await
+}
+
+/// The oldest row waiting to be published (not parked): its `seq` and how long it has waited.
+pub async fn oldest_unpublished(pool: &PgPool) -> Result<Option<(i64, Duration)>, sqlx::Error> {
+    let oldest: Option<(i64, f64)> = sqlx::query_as(
+        "select seq, extract(epoch from clock_timestamp() - created_at)::float8 from outbox
+         where failed_at is null order by seq limit 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(oldest.map(|(seq, age)| (seq, Duration::from_secs_f64(age.max(0.0)))))
+}
+
+/// Number of rows parked because the broker refused them (see [`RELAY_MAX_ATTEMPTS`]).
+pub async fn failed(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select count(*) from outbox where failed_at is not null")
         .fetch_one(pool)
         .await
 }
@@ -128,6 +151,7 @@ impl OutboxSignal {
 
 /// Publishes outbox rows to Kafka.
 pub struct OutboxRelay {
+    service: &'static str,
     pool: PgPool,
     producer: FutureProducer,
     topic_prefix: String,
@@ -157,16 +181,38 @@ struct OutboxRow {
 }
 
 /// What one delivery came back with: the row's `seq` and whether the broker took it.
-type Acknowledgement = (i64, Result<(), String>);
+type Acknowledgement = (i64, Result<(), KafkaError>);
+
+/// Rows the broker refused for a reason that will not pass, with how many times; a row leaves
+/// when it is parked (one that passed after all stays until the relay restarts: they are rare).
+type Refusals = HashMap<i64, u32>;
+
+/// The broker (or the producer) will refuse the record the same way every time.
+fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::PolicyViolation
+        )
+    )
+}
 
 impl OutboxRelay {
     pub fn new(
+        service: &'static str,
         signal: OutboxSignal,
         producer: FutureProducer,
         topic_prefix: String,
         settings: RelaySettings,
     ) -> Self {
         Self {
+            service,
             pool: signal.0.pool.clone(),
             producer,
             topic_prefix,
@@ -180,12 +226,13 @@ impl OutboxRelay {
         let mut backoff = Duration::from_millis(100);
         // A stand-by keeps its connection and asks for the lock again every poll interval.
         let mut connection = None;
+        let mut refusals = Refusals::new();
         while !shutdown.is_cancelled() {
             let result = match self.lead(&mut connection).await {
                 Ok(true) => {
                     let leader = connection.take().expect("a leader holds its connection");
                     self.signal.0.leads.store(true, Ordering::Relaxed);
-                    let published = self.publish(leader, &shutdown).await;
+                    let published = self.publish(leader, &shutdown, &mut refusals).await;
                     self.signal.0.leads.store(false, Ordering::Relaxed);
                     published
                 }
@@ -248,6 +295,7 @@ impl OutboxRelay {
         &self,
         mut leader: PgConnection,
         shutdown: &CancellationToken,
+        refusals: &mut Refusals,
     ) -> anyhow::Result<()> {
         let mut listener = self.listen().await;
         let mut in_flight = FuturesUnordered::new();
@@ -258,7 +306,7 @@ impl OutboxRelay {
                 let room = self.settings.max_in_flight - sent.len();
                 let limit = self.settings.batch_size.min(room);
                 match self
-                    .send_unpublished(&mut leader, limit, &mut sent, &mut in_flight)
+                    .send_unpublished(&mut leader, limit, &mut sent, &mut in_flight, refusals)
                     .await
                 {
                     Ok(more) => read_again = more,
@@ -283,10 +331,11 @@ impl OutboxRelay {
                 }
                 Some(first) = in_flight.next() => {
                     let failed = settle(&mut leader, &mut in_flight, &mut sent, Some(first)).await?;
-                    if let Some(error) = failed {
+                    if let Some((seq, error)) = failed {
                         // Let everything in flight land (or fail), then read from the oldest.
                         settle(&mut leader, &mut in_flight, &mut sent, None).await?;
-                        anyhow::bail!("publishing to Kafka: {error}");
+                        self.refused(&mut leader, refusals, seq, &error).await?;
+                        anyhow::bail!("publishing outbox row {seq} to Kafka: {error}");
                     }
                 }
                 _ = self.signal.0.wake.notified() => read_again = true,
@@ -330,11 +379,12 @@ impl OutboxRelay {
         limit: usize,
         sent: &mut HashSet<i64>,
         in_flight: &mut FuturesUnordered<futures::future::BoxFuture<'static, Acknowledgement>>,
+        refusals: &mut Refusals,
     ) -> anyhow::Result<bool> {
         let in_flight_seqs: Vec<i64> = sent.iter().copied().collect();
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "select seq, event_id, topic, message_key, event_type, envelope::text as envelope
-             from outbox where seq <> all($1) order by seq limit $2",
+             from outbox where failed_at is null and seq <> all($1) order by seq limit $2",
         )
         .bind(&in_flight_seqs)
         .bind(limit as i64)
@@ -365,8 +415,8 @@ impl OutboxRelay {
                         async move {
                             let result = match delivery.await {
                                 Ok(Ok(_)) => Ok(()),
-                                Ok(Err((error, _))) => Err(error.to_string()),
-                                Err(_) => Err("the producer dropped the delivery".to_owned()),
+                                Ok(Err((error, _))) => Err(error),
+                                Err(_) => Err(KafkaError::Canceled),
                             };
                             (seq, result)
                         }
@@ -382,8 +432,9 @@ impl OutboxRelay {
                 // The producer refused the row outright: let what is in flight land, then
                 // back off and read again from the oldest unpublished row.
                 Err((error, _)) => {
+                    self.refused(leader, refusals, row.seq, &error).await?;
                     return Err(anyhow::Error::new(error)
-                        .context(format!("handing outbox row {} to the producer", row.seq)))
+                        .context(format!("handing outbox row {} to the producer", row.seq)));
                 }
             }
         }
@@ -392,16 +443,52 @@ impl OutboxRelay {
         }
         Ok(read == limit)
     }
+
+    /// Counts a failed delivery of row `seq`; once the broker has refused it
+    /// [`RELAY_MAX_ATTEMPTS`] times for a reason that will not pass, parks it (`failed_at`,
+    /// `failure`) so that the relay goes on with the rows after it.
+    async fn refused(
+        &self,
+        leader: &mut PgConnection,
+        refusals: &mut Refusals,
+        seq: i64,
+        error: &KafkaError,
+    ) -> anyhow::Result<()> {
+        if !refused_for_good(error) {
+            return Ok(());
+        }
+        let refused = refusals.entry(seq).or_default();
+        *refused += 1;
+        if *refused < RELAY_MAX_ATTEMPTS {
+            return Ok(());
+        }
+        refusals.remove(&seq);
+        sqlx::query("update outbox set failed_at = now(), failure = $2 where seq = $1")
+            .bind(seq)
+            .bind(error.to_string())
+            .execute(&mut *leader)
+            .await?;
+        metrics::counter!("sagashop_outbox_failed_total", "service" => self.service).increment(1);
+        tracing::error!(
+            seq,
+            %error,
+            attempts = RELAY_MAX_ATTEMPTS,
+            "the broker refuses this outbox row every time; parked it (outbox.failed_at), \
+             publishing the rows after it"
+        );
+        Ok(())
+    }
 }
 
 /// Moves acknowledged rows to `outbox_published`: `first` and every acknowledgement already
-/// there, or, with `first` = `None`, everything in flight. Returns the first delivery error seen.
+/// there, or, with `first` = `None`, everything in flight. Returns the first delivery error seen, with
+/// its row.
 async fn settle(
     leader: &mut PgConnection,
     in_flight: &mut FuturesUnordered<futures::future::BoxFuture<'static, Acknowledgement>>,
     sent: &mut HashSet<i64>,
     first: Option<Acknowledgement>,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<(i64, KafkaError)>> {
     let mut acknowledged = Vec::new();
     let mut failure = None;
     let mut take = |(seq, result): Acknowledgement| {
@@ -409,7 +496,7 @@ async fn settle(
         match result {
             Ok(()) => acknowledged.push(seq),
             Err(error) => {
-                failure.get_or_insert(error);
+                failure.get_or_insert((seq, error));
             }
         }
     };
@@ -453,3 +540,6 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) -> Result<(), 
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

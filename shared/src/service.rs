@@ -5,8 +5,10 @@
 //!
 //! What an orchestrator sees:
 //! - `GET /health/live` answers 200 while the process serves HTTP. `GET /health/ready` answers
-//!   200 only while the database and the broker answer and every task is running, else 503
-//!   `{"error": {"code": "not_ready", ...}, "checks": {"database", "kafka", "tasks"}}`.
+//!   200 only while the database and the broker answer, every task is running, the consumer
+//!   has been on no message longer than `CONSUMER_STUCK_AFTER_MS` and no outbox row has waited
+//!   longer than `OUTBOX_STUCK_AFTER_MS`, else 503 `{"error": {"code": "not_ready", ...},
+//!   "checks": {"database", "kafka", "tasks", "consumer", "relay"}}`.
 //! - SIGTERM, SIGINT or the shutdown token: the server stops accepting connections and finishes
 //!   the requests in flight, the consumer stores its offsets and leaves its group, every task
 //!   stops, and [`Service::run_until_stopped`] returns `Ok` (the process exits 0).
@@ -40,6 +42,7 @@ use crate::config::CommonConfig;
 use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
 use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::retention::{self, Rule};
+use crate::progress::Progress;
 use crate::topics::{dead_letter_topic, Topic};
 use crate::{db, http, kafka, topology};
 
@@ -56,6 +59,8 @@ pub struct Infrastructure {
     pub producer: FutureProducer,
     /// Call [`OutboxSignal::committed`] after committing outbox rows outside the consumer.
     pub outbox: OutboxSignal,
+    /// What the consumer is working on, for `/health/ready` and `/metrics`.
+    progress: Progress,
 }
 
 impl Infrastructure {
@@ -100,6 +105,7 @@ impl Infrastructure {
             outbox: OutboxSignal::new(pool.clone()),
             pool,
             producer,
+            progress: Progress::default(),
         })
     }
 }
@@ -187,6 +193,7 @@ impl ServiceBuilder {
 
         let shutdown = CancellationToken::new();
         let relay = OutboxRelay::new(
+            service,
             infrastructure.outbox.clone(),
             infrastructure.producer.clone(),
             config.kafka.topic_prefix.clone(),
@@ -228,6 +235,9 @@ impl ServiceBuilder {
                 producer: infrastructure.producer,
                 service,
                 failure: Arc::clone(&failure),
+                progress: infrastructure.progress,
+                consumer_stuck_after: Duration::from_millis(config.consumer_stuck_after_ms),
+                outbox_stuck_after: Duration::from_millis(config.outbox_stuck_after_ms),
             });
         Ok(Service {
             listener,
@@ -270,9 +280,12 @@ fn consumer_loop<H: EventHandler>(
         topic_prefix: prefix.to_owned(),
         group_id,
         dead_letter_topic: dead_letter_topic(prefix, &format!("{service}-service")),
+        kafka: config.kafka.clone(),
+        progress: infrastructure.progress.clone(),
         policy: ConsumerPolicy {
             max_attempts: config.consumer_max_attempts.max(1),
             max_event_bytes: config.kafka.max_event_bytes,
+            dead_letter_max_bytes: kafka::PRODUCER_MAX_MESSAGE_BYTES,
             batch_size: config.consumer_batch_size.max(1),
             concurrency: config.consumer_concurrency.max(1),
         },
@@ -451,12 +464,35 @@ struct Health {
     producer: FutureProducer,
     service: &'static str,
     failure: Arc<OnceLock<String>>,
+    progress: Progress,
+    /// Zero: never unready for it.
+    consumer_stuck_after: Duration,
+    outbox_stuck_after: Duration,
 }
 
-/// Prometheus text; the outbox backlog is measured at scrape time.
+/// Prometheus text; the outbox backlog and what the consumer and relay are on are measured at
+/// scrape time.
 async fn render_metrics(State(health): State<Health>) -> impl IntoResponse {
+    let service = health.service;
     if let Ok(pending) = crate::outbox::pending(&health.pool).await {
-        metrics::gauge!("sagashop_outbox_pending", "service" => health.service).set(pending as f64);
+        metrics::gauge!("sagashop_outbox_pending", "service" => service).set(pending as f64);
+    }
+    if let Ok(oldest) = crate::outbox::oldest_unpublished(&health.pool).await {
+        let age = oldest.map_or(0.0, |(_, age)| age.as_secs_f64());
+        metrics::gauge!("sagashop_outbox_oldest_unpublished_seconds", "service" => service)
+            .set(age);
+    }
+    if let Ok(failed) = crate::outbox::failed(&health.pool).await {
+        metrics::gauge!("sagashop_outbox_failed", "service" => service).set(failed as f64);
+    }
+    for (topic, partition, age) in health.progress.ages() {
+        metrics::gauge!(
+            "sagashop_consumer_oldest_unprocessed_seconds",
+            "service" => service,
+            "topic" => topic,
+            "partition" => partition.to_string()
+        )
+        .set(age.as_secs_f64());
     }
     (
         [(
@@ -471,7 +507,8 @@ async fn live() -> impl IntoResponse {
     Json(serde_json::json!({"status": "live"}))
 }
 
-/// Ready only when the database and the broker both answer and no task has died.
+/// Ready only when the database and the broker both answer, no task has died and neither the
+/// consumer nor the relay is stuck.
 async fn ready(State(health): State<Health>) -> impl IntoResponse {
     const TIMEOUT: Duration = Duration::from_secs(2);
     let database =
@@ -487,6 +524,27 @@ async fn ready(State(health): State<Health>) -> impl IntoResponse {
         .failure
         .get()
         .map_or(Ok(()), |failure| Err(failure.clone()));
+    let consumer = match health.progress.oldest() {
+        Some(oldest)
+            if !health.consumer_stuck_after.is_zero()
+                && oldest.age > health.consumer_stuck_after =>
+        {
+            Err(format!("stuck: {oldest}"))
+        }
+        _ => Ok(()),
+    };
+    let relay = if health.outbox_stuck_after.is_zero() || database.is_err() {
+        Ok(())
+    } else {
+        match crate::outbox::oldest_unpublished(&health.pool).await {
+            Ok(Some((seq, age))) if age > health.outbox_stuck_after => Err(format!(
+                "stuck: outbox row {seq} has waited {:.1} s to be published",
+                age.as_secs_f64()
+            )),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    };
     let describe = |check: &Result<(), String>| match check {
         Ok(()) => "ok".to_owned(),
         Err(error) => error.clone(),
@@ -495,8 +553,10 @@ async fn ready(State(health): State<Health>) -> impl IntoResponse {
         "database": describe(&database),
         "kafka": describe(&broker),
         "tasks": describe(&tasks),
+        "consumer": describe(&consumer),
+        "relay": describe(&relay),
     });
-    if database.is_ok() && broker.is_ok() && tasks.is_ok() {
+    if database.is_ok() && broker.is_ok() && tasks.is_ok() && consumer.is_ok() && relay.is_ok() {
         return (
             StatusCode::OK,
             Json(serde_json::json!({"status": "ready", "checks": checks})),
@@ -504,8 +564,10 @@ async fn ready(State(health): State<Health>) -> impl IntoResponse {
     }
     let message = if tasks.is_err() {
         "a task of the service stopped; it is shutting down"
-    } else {
+    } else if database.is_err() || broker.is_err() {
         "a dependency is unreachable"
+    } else {
+        "a message has been in progress too long"
     };
     let body = serde_json::json!({
         "error": {"code": "not_ready", "message": message},

@@ -501,7 +501,9 @@ async fn every_service_is_live_and_ready() {
             (status, &ready["checks"]),
             (
                 200,
-                &json!({"database": "ok", "kafka": "ok", "tasks": "ok"})
+                &json!({
+                    "database": "ok", "kafka": "ok", "tasks": "ok", "consumer": "ok", "relay": "ok"
+                })
             ),
             "{ready}"
         );

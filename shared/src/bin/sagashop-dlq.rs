@@ -33,7 +33,8 @@ enum Command {
     Replay {
         #[arg(value_parser = service_name())]
         service: &'static Service,
-        /// Which ones, as `partition:offset` in the dead-letter topic (see `list`).
+        /// Which ones, as `partition:offset` in the dead-letter topic (see `list`). A truncated
+        /// one is refused (`--all` skips it): its original is where `list` says.
         #[arg(required_unless_present = "all")]
         ids: Vec<String>,
         /// Every dead letter of the service.
@@ -51,13 +52,19 @@ fn service_name() -> impl TypedValueParser<Value = &'static Service> {
 fn print(letter: &DeadLetter) {
     let payload = String::from_utf8_lossy(&letter.payload);
     let preview: String = payload.chars().take(120).collect();
+    let truncated = match letter.truncated() {
+        Some(original) => format!(
+            "\n    TRUNCATED: the original had {} bytes and is at {} (not replayable)",
+            original.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            letter.origin()
+        ),
+        None => String::new(),
+    };
     println!(
-        "{}:{}  from {}[{}]@{}  type={}  key={}\n    error: {}\n    payload ({} bytes): {}{}",
+        "{}:{}  from {}  type={}  key={}\n    error: {}{truncated}\n    payload ({} bytes): {}{}",
         letter.partition,
         letter.offset,
-        letter.source_topic().unwrap_or("?"),
-        letter.header("dlq.partition").unwrap_or("?"),
-        letter.header("dlq.offset").unwrap_or("?"),
+        letter.origin(),
         letter.header("event_type").unwrap_or("-"),
         letter.key.as_deref().unwrap_or("-"),
         letter.error(),
@@ -100,7 +107,21 @@ async fn main() -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || dead_letters::read_all_as(&kafka, &reading))
                     .await??;
             let chosen: Vec<&DeadLetter> = if *all {
-                letters.iter().collect()
+                letters
+                    .iter()
+                    .filter(|letter| {
+                        let truncated = letter.truncated().is_some();
+                        if truncated {
+                            eprintln!(
+                                "skipping {}:{}: truncated, the original is at {}",
+                                letter.partition,
+                                letter.offset,
+                                letter.origin()
+                            );
+                        }
+                        !truncated
+                    })
+                    .collect()
             } else {
                 ids.iter()
                     .map(|id| {

@@ -1,7 +1,9 @@
 //! The consumer loop against the real broker and PostgreSQL (`cargo xtask test` sets
 //! `KAFKA_BROKERS` and `DATABASE_URL`): batches applied in one transaction, and what happens to
 //! the neighbours of a failing event, of a poison message and of a database failure inside a
-//! batch, and of a rebalance while batches are being applied.
+//! batch, and of a rebalance while batches are being applied; and that nothing stalls a
+//! partition for good: records too large to dead-letter whole, a missing dead-letter topic,
+//! database errors that fail every time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -31,6 +33,8 @@ struct Recorder {
     lose_connection_once: Mutex<HashSet<Uuid>>,
     /// Milliseconds each event takes (`pg_sleep`).
     delay_ms: u64,
+    /// Events whose handling runs a query that fails the same way every time.
+    broken_query: BTreeMap<Uuid, &'static str>,
 }
 
 impl EventHandler for Recorder {
@@ -68,6 +72,9 @@ impl EventHandler for Recorder {
         }
         if self.refuse.contains(&envelope.id) {
             return Err(HandlerError::Failed("refused by the test".to_owned()));
+        }
+        if let Some(query) = self.broken_query.get(&envelope.id) {
+            let _: String = sqlx::query_scalar(query).fetch_one(&mut *conn).await?;
         }
         if self.delay_ms > 0 {
             sqlx::query("select pg_sleep($1)")
@@ -160,9 +167,14 @@ impl Bed {
         group: &str,
         handler: Recorder,
     ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        spawn(self.consumer_loop(group, handler))
+    }
+
+    /// A consumer loop of `group` with `handler`, not started.
+    fn consumer_loop(&self, group: &str, handler: Recorder) -> ConsumerLoop<Recorder> {
         let consumer = kafka::consumer(&self.config, group).expect("a consumer");
         consumer.subscribe(&[&self.topic]).expect("subscribing");
-        let consumer_loop = ConsumerLoop {
+        ConsumerLoop {
             consumer,
             pool: self.pool.clone(),
             outbox: OutboxSignal::new(self.pool.clone()),
@@ -172,16 +184,16 @@ impl Bed {
             topic_prefix: self.config.topic_prefix.clone(),
             group_id: group.to_owned(),
             dead_letter_topic: self.dead_letters.clone(),
+            kafka: self.config.clone(),
             policy: ConsumerPolicy {
                 max_attempts: 2,
                 max_event_bytes: self.config.max_event_bytes,
+                dead_letter_max_bytes: kafka::PRODUCER_MAX_MESSAGE_BYTES,
                 batch_size: 100,
                 concurrency: 4,
             },
-        };
-        let token = CancellationToken::new();
-        let task = tokio::spawn(consumer_loop.run(token.clone()));
-        (token, task)
+            progress: Progress::default(),
+        }
     }
 
     /// Produces `payload` keyed `key` and waits for the broker to take it.
@@ -302,6 +314,14 @@ impl Bed {
             })
             .collect()
     }
+}
+
+fn spawn(
+    consumer_loop: ConsumerLoop<Recorder>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer_loop.run(token.clone()));
+    (token, task)
 }
 
 async fn stop(consumer: (CancellationToken, tokio::task::JoinHandle<()>)) {
@@ -567,4 +587,205 @@ async fn an_event_on_a_topic_its_owner_does_not_own_is_refused() {
         !inbox.contains(&forged.id),
         "the forged event was not applied"
     );
+}
+
+/// Reads the dead-letter topic `topic` from the start.
+async fn letters(bed: &Bed, topic: &str) -> Vec<crate::dead_letters::DeadLetter> {
+    let (brokers, topic) = (bed.config.brokers.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || crate::dead_letters::read_all(&brokers, &topic))
+        .await
+        .unwrap()
+        .expect("reading the dead letters")
+}
+
+/// A record the consumer's producer cannot send whole (larger than its 1,000,000 bytes, smaller
+/// than the broker's 1 MiB) is dead-lettered truncated, saying where the original is, and the
+/// next message of its partition is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_truncated() {
+    let bed = bed().await;
+    let order_id = Uuid::now_v7();
+    let before = bed.confirmed(order_id).await;
+    // Another client, allowed larger records, as a producer of another system could be.
+    let large: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bed.config.brokers)
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let original = vec![b'x'; 1_040_000];
+    let key = order_id.to_string();
+    let rdkafka::producer::future_producer::Delivery { offset, .. } = large
+        .send(
+            FutureRecord::to(&bed.topic)
+                .key(&key)
+                .payload(&original)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "event_type",
+                    value: Some("order.confirmed"),
+                })),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the broker takes a record just under 1 MiB");
+    let after = bed.confirmed(order_id).await;
+    let consumer = bed.consume("oversized", Recorder::default());
+    finish(&bed, consumer, "oversized", &[before, after]).await;
+
+    let letters = letters(&bed, &bed.dead_letters).await;
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let letter = &letters[0];
+    assert_eq!(
+        letter.truncated(),
+        Some(Some(original.len())),
+        "{:?}",
+        letter.headers
+    );
+    assert_eq!(
+        letter.origin(),
+        format!(
+            "{}[{}]@{offset}",
+            bed.topic,
+            letter.header("dlq.partition").unwrap()
+        )
+    );
+    assert!(
+        !letter.payload.is_empty() && letter.payload.len() < kafka::PRODUCER_MAX_MESSAGE_BYTES,
+        "the payload was cut to what fits: {} bytes",
+        letter.payload.len()
+    );
+    assert!(
+        original.starts_with(&letter.payload),
+        "the start of the original is kept"
+    );
+    assert_eq!(letter.header("event_type"), Some("order.confirmed"));
+    let replayed = crate::dead_letters::replay(&bed.producer, &bed.dead_letters, letter).await;
+    let refusal = format!(
+        "{:#}",
+        replayed.expect_err("a truncated letter is not replayed")
+    );
+    assert!(refusal.contains("truncated"), "{refusal}");
+}
+
+/// A dead-letter topic the broker does not know is created, and the letter lands in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dead_letter_topic_is_created() {
+    let bed = bed().await;
+    let order_id = Uuid::now_v7();
+    bed.produce(order_id, b"{ not an event").await;
+    let after = bed.confirmed(order_id).await;
+    let mut consumer_loop = bed.consumer_loop("missing-dlq", Recorder::default());
+    let missing = format!("{}missing.dlq", bed.config.topic_prefix);
+    consumer_loop.dead_letter_topic = missing.clone();
+    finish(&bed, spawn(consumer_loop), "missing-dlq", &[after]).await;
+
+    let letters = letters(&bed, &missing).await;
+    assert_eq!(
+        letters.len(),
+        1,
+        "the poison message is in the created topic"
+    );
+    assert_eq!(letters[0].source_topic(), Some(bed.topic.as_str()));
+    assert_eq!(letters[0].payload, b"{ not an event");
+}
+
+/// A query that fails the same way on every attempt (an undefined table, a value that does
+/// not decode) is given up after the bounded attempts; the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_that_fail_every_time_are_given_up_not_retried_forever() {
+    let bed = bed().await;
+    let order_id = Uuid::now_v7();
+    let first = bed.confirmed(order_id).await;
+    let undefined = bed.confirmed(order_id).await;
+    let middle = bed.confirmed(order_id).await;
+    let undecodable = bed.confirmed(order_id).await;
+    let last = bed.confirmed(order_id).await;
+    let recorder = Recorder {
+        broken_query: BTreeMap::from([
+            (undefined, "select name from no_such_table"),
+            (undecodable, "select 42"),
+        ]),
+        ..Recorder::default()
+    };
+    let consumer = bed.consume("deterministic", recorder);
+    bed.wait_for("events given up", "select count(*) from gave_up", 2)
+        .await;
+    finish(&bed, consumer, "deterministic", &[first, middle, last]).await;
+    let gave_up: Vec<(Uuid, String)> = sqlx::query_as("select event_id, reason from gave_up")
+        .fetch_all(&bed.pool)
+        .await
+        .unwrap();
+    let gave_up: BTreeMap<Uuid, String> = gave_up.into_iter().collect();
+    assert!(gave_up[&undefined].contains("no_such_table"), "{gave_up:?}");
+    assert!(gave_up.contains_key(&undecodable), "{gave_up:?}");
+}
+
+/// Every SQLSTATE class that fails the same way on a retry is `Failed`; the ones a retry can
+/// pass (connections, deadlocks, serialization, locks, cancellation, resources) are transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlstates_that_fail_every_time_are_failed_the_others_transient() {
+    let pool = db::connect(&required("DATABASE_URL"), 1)
+        .await
+        .expect("connecting");
+    let failed = [
+        "0A000", "22P02", "22012", "23505", "23503", "42601", "42P01", "42703", "42501", "42883",
+    ];
+    let transient = [
+        "40001", "40P01", "55P03", "57014", "57P01", "08006", "53300", "25P03",
+    ];
+    for code in failed.iter().chain(&transient) {
+        let raised = sqlx::query(&format!(
+            "do $$ begin raise exception 'test' using errcode = '{code}'; end $$"
+        ))
+        .execute(&pool)
+        .await
+        .expect_err("the block raises");
+        assert_eq!(
+            raised
+                .as_database_error()
+                .and_then(|error| error.code())
+                .as_deref(),
+            Some(*code)
+        );
+        let classified = HandlerError::from(raised);
+        assert_eq!(
+            matches!(classified, HandlerError::Failed(_)),
+            failed.contains(code),
+            "SQLSTATE {code}: {classified:?}"
+        );
+    }
+}
+
+#[test]
+fn errors_reading_rows_fail_every_time_the_connection_ones_do_not() {
+    let decode = || -> sqlx::error::BoxDynError { "unknown status shipped_later".into() };
+    for error in [
+        sqlx::Error::Decode(decode()),
+        sqlx::Error::ColumnDecode {
+            index: "0".to_owned(),
+            source: decode(),
+        },
+        sqlx::Error::ColumnNotFound("status".to_owned()),
+        sqlx::Error::TypeNotFound {
+            type_name: "order_status".to_owned(),
+        },
+        sqlx::Error::RowNotFound,
+    ] {
+        let classified = HandlerError::from(error);
+        assert!(
+            matches!(classified, HandlerError::Failed(_)),
+            "{classified:?}"
+        );
+    }
+    for error in [
+        sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed,
+        sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        sqlx::Error::Protocol("unexpected end".to_owned()),
+    ] {
+        let classified = HandlerError::from(error);
+        assert!(
+            matches!(classified, HandlerError::Database(_)),
+            "{classified:?}"
+        );
+    }
 }

@@ -4,7 +4,8 @@
 //! and `run_until_stopped` fails; a requested shutdown stops everything and returns `Ok`.
 //! Retention: a published event leaves `outbox` for `outbox_published`, the retention worker
 //! prunes old rows on its schedule, and a service whose inbox could be pruned while the broker
-//! can still deliver its events again refuses to start.
+//! can still deliver its events again refuses to start. A consumer or relay stuck on one message
+//! makes it unready (and shows in `/metrics`) until it moves on.
 
 use std::io::{Read, Write};
 
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::config::KafkaConfig;
-use crate::events::Event;
+use crate::events::{Event, OrderConfirmed};
 use crate::retention::Rule;
 use crate::{Envelope, HandlerError};
 
@@ -56,6 +57,8 @@ async fn config() -> CommonConfig {
         consumer_max_attempts: 3,
         consumer_batch_size: 100,
         consumer_concurrency: 2,
+        consumer_stuck_after_ms: 60_000,
+        outbox_stuck_after_ms: 60_000,
         outbox_poll_interval_ms: 1000,
         outbox_batch_size: 500,
         outbox_max_in_flight: 5000,
@@ -100,6 +103,12 @@ fn service(config: &CommonConfig) -> (ServiceBuilder, oneshot::Receiver<()>) {
 /// `GET path` over a socket: the status and the JSON body (`Null` if not JSON), or `None` when
 /// nothing answers on `port`.
 async fn get(port: u16, path: &str) -> Option<(u16, Value)> {
+    let (status, body) = get_text(port, path).await?;
+    Some((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}
+
+/// `GET path` over a socket: the status and the body.
+async fn get_text(port: u16, path: &str) -> Option<(u16, String)> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -109,7 +118,7 @@ async fn get(port: u16, path: &str) -> Option<(u16, Value)> {
         stream.read_to_string(&mut response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
         let status = head.split(' ').nth(1)?.parse().ok()?;
-        Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+        Some((status, body.to_owned()))
     })
     .await
     .expect("the request task")
@@ -159,7 +168,7 @@ async fn a_dying_worker(death: Death) -> String {
     let body = ready_answers(port, 200).await;
     assert_eq!(
         body["checks"],
-        json!({"database": "ok", "kafka": "ok", "tasks": "ok"}),
+        json!({"database": "ok", "kafka": "ok", "tasks": "ok", "consumer": "ok", "relay": "ok"}),
         "{body}"
     );
     let fired_at = Instant::now();
@@ -430,4 +439,153 @@ async fn the_topic_retention_the_broker_reports_wins_over_the_setting() {
         Err(error) => format!("{error:#}"),
     };
     assert!(error.contains("2592000000 ms, retention.ms"), "{error}");
+}
+
+/// Holds every `order.confirmed` until released: a message the consumer cannot finish.
+struct Stalls {
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl EventHandler for Stalls {
+    type Input = ();
+
+    fn select(&self, event: Event) -> Option<()> {
+        matches!(event, Event::OrderConfirmed(_)).then_some(())
+    }
+
+    async fn handle(
+        &self,
+        _conn: &mut PgConnection,
+        _envelope: &Envelope,
+        _input: &(),
+    ) -> Result<(), HandlerError> {
+        let _permit = self.release.acquire().await.expect("never closed");
+        Ok(())
+    }
+}
+
+/// The value of the `metric` series whose labels contain `label`, from `/metrics`.
+async fn metric(port: u16, metric: &str, label: &str) -> Option<f64> {
+    let (_, text) = get_text(port, "/metrics").await?;
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")) && line.contains(label))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stuck_on_a_message_makes_the_service_unready_until_it_moves_on() {
+    let mut config = config().await;
+    config.consumer_stuck_after_ms = 1000;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let service = Service::builder("stalled", &Migrator::DEFAULT, &config, 0)
+        .consumes(
+            &[Topic::Order],
+            Stalls {
+                release: Arc::clone(&release),
+            },
+        )
+        .build()
+        .await
+        .expect("building the service");
+    let port = service.port();
+    let shutdown = service.shutdown_token();
+    let running = tokio::spawn(service.run_until_stopped());
+    ready_answers(port, 200).await;
+
+    let topic = Topic::Order.name(&config.kafka.topic_prefix);
+    let order_id = Uuid::now_v7();
+    let envelope = Envelope::new("test", order_id, None, &OrderConfirmed { order_id });
+    let key = order_id.to_string();
+    let payload = serde_json::to_vec(&envelope).unwrap();
+    kafka::producer(&config.kafka)
+        .unwrap()
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("producing");
+
+    let body = ready_answers(port, 503).await;
+    let consumer = body["checks"]["consumer"].as_str().unwrap_or_default();
+    assert!(
+        consumer.starts_with("stuck") && consumer.contains(&format!("{topic}[0]@0")),
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["message"], "a message has been in progress too long",
+        "{body}"
+    );
+    let age = metric(port, "sagashop_consumer_oldest_unprocessed_seconds", &topic)
+        .await
+        .expect("the age of the partition's oldest unfinished message");
+    assert!(age >= 1.0, "{age}");
+
+    release.add_permits(1);
+    let body = ready_answers(port, 200).await;
+    assert_eq!(body["checks"]["consumer"], "ok", "{body}");
+    let age = metric(port, "sagashop_consumer_oldest_unprocessed_seconds", &topic).await;
+    assert_eq!(age, Some(0.0), "nothing is in progress");
+    shutdown.cancel();
+    running.await.unwrap().expect("a requested shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stuck_on_a_row_makes_the_service_unready_until_it_is_published() {
+    let mut config = config().await;
+    config.outbox_stuck_after_ms = 1000;
+    // Only the signal below wakes the relay: it cannot publish the row before the test locks it.
+    config.outbox_poll_interval_ms = 60_000;
+    let service = Service::builder("stalled", &Migrator::DEFAULT, &config, 0)
+        .build()
+        .await
+        .expect("building the service");
+    let port = service.port();
+    let shutdown = service.shutdown_token();
+    let running = tokio::spawn(service.run_until_stopped());
+    ready_answers(port, 200).await;
+
+    // A row the relay sends but cannot mark published while the test holds its lock.
+    let pool = db::connect(&config.database_url, 2).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let order_id = Uuid::now_v7();
+    crate::outbox::emit(
+        &mut tx,
+        "test",
+        order_id,
+        None,
+        &OrderConfirmed { order_id },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    let seq: i64 = sqlx::query_scalar("select seq from outbox for update")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    crate::outbox::OutboxSignal::new(pool.clone()).committed();
+
+    let body = ready_answers(port, 503).await;
+    let relay = body["checks"]["relay"].as_str().unwrap_or_default();
+    assert!(
+        relay.starts_with(&format!("stuck: outbox row {seq} ")),
+        "{body}"
+    );
+    let age = metric(
+        port,
+        "sagashop_outbox_oldest_unpublished_seconds",
+        "stalled",
+    )
+    .await
+    .expect("the age of the oldest unpublished row");
+    assert!(age >= 1.0, "{age}");
+
+    holder.rollback().await.unwrap();
+    let body = ready_answers(port, 200).await;
+    assert_eq!(body["checks"]["relay"], "ok", "{body}");
+    shutdown.cancel();
+    running.await.unwrap().expect("a requested shutdown");
 }

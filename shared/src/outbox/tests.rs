@@ -1,0 +1,154 @@
+//! The relay against the real broker and PostgreSQL (`cargo xtask test` sets `KAFKA_BROKERS`
+//! and `DATABASE_URL`): a row the broker refuses every time is parked, visibly, and the rows
+//! after it are published.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::*;
+use crate::config::KafkaConfig;
+use crate::events::OrderConfirmed;
+use crate::{db, kafka};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn required(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `cargo xtask test`"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published() {
+    let url = db::create_fresh_database(&required("DATABASE_URL"), "shared_outbox")
+        .await
+        .expect("creating a test database");
+    let pool = db::connect(&url, 5).await.expect("connecting");
+    db::prepare(&pool, &sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .expect("creating the messaging tables");
+    let prefix = format!("outbox-{}.", &Uuid::new_v4().simple().to_string()[..12]);
+    let config = KafkaConfig {
+        brokers: required("KAFKA_BROKERS"),
+        topic_prefix: prefix.clone(),
+        group_id: None,
+        fetch_wait_max_ms: 10,
+        linger_ms: 5,
+        session_timeout_ms: 6_000,
+        auto_offset_reset: "earliest".to_owned(),
+        max_event_bytes: 262_144,
+        topic_partitions: 1,
+        replication_factor: 1,
+        security: Default::default(),
+    };
+    let topic = Topic::Order.name(&prefix);
+    kafka::ensure_topics(&config, std::slice::from_ref(&topic))
+        .await
+        .expect("creating the topic");
+
+    // One order's events: the middle one is larger than any producer sends.
+    let order_id = Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    let before = emit(
+        &mut tx,
+        "test",
+        order_id,
+        None,
+        &OrderConfirmed { order_id },
+    )
+    .await
+    .unwrap();
+    let mut too_large = Envelope::new("test", order_id, None, &OrderConfirmed { order_id });
+    too_large.payload = serde_json::json!({"order_id": order_id, "padding": "x".repeat(1_100_000)});
+    enqueue(&mut tx, Topic::Order, &too_large).await.unwrap();
+    let after = emit(
+        &mut tx,
+        "test",
+        order_id,
+        None,
+        &OrderConfirmed { order_id },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = OutboxRelay::new(
+        "test",
+        OutboxSignal::new(pool.clone()),
+        kafka::producer(&config).expect("a producer"),
+        prefix,
+        RelaySettings {
+            poll_interval: Duration::from_millis(200),
+            batch_size: 500,
+            max_in_flight: 5000,
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (published, parked): (i64, i64) = sqlx::query_as(
+            "select count(*) filter (where published_at is not null),
+                    count(*) filter (where failed_at is not null) from outbox",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if (published, parked) == (2, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {WAIT:?}: {published} published, {parked} parked; expected 2 and 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+
+    let (event_id, failure): (Uuid, String) =
+        sqlx::query_as("select event_id, failure from outbox where failed_at is not null")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        event_id, too_large.id,
+        "the too-large row is the parked one"
+    );
+    assert!(failure.contains("MessageSizeTooLarge"), "{failure}");
+    assert_eq!(pending(&pool).await.unwrap(), 0, "nothing waits behind it");
+    assert_eq!(oldest_unpublished(&pool).await.unwrap(), None);
+    assert_eq!(failed(&pool).await.unwrap(), 1);
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", "outbox-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        high - low,
+        2,
+        "only the events before and after it are in the topic"
+    );
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut published = Vec::new();
+    while published.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline + WAIT,
+            "reading {topic}"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            let message = message.expect("reading the topic");
+            let envelope: Envelope =
+                serde_json::from_slice(rdkafka::Message::payload(&message).unwrap()).unwrap();
+            published.push(envelope.id);
+        }
+    }
+    assert_eq!(published, [before.id, after.id], "in their order");
+}

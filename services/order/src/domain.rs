@@ -180,6 +180,17 @@ fn pending(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
     }
 }
 
+/// An outcome reported after the saga's deadline is the deadline's: a saga past it is never
+/// confirmed, even when the sweeper has not got to it yet (after an outage, the backlog may
+/// reach the consumer first). So with the participants' `HOLD_TIMEOUT_MS` above
+/// `SAGA_DEADLINE_MS`, no confirmation can follow a hold expiring.
+pub fn in_time(event: SagaEvent, overdue: bool) -> SagaEvent {
+    match event {
+        SagaEvent::ShipmentScheduled if overdue => SagaEvent::DeadlinePassed,
+        event => event,
+    }
+}
+
 /// Runs `events` from a new order; returns the final state and every command emitted.
 pub fn replay(events: impl IntoIterator<Item = SagaEvent>) -> (OrderState, Vec<Command>) {
     events.into_iter().fold(
@@ -284,6 +295,26 @@ mod tests {
         assert_eq!(
             transition(&confirmed, SagaEvent::DeadlinePassed),
             (confirmed.clone(), Vec::new())
+        );
+    }
+
+    #[test]
+    fn a_shipment_reported_after_the_deadline_cancels_instead_of_confirming() {
+        let late = [
+            SagaEvent::StockReserved { total_cents: 5 },
+            SagaEvent::PaymentCharged,
+            in_time(SagaEvent::ShipmentScheduled, true),
+        ];
+        let (state, commands) = replay(late);
+        assert_eq!(state.status, OrderStatus::Cancelled);
+        assert_eq!(commands, vec![Command::Cancel(CancellationReason::Timeout)]);
+        assert_eq!(
+            in_time(SagaEvent::ShipmentScheduled, false),
+            SagaEvent::ShipmentScheduled
+        );
+        assert_eq!(
+            in_time(SagaEvent::ShipmentRejected, true),
+            SagaEvent::ShipmentRejected
         );
     }
 

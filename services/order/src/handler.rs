@@ -1,5 +1,7 @@
 //! Applies the other services' events to orders, and publishes the saga's decisions.
 
+use std::time::Duration;
+
 use shared::events::{
     CancellationReason, Event, OrderCancelled, OrderConfirmed, PaymentMethod, PricedLine,
 };
@@ -7,11 +9,14 @@ use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{transition, Command, OrderState, SagaEvent};
+use crate::domain::{in_time, transition, Command, OrderState, SagaEvent};
 use crate::repository::{self, Order};
 use crate::SERVICE;
 
-pub struct OrderEventHandler;
+pub struct OrderEventHandler {
+    /// `SAGA_DEADLINE_MS`: an order older than this is never confirmed ([`in_time`]).
+    pub saga_deadline: Duration,
+}
 
 /// What another service reported about an order, in the saga's terms.
 pub struct Reported {
@@ -81,7 +86,10 @@ impl EventHandler for OrderEventHandler {
         if let (None, Some(items)) = (order.total_cents, &reported.reserved_items) {
             repository::save_prices(conn, order.order_id, items).await?;
         }
-        advance(conn, &order, reported.event, Some(envelope.id)).await?;
+        let age = chrono::Utc::now().signed_duration_since(order.created_at);
+        let overdue = age.to_std().is_ok_and(|age| age > self.saga_deadline);
+        let event = in_time(reported.event, overdue);
+        advance(conn, &order, event, Some(envelope.id)).await?;
         Ok(())
     }
 }

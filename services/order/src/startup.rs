@@ -25,7 +25,10 @@ impl Application {
             .routes(|infrastructure| {
                 routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
             })
-            .consumes(topology::ORDER.consumes, OrderEventHandler)
+            .consumes(
+                topology::ORDER.consumes,
+                OrderEventHandler { saga_deadline },
+            )
             .worker("saga-deadline", move |infrastructure, shutdown| {
                 deadline::run(
                     infrastructure.pool.clone(),

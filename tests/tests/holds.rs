@@ -115,7 +115,27 @@ async fn holds_no_decision_reaches_are_compensated_after_the_hold_timeout() {
     eprintln!("the order ended {}", order["status"]);
     match order["status"].as_str() {
         Some("CANCELLED") => assert_eq!(order["cancellation_reason"], "timeout", "{order}"),
-        Some("FAILED") => assert_eq!(order["failed_step"], "hold.expired", "{order}"),
+        Some("FAILED") => {
+            assert_eq!(order["failed_step"], "hold.expired", "{order}");
+            // Each participant recorded the confirmation that came after its expiry.
+            for (pool, table) in [
+                (&inventory, "reservations"),
+                (&payments, "payments"),
+                (&shipments, "shipments"),
+            ] {
+                eventually(&format!("{table} to record the late confirmation"), SAGA_TIMEOUT, || async {
+                    let late: bool = sqlx::query_scalar(&format!(
+                        "select confirmed_at is not null and reason = 'hold_expired' from {table} where order_id = $1"
+                    ))
+                    .bind(order_id)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                    late.then_some(())
+                })
+                .await;
+            }
+        }
         _ => panic!("a saga whose holds expired ended {order}"),
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

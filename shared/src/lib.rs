@@ -11,6 +11,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox;
+pub mod periodic;
 pub mod retention;
 pub mod schemas;
 pub mod service;

@@ -49,12 +49,15 @@ static SYSTEM: OnceLock<System> = OnceLock::new();
 pub struct Settings {
     /// The order service's `SAGA_DEADLINE_MS`.
     pub saga_deadline_ms: u64,
+    /// The participants' `HOLD_TIMEOUT_MS` (`None`: their default).
+    pub hold_timeout_ms: Option<u64>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             saga_deadline_ms: 60_000,
+            hold_timeout_ms: None,
         }
     }
 }
@@ -149,7 +152,16 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
             &format!("{topic_prefix}{}", service.group_id),
         ]
         .map(str::to_owned)
-        .to_vec()
+        .into_iter()
+        .chain(
+            settings
+                .hold_timeout_ms
+                .filter(|_| service.name != ORDER.name)
+                .map(|ms| ["--hold-timeout-ms".to_owned(), ms.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect::<Vec<String>>()
     };
     let mut order_args = args(&ORDER, &database_urls.order);
     order_args.extend([

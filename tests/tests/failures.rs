@@ -17,6 +17,7 @@ use uuid::Uuid;
 /// A deadline short enough to test, long enough for a healthy saga (well under a second here).
 const SETTINGS: Settings = Settings {
     saga_deadline_ms: 4_000,
+    hold_timeout_ms: None,
 };
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
@@ -407,4 +408,86 @@ async fn events_out_of_order_are_never_applied() {
     assert_eq!(api.balance(&customer).await, 1_000);
     assert_eq!(api.payment(order_id).await.0, 404);
     assert_eq!(api.shipment(order_id).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_forged_order_the_order_service_never_accepted_is_released_everywhere() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (api, backdoor) = clients();
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 300, 5).await;
+    api.open_account(&customer, 10_000).await;
+    // An order.created the order service never wrote: as after a restore that lost the order.
+    let order_id = Uuid::now_v7();
+    let forged = OrderCreated {
+        order_id,
+        customer_id: customer.clone(),
+        items: vec![OrderLine {
+            sku: sku.clone(),
+            quantity: 2,
+        }],
+        shipping_address: ShippingAddress {
+            country: "FR".into(),
+            rest: Default::default(),
+        },
+    };
+    let envelope = Envelope::new(topology::ORDER.name, order_id, None, &forged);
+    let bytes = serde_json::to_vec(&envelope).unwrap();
+    backdoor
+        .produce(
+            Topic::Order,
+            &order_id.to_string(),
+            &bytes,
+            Some(&envelope.event_type),
+        )
+        .await;
+
+    // Inventory reserved it (that is what the order service answered), then released it.
+    let inventory = backdoor.database(&api.system.database_urls.inventory).await;
+    eventually(
+        "the forged reservation to be released",
+        SAGA_TIMEOUT,
+        || async {
+            let status: Option<String> =
+                sqlx::query_scalar("select status from reservations where order_id = $1")
+                    .bind(order_id)
+                    .fetch_optional(&inventory)
+                    .await
+                    .unwrap();
+            (status.as_deref() == Some("RELEASED")).then_some(())
+        },
+    )
+    .await;
+    wait_settled(&api, &sku, 5, &customer, 10_000).await;
+    eventually(
+        "payment and shipping to hold nothing",
+        SAGA_TIMEOUT,
+        || async {
+            let (payment_status, payment) = api.payment(order_id).await;
+            let (shipment_status, shipment) = api.shipment(order_id).await;
+            let paid = payment_status == 200 && payment["status"] == "CHARGED";
+            let shipped = shipment_status == 200 && shipment["status"] == "SCHEDULED";
+            (!paid && !shipped).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(api.product(&sku).await["sold"], 0);
+
+    // No order was made up for it; the orphan is on record.
+    let (status, reply) = api
+        .get(format!("{}/orders/{order_id}", api.system.order_url))
+        .await;
+    assert_eq!(status, 404, "{reply}");
+    let orders = backdoor.database(&api.system.database_urls.order).await;
+    let (first_event_type, events): (String, i64) =
+        sqlx::query_as("select first_event_type, events from orphan_events where order_id = $1")
+            .bind(order_id)
+            .fetch_one(&orders)
+            .await
+            .unwrap();
+    assert!(
+        first_event_type.starts_with("inventory.reserved"),
+        "{first_event_type}"
+    );
+    assert!(events >= 1);
 }

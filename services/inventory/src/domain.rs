@@ -4,9 +4,12 @@
 //!
 //! `order.created` reserves every line at its current price, or rejects the whole order;
 //! `order.cancelled` releases a reservation, or voids one never made so a late `order.created`
-//! reserves nothing; `order.confirmed` sells what was reserved. Any other pairing changes
-//! nothing, so duplicates and late events are harmless. Every unit stays available, reserved or
-//! sold.
+//! reserves nothing; `order.confirmed` sells what was reserved. A reservation no decision
+//! reached within `HOLD_TIMEOUT_MS` is released as for `order.cancelled`
+//! ([`SagaEvent::HoldExpired`]); a confirmation arriving after that is recorded on the released
+//! reservation and nothing more (the order service makes that order `FAILED`). Any other
+//! pairing changes nothing, so duplicates and late events are harmless. Every unit stays
+//! available, reserved or sold.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +17,7 @@ use shared::events::{
     OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, PricedLine, StockRejected,
     StockRejection, StockReleased, StockReserved,
 };
+use uuid::Uuid;
 
 /// A product's price and stock levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +129,23 @@ pub struct Reservation {
     pub total_cents: i64,
     /// Why it was rejected (`Rejected` only).
     pub rejection: Option<StockRejection>,
+    /// `order.confirmed` arrived (it sold the units, unless the hold had expired).
+    pub confirmed: bool,
+    /// Released because no decision came within the hold timeout.
+    pub hold_expired: bool,
+}
+
+impl Reservation {
+    fn ended(status: ReservationStatus, rejection: Option<StockRejection>) -> Self {
+        Self {
+            status,
+            items: Vec::new(),
+            total_cents: 0,
+            rejection,
+            confirmed: false,
+            hold_expired: false,
+        }
+    }
 }
 
 /// Everything the rules read and change for one event of one order.
@@ -143,6 +164,10 @@ pub enum SagaEvent {
     OrderCreated(OrderCreated),
     OrderCancelled(OrderCancelled),
     OrderConfirmed(OrderConfirmed),
+    /// The hold timeout passed with no decision (from the hold expiry worker).
+    HoldExpired {
+        order_id: Uuid,
+    },
 }
 
 /// An event inventory publishes.
@@ -172,43 +197,71 @@ pub fn decide(state: &InventoryState, event: SagaEvent) -> Decision {
         (None, SagaEvent::OrderCreated(order)) => reserve_order(state, order),
         (None, SagaEvent::OrderCancelled(_)) => Decision::Apply {
             next: InventoryState {
-                reservation: Some(Reservation {
-                    status: ReservationStatus::Voided,
-                    items: Vec::new(),
-                    total_cents: 0,
-                    rejection: None,
-                }),
+                reservation: Some(Reservation::ended(ReservationStatus::Voided, None)),
                 ..state.clone()
             },
             emit: Vec::new(),
         },
-        (Some(reservation), SagaEvent::OrderCancelled(cancelled))
+        (Some(reservation), SagaEvent::OrderCancelled(OrderCancelled { order_id, .. }))
             if reservation.status == ReservationStatus::Reserved =>
         {
-            let released = StockReleased {
-                order_id: cancelled.order_id,
-                items: reservation.items.clone(),
-            };
-            let emit = vec![Emit::Released(released)];
-            settle(
-                state,
-                reservation,
-                Movement::Release,
-                ReservationStatus::Released,
-                emit,
-            )
+            release(state, reservation, order_id, false)
+        }
+        (Some(reservation), SagaEvent::HoldExpired { order_id })
+            if reservation.status == ReservationStatus::Reserved =>
+        {
+            release(state, reservation, order_id, true)
         }
         (Some(reservation), SagaEvent::OrderConfirmed(_))
             if reservation.status == ReservationStatus::Reserved =>
         {
+            let confirmed = Reservation {
+                confirmed: true,
+                ..reservation.clone()
+            };
             let status = ReservationStatus::Committed;
-            settle(state, reservation, Movement::Sell, status, Vec::new())
+            settle(state, &confirmed, Movement::Sell, status, Vec::new())
+        }
+        // A confirmation that came after the hold expired: recorded, nothing moves.
+        (Some(reservation), SagaEvent::OrderConfirmed(_))
+            if reservation.hold_expired && !reservation.confirmed =>
+        {
+            Decision::Apply {
+                next: InventoryState {
+                    reservation: Some(Reservation {
+                        confirmed: true,
+                        ..reservation.clone()
+                    }),
+                    ..state.clone()
+                },
+                emit: Vec::new(),
+            }
         }
         _ => Decision::Apply {
             next: state.clone(),
             emit: Vec::new(),
         },
     }
+}
+
+/// Releases a reservation back to available stock (`hold_expired`: because no decision came).
+fn release(
+    state: &InventoryState,
+    reservation: &Reservation,
+    order_id: Uuid,
+    hold_expired: bool,
+) -> Decision {
+    let released = StockReleased {
+        order_id,
+        items: reservation.items.clone(),
+    };
+    let reservation = Reservation {
+        hold_expired,
+        ..reservation.clone()
+    };
+    let emit = vec![Emit::Released(released)];
+    let status = ReservationStatus::Released;
+    settle(state, &reservation, Movement::Release, status, emit)
 }
 
 /// Reserves every line of `order`, or rejects it.
@@ -219,12 +272,10 @@ fn reserve_order(state: &InventoryState, order: OrderCreated) -> Decision {
         Err(rejection) => {
             return Decision::Apply {
                 next: InventoryState {
-                    reservation: Some(Reservation {
-                        status: ReservationStatus::Rejected,
-                        items: Vec::new(),
-                        total_cents: 0,
-                        rejection: Some(rejection.reason),
-                    }),
+                    reservation: Some(Reservation::ended(
+                        ReservationStatus::Rejected,
+                        Some(rejection.reason),
+                    )),
                     ..state.clone()
                 },
                 emit: vec![Emit::Rejected(StockRejected {
@@ -253,6 +304,8 @@ fn reserve_order(state: &InventoryState, order: OrderCreated) -> Decision {
                 items,
                 total_cents,
                 rejection: None,
+                confirmed: false,
+                hold_expired: false,
             }),
             stock,
         },
@@ -342,7 +395,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use shared::events::{CancellationReason, ShippingAddress};
-    use uuid::Uuid;
 
     fn line(sku: &str, quantity: i32) -> OrderLine {
         OrderLine {
@@ -492,6 +544,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_no_decision_reached_is_released_when_its_hold_expires() {
+        let expired = SagaEvent::HoldExpired {
+            order_id: order_id(0),
+        };
+        let (reserved, _) = applied(&new_order(), created(0, vec![line("A", 2)]));
+        let (released, emit) = applied(&reserved, expired.clone());
+        assert_eq!(status(&released), Some(ReservationStatus::Released));
+        assert!(released.reservation.as_ref().unwrap().hold_expired);
+        assert_eq!(released.stock["A"], product(250, 5));
+        assert!(
+            matches!(&emit[..], [Emit::Released(StockReleased { items, .. })] if items.len() == 1)
+        );
+        // The confirmation that lost the race is recorded; nothing is sold.
+        let (late, emit) = applied(&released, confirmed(0));
+        assert!(emit.is_empty());
+        assert_eq!(status(&late), Some(ReservationStatus::Released));
+        assert!(late.reservation.as_ref().unwrap().confirmed);
+        assert_eq!(late.stock, released.stock);
+        assert_eq!(applied(&late, confirmed(0)), (late.clone(), Vec::new()));
+        // A confirmed (sold) reservation holds nothing: its hold never expires.
+        let (sold, _) = applied(&reserved, confirmed(0));
+        assert_eq!(status(&sold), Some(ReservationStatus::Committed));
+        assert!(sold.reservation.as_ref().unwrap().confirmed);
+        assert_eq!(applied(&sold, expired), (sold.clone(), Vec::new()));
+    }
+
+    #[test]
     fn a_release_whose_product_is_gone_cannot_be_applied() {
         let (mut reserved, _) = applied(&new_order(), created(0, vec![line("A", 2), line("B", 1)]));
         reserved.stock.remove("B");
@@ -523,12 +602,17 @@ mod tests {
         Created(usize),
         Cancelled(usize),
         Confirmed(usize),
+        /// The hold expiry worker's.
+        Expired(usize),
     }
 
     impl Delivery {
         fn order(self) -> usize {
             match self {
-                Self::Created(order) | Self::Cancelled(order) | Self::Confirmed(order) => order,
+                Self::Created(order)
+                | Self::Cancelled(order)
+                | Self::Confirmed(order)
+                | Self::Expired(order) => order,
             }
         }
     }
@@ -570,11 +654,13 @@ mod tests {
                         .map(|line| line.sku.clone())
                         .collect(),
                 ),
-                Delivery::Cancelled(_) | Delivery::Confirmed(_) => {
-                    let event = if matches!(delivery, Delivery::Cancelled(_)) {
-                        cancelled(order)
-                    } else {
-                        confirmed(order)
+                Delivery::Cancelled(_) | Delivery::Confirmed(_) | Delivery::Expired(_) => {
+                    let event = match delivery {
+                        Delivery::Cancelled(_) => cancelled(order),
+                        Delivery::Confirmed(_) => confirmed(order),
+                        _ => SagaEvent::HoldExpired {
+                            order_id: order_id(order),
+                        },
                     };
                     let items = reservation.iter().flat_map(|r| &r.items);
                     (event, items.map(|item| item.sku.clone()).collect())
@@ -628,6 +714,16 @@ mod tests {
             (0..ORDERS).prop_map(Delivery::Created),
             (0..ORDERS).prop_map(Delivery::Cancelled),
             (0..ORDERS).prop_map(Delivery::Confirmed),
+            (0..ORDERS).prop_map(Delivery::Expired),
+        ]
+    }
+
+    /// What the consumer delivers (and may deliver again): not the hold expiry worker's.
+    fn any_consumed() -> impl Strategy<Value = Delivery> {
+        prop_oneof![
+            (0..ORDERS).prop_map(Delivery::Created),
+            (0..ORDERS).prop_map(Delivery::Cancelled),
+            (0..ORDERS).prop_map(Delivery::Confirmed),
         ]
     }
 
@@ -659,7 +755,7 @@ mod tests {
                     true
                 }
                 Delivery::Confirmed(order) => seen[order],
-                Delivery::Cancelled(_) => true,
+                Delivery::Cancelled(_) | Delivery::Expired(_) => true,
             })
             .collect()
     }
@@ -707,7 +803,7 @@ mod tests {
         #[test]
         fn redeliveries_at_any_later_point_change_nothing(
             (available, lines) in any_start(),
-            (original, delivered) in proptest::collection::vec(any_delivery(), 0..12)
+            (original, delivered) in proptest::collection::vec(any_consumed(), 0..12)
                 .prop_map(in_saga_order)
                 .prop_flat_map(shared::testing::with_redeliveries),
         ) {
@@ -730,12 +826,7 @@ mod tests {
             for order in 0..ORDERS {
                 let first = deliveries.iter().find(|delivery| delivery.order() == order);
                 if first == Some(&Delivery::Cancelled(order)) {
-                    let voided = Reservation {
-                        status: ReservationStatus::Voided,
-                        items: Vec::new(),
-                        total_cents: 0,
-                        rejection: None,
-                    };
+                    let voided = Reservation::ended(ReservationStatus::Voided, None);
                     prop_assert_eq!(warehouse.reservations[order].as_ref(), Some(&voided));
                     prop_assert!(warehouse.published(order).is_empty());
                 }

@@ -48,37 +48,7 @@ impl EventHandler for InventoryEventHandler {
         envelope: &Envelope,
         event: &SagaEvent,
     ) -> Result<(), HandlerError> {
-        let order_id = envelope.order_id;
-        let ordered_skus: Vec<&str> = match &event {
-            SagaEvent::OrderCreated(order) => {
-                order.items.iter().map(|line| line.sku.as_str()).collect()
-            }
-            SagaEvent::OrderCancelled(_) | SagaEvent::OrderConfirmed(_) => Vec::new(),
-        };
-        let state = lock_state(conn, order_id, &ordered_skus).await?;
-        let (next, emit) = match decide(&state, event.clone()) {
-            Decision::Apply { next, emit } => (next, emit),
-            Decision::CannotApply(reason) => return Err(HandlerError::Failed(reason)),
-        };
-        if next == state {
-            tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do");
-        }
-        save(conn, order_id, &state, &next).await?;
-        let causation_id = Some(envelope.id);
-        for event in emit {
-            match event {
-                Emit::Reserved(reserved) => {
-                    outbox::emit(conn, SERVICE, order_id, causation_id, &reserved).await?
-                }
-                Emit::Rejected(rejected) => {
-                    outbox::emit(conn, SERVICE, order_id, causation_id, &rejected).await?
-                }
-                Emit::Released(released) => {
-                    outbox::emit(conn, SERVICE, order_id, causation_id, &released).await?
-                }
-            };
-        }
-        Ok(())
+        apply(conn, envelope.order_id, event, Some(envelope.id)).await
     }
 
     /// A release that can never succeed: the reservation ends `RELEASE_FAILED` and the order
@@ -93,29 +63,100 @@ impl EventHandler for InventoryEventHandler {
         if !matches!(event, SagaEvent::OrderCancelled(_)) {
             return Ok(false);
         }
-        let order_id = envelope.order_id;
-        let updated = sqlx::query(
-            "update reservations set status = 'RELEASE_FAILED', reason = $2, updated_at = now()
-             where order_id = $1 and status = 'RESERVED'",
-        )
-        .bind(order_id)
-        .bind(reason)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(false);
-        }
-        let failed = StockReleaseFailed {
-            order_id,
-            error: reason.to_owned(),
-        };
-        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &failed).await?;
-        metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "inventory.release")
-            .increment(1);
-        Ok(true)
+        release_failed(conn, envelope.order_id, Some(envelope.id), reason).await
     }
 }
+
+/// Loads and locks the order's reservation and products, lets [`decide`] apply `event` and
+/// stores the result with the events to publish, in the caller's transaction: the consumer's
+/// for an event, the hold expiry worker's for [`SagaEvent::HoldExpired`].
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    event: &SagaEvent,
+    causation_id: Option<Uuid>,
+) -> Result<(), HandlerError> {
+    let ordered_skus: Vec<&str> = match &event {
+        SagaEvent::OrderCreated(order) => {
+            order.items.iter().map(|line| line.sku.as_str()).collect()
+        }
+        SagaEvent::OrderCancelled(_)
+        | SagaEvent::OrderConfirmed(_)
+        | SagaEvent::HoldExpired { .. } => Vec::new(),
+    };
+    let state = lock_state(conn, order_id, &ordered_skus).await?;
+    let (next, emit) = match decide(&state, event.clone()) {
+        Decision::Apply { next, emit } => (next, emit),
+        Decision::CannotApply(reason) => return Err(HandlerError::Failed(reason)),
+    };
+    if next == state {
+        tracing::debug!(%order_id, ?event, "nothing to do");
+    }
+    let before = state.reservation.as_ref();
+    if let Some(after) = &next.reservation {
+        if after.hold_expired && !before.is_some_and(|reservation| reservation.hold_expired) {
+            tracing::warn!(%order_id, "no decision within the hold timeout: the reservation is released");
+            metrics::counter!("sagashop_holds_expired_total", "service" => SERVICE).increment(1);
+        }
+        if after.hold_expired
+            && after.confirmed
+            && !before.is_some_and(|reservation| reservation.confirmed)
+        {
+            tracing::error!(%order_id, "order.confirmed after the reservation's hold expired and was released: needs a person");
+            metrics::counter!("sagashop_decisions_after_hold_expired_total", "service" => SERVICE)
+                .increment(1);
+        }
+    }
+    save(conn, order_id, &state, &next).await?;
+    for event in emit {
+        match event {
+            Emit::Reserved(reserved) => {
+                outbox::emit(conn, SERVICE, order_id, causation_id, &reserved).await?
+            }
+            Emit::Rejected(rejected) => {
+                outbox::emit(conn, SERVICE, order_id, causation_id, &rejected).await?
+            }
+            Emit::Released(released) => {
+                outbox::emit(conn, SERVICE, order_id, causation_id, &released).await?
+            }
+        };
+    }
+    Ok(())
+}
+
+/// A release that can never succeed: the reservation ends `RELEASE_FAILED` (`reason` says why)
+/// and the order service is told (`inventory.release_failed.v1`), so the order ends `FAILED`.
+/// `false` when nothing is reserved for the order.
+pub(crate) async fn release_failed(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    causation_id: Option<Uuid>,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "update reservations set status = 'RELEASE_FAILED', reason = $2, updated_at = now()
+         where order_id = $1 and status = 'RESERVED'",
+    )
+    .bind(order_id)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    let failed = StockReleaseFailed {
+        order_id,
+        error: reason.to_owned(),
+    };
+    outbox::emit(conn, SERVICE, order_id, causation_id, &failed).await?;
+    metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "inventory.release")
+        .increment(1);
+    Ok(true)
+}
+
+/// The `reason` of a reservation released because its hold expired.
+pub(crate) const HOLD_EXPIRED: &str = "hold_expired";
 
 /// A product row as [`lock_state`] aggregates it.
 #[derive(Deserialize)]
@@ -139,11 +180,13 @@ async fn lock_state(
         Option<Json<Vec<PricedLine>>>,
         Option<i64>,
         Option<String>,
+        Option<bool>,
         Json<Vec<ProductRow>>,
     );
-    let (status, items, total_cents, reason, products): Row = sqlx::query_as(
+    let (status, items, total_cents, reason, confirmed, products): Row = sqlx::query_as(
         "with reservation as (
-             select status, items, total_cents, reason from reservations
+             select status, items, total_cents, reason, confirmed_at is not null as confirmed
+             from reservations
              where order_id = $1 for update
          ), stock as (
              select sku, price_cents, available, reserved, sold from products
@@ -151,7 +194,7 @@ async fn lock_state(
              order by sku for update
          )
          select reservation.status, reservation.items, reservation.total_cents, reservation.reason,
-                (select coalesce(json_agg(stock), '[]') from stock)
+                reservation.confirmed, (select coalesce(json_agg(stock), '[]') from stock)
          from (select) as one left join reservation on true",
     )
     .bind(order_id)
@@ -163,6 +206,7 @@ async fn lock_state(
             let status = ReservationStatus::parse(&status).ok_or_else(|| {
                 sqlx::Error::Decode(format!("unknown reservation status {status}").into())
             })?;
+            let hold_expired = reason.as_deref() == Some(HOLD_EXPIRED);
             let rejection = reason
                 .filter(|_| status == ReservationStatus::Rejected)
                 .map(parse_reason)
@@ -172,6 +216,8 @@ async fn lock_state(
                 items: items.map(|items| items.0).unwrap_or_default(),
                 total_cents: total_cents.unwrap_or_default(),
                 rejection,
+                confirmed: confirmed.unwrap_or_default(),
+                hold_expired,
             })
         })
         .transpose()?;
@@ -238,13 +284,21 @@ async fn save(
             .execute(&mut *conn)
             .await?;
         }
-        // The rules change nothing of a recorded reservation but its status.
-        (Some(before), Some(after)) if before.status != after.status => {
+        // The rules change nothing of a recorded reservation but its status, whether it is
+        // confirmed and whether its hold expired.
+        (Some(before), Some(after)) if before != after => {
             sqlx::query(
-                "update reservations set status = $2, updated_at = now() where order_id = $1",
+                "update reservations set status = $2,
+                        confirmed_at = case when $3 then coalesce(confirmed_at, now()) end,
+                        reason = case when $4 then $5 else reason end,
+                        updated_at = now()
+                 where order_id = $1",
             )
             .bind(order_id)
             .bind(after.status.as_str())
+            .bind(after.confirmed)
+            .bind(after.hold_expired)
+            .bind(HOLD_EXPIRED)
             .execute(&mut *conn)
             .await?;
         }

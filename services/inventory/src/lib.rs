@@ -4,6 +4,7 @@
 mod config;
 pub mod domain;
 mod handler;
+mod hold_expiry;
 mod routes;
 mod startup;
 

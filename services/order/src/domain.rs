@@ -6,6 +6,11 @@
 //! `order.cancelled` makes every service undo what it did; so does the saga's deadline. A
 //! compensation that can never succeed turns a cancelled order `FAILED`, naming the step.
 //! Terminal states absorb every later event, so duplicates and late events change nothing.
+//!
+//! A participant compensates on its own only when its hold expired (`HOLD_TIMEOUT_MS`, no
+//! decision came): a compensation reported for a `PENDING` order cancels it (`timeout`), so the
+//! others release too; one reported for a `CONFIRMED` order (the decision lost the race with
+//! the expiry) makes it `FAILED` at step `hold.expired`: it needs a person.
 
 use serde::{Deserialize, Serialize};
 use shared::events::{CancellationReason, StockRejection};
@@ -84,7 +89,8 @@ pub enum SagaEvent {
     PaymentDeclined,
     ShipmentScheduled,
     ShipmentRejected,
-    /// Compensations that were carried out; recorded in the timeline, no decision needed.
+    /// Compensations that were carried out. After `order.cancelled` they need no decision;
+    /// before any decision they mean a participant's hold expired.
     Compensated,
     CustomerCancelled,
     /// The saga's deadline passed.
@@ -99,6 +105,10 @@ pub enum Command {
     Confirm,
     Cancel(CancellationReason),
 }
+
+/// The step a `CONFIRMED` order fails at when a participant's hold expired before the
+/// confirmation reached it.
+pub const HOLD_EXPIRED_STEP: &str = "hold.expired";
 
 /// Applies `event` to `state`.
 pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
@@ -120,6 +130,14 @@ pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Comm
             OrderState {
                 status: OrderStatus::Failed,
                 failed_step: Some(step),
+                ..state.clone()
+            },
+            Vec::new(),
+        ),
+        (OrderStatus::Confirmed, SagaEvent::Compensated) => (
+            OrderState {
+                status: OrderStatus::Failed,
+                failed_step: Some(HOLD_EXPIRED_STEP),
                 ..state.clone()
             },
             Vec::new(),
@@ -148,7 +166,7 @@ fn pending(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
         SagaEvent::PaymentDeclined => cancel(CancellationReason::PaymentDeclined),
         SagaEvent::ShipmentRejected => cancel(CancellationReason::ShippingUnavailable),
         SagaEvent::CustomerCancelled => cancel(CancellationReason::CancelledByCustomer),
-        SagaEvent::DeadlinePassed => cancel(CancellationReason::Timeout),
+        SagaEvent::DeadlinePassed | SagaEvent::Compensated => cancel(CancellationReason::Timeout),
         SagaEvent::ShipmentScheduled => (
             OrderState {
                 status: OrderStatus::Confirmed,
@@ -157,9 +175,19 @@ fn pending(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
             vec![Command::Confirm],
         ),
         SagaEvent::PaymentCharged
-        | SagaEvent::Compensated
         | SagaEvent::StockReserved { .. }
         | SagaEvent::CompensationFailed(_) => (state.clone(), Vec::new()),
+    }
+}
+
+/// An outcome reported after the saga's deadline is the deadline's: a saga past it is never
+/// confirmed, even when the sweeper has not got to it yet (after an outage, the backlog may
+/// reach the consumer first). So with the participants' `HOLD_TIMEOUT_MS` above
+/// `SAGA_DEADLINE_MS`, no confirmation can follow a hold expiring.
+pub fn in_time(event: SagaEvent, overdue: bool) -> SagaEvent {
+    match event {
+        SagaEvent::ShipmentScheduled if overdue => SagaEvent::DeadlinePassed,
+        event => event,
     }
 }
 
@@ -271,6 +299,26 @@ mod tests {
     }
 
     #[test]
+    fn a_shipment_reported_after_the_deadline_cancels_instead_of_confirming() {
+        let late = [
+            SagaEvent::StockReserved { total_cents: 5 },
+            SagaEvent::PaymentCharged,
+            in_time(SagaEvent::ShipmentScheduled, true),
+        ];
+        let (state, commands) = replay(late);
+        assert_eq!(state.status, OrderStatus::Cancelled);
+        assert_eq!(commands, vec![Command::Cancel(CancellationReason::Timeout)]);
+        assert_eq!(
+            in_time(SagaEvent::ShipmentScheduled, false),
+            SagaEvent::ShipmentScheduled
+        );
+        assert_eq!(
+            in_time(SagaEvent::ShipmentRejected, true),
+            SagaEvent::ShipmentRejected
+        );
+    }
+
+    #[test]
     fn a_compensation_that_fails_for_good_makes_the_order_failed() {
         let (state, commands) = replay([
             SagaEvent::StockReserved { total_cents: 5 },
@@ -309,6 +357,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_hold_expiring_before_the_decision_cancels_and_after_it_fails_the_order() {
+        let (state, commands) = replay([
+            SagaEvent::StockReserved { total_cents: 5 },
+            SagaEvent::Compensated,
+        ]);
+        assert_eq!(state.status, OrderStatus::Cancelled);
+        assert_eq!(commands, vec![Command::Cancel(CancellationReason::Timeout)]);
+        let mut events = happy_path();
+        events.push(SagaEvent::Compensated);
+        let (state, commands) = replay(events);
+        assert_eq!(
+            (state.status, state.failed_step),
+            (OrderStatus::Failed, Some(HOLD_EXPIRED_STEP))
+        );
+        assert_eq!(commands, vec![Command::Confirm]);
+        let (cancelled, _) = replay([SagaEvent::CustomerCancelled]);
+        assert_eq!(
+            transition(&cancelled, SagaEvent::Compensated),
+            (cancelled.clone(), Vec::new())
+        );
+    }
+
     fn any_event() -> impl Strategy<Value = SagaEvent> {
         prop_oneof![
             (1i64..100_000).prop_map(|total_cents| SagaEvent::StockReserved { total_cents }),
@@ -341,7 +412,10 @@ mod tests {
             let (state, commands) = replay(events);
             prop_assert!(commands.len() <= 1);
             match commands.first() {
-                Some(Command::Confirm) => prop_assert_eq!(state.status, OrderStatus::Confirmed),
+                Some(Command::Confirm) => prop_assert!(
+                    state.status == OrderStatus::Confirmed
+                        || state.failed_step == Some(HOLD_EXPIRED_STEP)
+                ),
                 Some(Command::Cancel(reason)) => {
                     prop_assert!(matches!(state.status, OrderStatus::Cancelled | OrderStatus::Failed));
                     prop_assert_eq!(state.cancellation_reason, Some(*reason));

@@ -1,15 +1,22 @@
 //! Applies the other services' events to orders, and publishes the saga's decisions.
 
-use shared::events::{Event, OrderCancelled, OrderConfirmed, PaymentMethod, PricedLine};
+use std::time::Duration;
+
+use shared::events::{
+    CancellationReason, Event, OrderCancelled, OrderConfirmed, PaymentMethod, PricedLine,
+};
 use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{transition, Command, OrderState, SagaEvent};
+use crate::domain::{in_time, transition, Command, OrderState, SagaEvent};
 use crate::repository::{self, Order};
 use crate::SERVICE;
 
-pub struct OrderEventHandler;
+pub struct OrderEventHandler {
+    /// `SAGA_DEADLINE_MS`: an order older than this is never confirmed ([`in_time`]).
+    pub saga_deadline: Duration,
+}
 
 /// What another service reported about an order, in the saga's terms.
 pub struct Reported {
@@ -72,16 +79,48 @@ impl EventHandler for OrderEventHandler {
             None => repository::lock_order(conn, order_id).await?,
         };
         let Some(order) = locked else {
-            tracing::warn!(order_id = %envelope.order_id, "event for an unknown order ignored");
+            answer_orphan(conn, envelope).await?;
             return Ok(());
         };
         repository::record_timeline(conn, envelope).await?;
         if let (None, Some(items)) = (order.total_cents, &reported.reserved_items) {
             repository::save_prices(conn, order.order_id, items).await?;
         }
-        advance(conn, &order, reported.event, Some(envelope.id)).await?;
+        let age = chrono::Utc::now().signed_duration_since(order.created_at);
+        let overdue = age.to_std().is_ok_and(|age| age > self.saga_deadline);
+        let event = in_time(reported.event, overdue);
+        advance(conn, &order, event, Some(envelope.id)).await?;
         Ok(())
     }
+}
+
+/// An event for an order this service does not know: its row was lost (a restore, a failover
+/// that lost commits) or it never existed (a forged `order.created`). It can never be a race:
+/// an order's row commits in the transaction that writes its `order.created` to the outbox, and
+/// every other event follows from that one. The event is recorded in `orphan_events` (never as
+/// an order) and the first one per order is answered with `order.cancelled` (reason `timeout`:
+/// the saga can never end), so every participant releases, refunds or cancels what it holds,
+/// or voids what it has not done yet. Later events for the same order are only counted: the
+/// participants have had their cancel.
+async fn answer_orphan(conn: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    let order_id = envelope.order_id;
+    metrics::counter!(
+        "sagashop_orphan_events_total",
+        "service" => SERVICE,
+        "event_type" => envelope.event_type.clone(),
+    )
+    .increment(1);
+    if !repository::record_orphan(conn, envelope).await? {
+        tracing::debug!(%order_id, event_type = %envelope.event_type, "another event for an unknown order");
+        return Ok(());
+    }
+    tracing::warn!(%order_id, event_type = %envelope.event_type, source = %envelope.source, "event for an unknown order: answered with order.cancelled");
+    let cancelled = OrderCancelled {
+        order_id,
+        reason: CancellationReason::Timeout,
+    };
+    outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &cancelled).await?;
+    Ok(())
 }
 
 /// Applies `event` to a locked order: saves the new state and publishes the saga's commands,

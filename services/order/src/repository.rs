@@ -48,7 +48,11 @@ impl Order {
 }
 
 /// The compensation steps that can fail, as `&'static str` for the pure saga state.
-pub const FAILABLE_STEPS: [&str; 2] = ["inventory.release", "payment.refund"];
+pub const FAILABLE_STEPS: [&str; 3] = [
+    "inventory.release",
+    "payment.refund",
+    crate::domain::HOLD_EXPIRED_STEP,
+];
 
 fn known_step(step: &str) -> &'static str {
     FAILABLE_STEPS
@@ -347,4 +351,25 @@ pub async fn lock_overdue(
         .into_iter()
         .map(OrderRow::into_order)
         .collect()
+}
+
+/// Records an event for an order that has no row; `true` when it is the first for that order.
+pub async fn record_orphan(
+    conn: &mut PgConnection,
+    envelope: &Envelope,
+) -> Result<bool, sqlx::Error> {
+    let first: bool = sqlx::query_scalar(
+        "insert into orphan_events (order_id, first_event_id, first_event_type, first_source)
+         values ($1, $2, $3, $4)
+         on conflict (order_id) do update
+             set events = orphan_events.events + 1, last_seen_at = now()
+         returning xmax = 0",
+    )
+    .bind(envelope.order_id)
+    .bind(envelope.id)
+    .bind(&envelope.event_type)
+    .bind(&envelope.source)
+    .fetch_one(conn)
+    .await?;
+    Ok(first)
 }

@@ -26,7 +26,10 @@ impl Application {
             .routes(|infrastructure| {
                 routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
             })
-            .consumes(topology::ORDER.consumes, OrderEventHandler)
+            .consumes(
+                topology::ORDER.consumes,
+                OrderEventHandler { saga_deadline },
+            )
             .retain(idempotency_key_retention(
                 config.idempotency_key_retention_ms,
             ))

@@ -18,4 +18,14 @@ pub struct Config {
     /// release.
     #[arg(long, env = "PAYMENT_CHARGED_VERSION", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub charged_version: u32,
+
+    /// A charge no decision (`order.confirmed`/`order.cancelled`) reached this long after it
+    /// was made is refunded (`hold_expired`). Keep it well above the order service's
+    /// `SAGA_DEADLINE_MS`.
+    #[arg(long, env = "HOLD_TIMEOUT_MS", default_value_t = 600_000)]
+    pub hold_timeout_ms: u64,
+
+    /// How often expired holds are looked for.
+    #[arg(long, env = "HOLD_SWEEP_MS", default_value_t = 1_000)]
+    pub hold_sweep_ms: u64,
 }

@@ -3,13 +3,18 @@
 //! publish. No I/O here; `handler` loads the state, calls [`decide`] and stores the difference.
 //!
 //! `inventory.reserved` charges the total once, or declines it; `order.cancelled` refunds a
-//! charge, or voids a payment never made so a late reservation is never charged. Any other
-//! pairing changes nothing, so duplicates and late events are harmless.
+//! charge, or voids a payment never made so a late reservation is never charged;
+//! `order.confirmed` settles a charge. A charge no decision settled within `HOLD_TIMEOUT_MS` is
+//! refunded as for `order.cancelled` ([`SagaEvent::HoldExpired`]); a confirmation arriving after
+//! that is recorded on the refunded payment and nothing more (the order service makes that
+//! order `FAILED`). Any other pairing changes nothing, so duplicates and late events are
+//! harmless.
 
 use shared::events::{
-    DeclineReason, OrderCancelled, PaymentCharged, PaymentDeclined, PaymentMethod, PaymentRefunded,
-    StockReserved,
+    DeclineReason, OrderCancelled, OrderConfirmed, PaymentCharged, PaymentDeclined, PaymentMethod,
+    PaymentRefunded, StockReserved,
 };
+use uuid::Uuid;
 
 /// Where an order's payment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +62,17 @@ pub struct Payment {
     pub amount_cents: i64,
     /// Why it was declined (`Declined` only).
     pub decline_reason: Option<DeclineReason>,
+    /// `order.confirmed` arrived: a charge is settled, no longer a hold.
+    pub confirmed: bool,
+    /// Refunded because no decision came within the hold timeout.
+    pub hold_expired: bool,
+}
+
+impl Payment {
+    /// A charge no decision settled yet: what the hold timeout refunds.
+    pub fn is_hold(&self) -> bool {
+        self.status == PaymentStatus::Charged && !self.confirmed
+    }
 }
 
 /// Everything the rules read and change for one event of one order.
@@ -74,6 +90,11 @@ pub struct PaymentState {
 pub enum SagaEvent {
     StockReserved(StockReserved),
     OrderCancelled(OrderCancelled),
+    OrderConfirmed(OrderConfirmed),
+    /// The hold timeout passed with no decision (from the hold expiry worker).
+    HoldExpired {
+        order_id: Uuid,
+    },
 }
 
 /// An event payment publishes.
@@ -105,6 +126,8 @@ pub fn decide(state: &PaymentState, event: SagaEvent) -> Decision {
                     customer_id: None,
                     amount_cents: 0,
                     decline_reason: None,
+                    confirmed: false,
+                    hold_expired: false,
                 }),
                 ..state.clone()
             },
@@ -113,7 +136,26 @@ pub fn decide(state: &PaymentState, event: SagaEvent) -> Decision {
         (Some(payment), SagaEvent::OrderCancelled(cancelled))
             if payment.status == PaymentStatus::Charged =>
         {
-            refund(payment, state.balance_cents, cancelled)
+            refund(payment, state.balance_cents, cancelled.order_id, false)
+        }
+        (Some(payment), SagaEvent::HoldExpired { order_id }) if payment.is_hold() => {
+            refund(payment, state.balance_cents, order_id, true)
+        }
+        // Settles a charge, or records a confirmation that came after the hold expired.
+        (Some(payment), SagaEvent::OrderConfirmed(_))
+            if !payment.confirmed
+                && (payment.status == PaymentStatus::Charged || payment.hold_expired) =>
+        {
+            Decision::Apply {
+                next: PaymentState {
+                    payment: Some(Payment {
+                        confirmed: true,
+                        ..payment.clone()
+                    }),
+                    ..state.clone()
+                },
+                emit: Vec::new(),
+            }
         }
         _ => Decision::Apply {
             next: state.clone(),
@@ -135,6 +177,8 @@ fn charge(state: &PaymentState, reserved: StockReserved) -> Decision {
         customer_id: Some(reserved.customer_id.clone()),
         amount_cents: reserved.total_cents,
         decline_reason,
+        confirmed: false,
+        hold_expired: false,
     };
     match paid {
         Ok(balance) => Decision::Apply {
@@ -160,8 +204,13 @@ fn charge(state: &PaymentState, reserved: StockReserved) -> Decision {
     }
 }
 
-/// Gives a charge back to its account.
-fn refund(payment: &Payment, balance_cents: Option<i64>, cancelled: OrderCancelled) -> Decision {
+/// Gives a charge back to its account (`hold_expired`: because no decision came in time).
+fn refund(
+    payment: &Payment,
+    balance_cents: Option<i64>,
+    order_id: Uuid,
+    hold_expired: bool,
+) -> Decision {
     let amount_cents = payment.amount_cents;
     let Some(balance) = balance_cents else {
         return Decision::CannotApply(format!(
@@ -179,12 +228,13 @@ fn refund(payment: &Payment, balance_cents: Option<i64>, cancelled: OrderCancell
         next: PaymentState {
             payment: Some(Payment {
                 status: PaymentStatus::Refunded,
+                hold_expired,
                 ..payment.clone()
             }),
             balance_cents: Some(balance),
         },
         emit: vec![Emit::Refunded(PaymentRefunded {
-            order_id: cancelled.order_id,
+            order_id,
             amount_cents,
         })],
     }
@@ -195,7 +245,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use shared::events::{CancellationReason, ShippingAddress};
-    use uuid::Uuid;
 
     const CUSTOMER: &str = "alice";
 
@@ -221,6 +270,18 @@ mod tests {
             order_id: order_id(order),
             reason: CancellationReason::CancelledByCustomer,
         })
+    }
+
+    fn confirmed(order: usize) -> SagaEvent {
+        SagaEvent::OrderConfirmed(OrderConfirmed {
+            order_id: order_id(order),
+        })
+    }
+
+    fn expired(order: usize) -> SagaEvent {
+        SagaEvent::HoldExpired {
+            order_id: order_id(order),
+        }
     }
 
     fn new_order(balance_cents: Option<i64>) -> PaymentState {
@@ -307,6 +368,52 @@ mod tests {
     }
 
     #[test]
+    fn a_charge_no_decision_settled_is_refunded_when_its_hold_expires() {
+        let (paid, _) = applied(&new_order(Some(500)), reserved(0, 200));
+        let (refunded, emit) = applied(&paid, expired(0));
+        assert_eq!(
+            (status(&refunded), refunded.balance_cents),
+            (Some(PaymentStatus::Refunded), Some(500))
+        );
+        assert!(refunded.payment.as_ref().unwrap().hold_expired);
+        assert_eq!(
+            emit,
+            vec![Emit::Refunded(PaymentRefunded {
+                order_id: order_id(0),
+                amount_cents: 200
+            })]
+        );
+        // The confirmation that lost the race is recorded, and nothing is charged again.
+        let (late, emit) = applied(&refunded, confirmed(0));
+        assert!(emit.is_empty());
+        assert_eq!(late.balance_cents, Some(500));
+        assert_eq!(status(&late), Some(PaymentStatus::Refunded));
+        assert!(late.payment.as_ref().unwrap().confirmed);
+        assert_eq!(applied(&late, confirmed(0)), (late.clone(), Vec::new()));
+    }
+
+    #[test]
+    fn a_confirmed_charge_is_settled_and_its_hold_never_expires() {
+        let (paid, _) = applied(&new_order(Some(500)), reserved(0, 200));
+        let (settled, emit) = applied(&paid, confirmed(0));
+        assert!(emit.is_empty());
+        assert_eq!(
+            (status(&settled), settled.balance_cents),
+            (Some(PaymentStatus::Charged), Some(300))
+        );
+        assert!(settled.payment.as_ref().unwrap().confirmed);
+        assert_eq!(applied(&settled, expired(0)), (settled.clone(), Vec::new()));
+        // Nothing held, nothing to expire.
+        let (voided, _) = applied(&new_order(Some(500)), cancelled(0));
+        assert_eq!(applied(&voided, expired(0)), (voided.clone(), Vec::new()));
+        let (declined, _) = applied(&new_order(Some(1)), reserved(0, 200));
+        assert_eq!(
+            applied(&declined, expired(0)),
+            (declined.clone(), Vec::new())
+        );
+    }
+
+    #[test]
     fn a_refund_to_an_account_that_is_gone_cannot_be_applied() {
         let (paid, _) = applied(&new_order(Some(500)), reserved(0, 200));
         let gone = PaymentState {
@@ -327,12 +434,18 @@ mod tests {
     enum Delivery {
         Reserved(usize),
         Cancelled(usize),
+        Confirmed(usize),
+        /// The hold expiry worker's.
+        Expired(usize),
     }
 
     impl Delivery {
         fn order(self) -> usize {
             match self {
-                Self::Reserved(order) | Self::Cancelled(order) => order,
+                Self::Reserved(order)
+                | Self::Cancelled(order)
+                | Self::Confirmed(order)
+                | Self::Expired(order) => order,
             }
         }
     }
@@ -362,6 +475,8 @@ mod tests {
             let event = match delivery {
                 Delivery::Reserved(order) => reserved(order, self.totals[order]),
                 Delivery::Cancelled(order) => cancelled(order),
+                Delivery::Confirmed(order) => confirmed(order),
+                Delivery::Expired(order) => expired(order),
             };
             let state = PaymentState {
                 payment: self.payments[order].clone(),
@@ -405,7 +520,35 @@ mod tests {
         prop_oneof![
             (0..ORDERS).prop_map(Delivery::Reserved),
             (0..ORDERS).prop_map(Delivery::Cancelled),
+            (0..ORDERS).prop_map(Delivery::Confirmed),
+            (0..ORDERS).prop_map(Delivery::Expired),
         ]
+    }
+
+    /// What the consumer delivers (and may deliver again): not the hold expiry worker's.
+    fn any_consumed() -> impl Strategy<Value = Delivery> {
+        prop_oneof![
+            (0..ORDERS).prop_map(Delivery::Reserved),
+            (0..ORDERS).prop_map(Delivery::Cancelled),
+            (0..ORDERS).prop_map(Delivery::Confirmed),
+        ]
+    }
+
+    /// Drops confirmations of orders not reserved yet: an order is confirmed only after its
+    /// shipment, which follows the charge payment made on its reservation.
+    fn in_saga_order(deliveries: Vec<Delivery>) -> Vec<Delivery> {
+        let mut seen = [false; ORDERS];
+        deliveries
+            .into_iter()
+            .filter(|delivery| match *delivery {
+                Delivery::Reserved(order) => {
+                    seen[order] = true;
+                    true
+                }
+                Delivery::Confirmed(order) => seen[order],
+                Delivery::Cancelled(_) | Delivery::Expired(_) => true,
+            })
+            .collect()
     }
 
     fn any_start() -> impl Strategy<Value = (Option<i64>, Vec<i64>)> {
@@ -464,13 +607,32 @@ mod tests {
         #[test]
         fn redeliveries_at_any_later_point_change_nothing(
             (start, totals) in any_start(),
-            (original, delivered) in proptest::collection::vec(any_delivery(), 0..12).prop_flat_map(shared::testing::with_redeliveries),
+            (original, delivered) in proptest::collection::vec(any_consumed(), 0..12)
+                .prop_map(in_saga_order)
+                .prop_flat_map(shared::testing::with_redeliveries),
         ) {
             let mut once = Account::new(start, totals);
             let mut again = once.clone();
             original.into_iter().for_each(|delivery| once.deliver(delivery));
             delivered.into_iter().for_each(|delivery| again.deliver(delivery));
             prop_assert_eq!(once, again);
+        }
+
+        #[test]
+        fn a_confirmed_charge_is_never_refunded_by_its_hold_expiring(
+            (start, totals) in any_start(),
+            deliveries in proptest::collection::vec(any_delivery(), 0..16),
+        ) {
+            let mut account = Account::new(start, totals);
+            for delivery in deliveries {
+                let before = account.payments[delivery.order()].clone();
+                account.deliver(delivery);
+                if let (Delivery::Expired(order), Some(payment)) = (delivery, before) {
+                    if payment.status == PaymentStatus::Charged && payment.confirmed {
+                        prop_assert_eq!(account.payments[order].as_ref(), Some(&payment));
+                    }
+                }
+            }
         }
 
         #[test]
@@ -490,6 +652,8 @@ mod tests {
                         customer_id: None,
                         amount_cents: 0,
                         decline_reason: None,
+                        confirmed: false,
+                        hold_expired: false,
                     };
                     prop_assert_eq!(account.payments[order].as_ref(), Some(&voided));
                     prop_assert!(account.published(order).is_empty());

@@ -24,8 +24,8 @@ impl EventHandler for PaymentEventHandler {
         Some(match event {
             Event::StockReserved(event) => SagaEvent::StockReserved(event),
             Event::OrderCancelled(event) => SagaEvent::OrderCancelled(event),
+            Event::OrderConfirmed(event) => SagaEvent::OrderConfirmed(event),
             Event::OrderCreated(_)
-            | Event::OrderConfirmed(_)
             | Event::StockRejected(_)
             | Event::StockReleased(_)
             | Event::StockReleaseFailed(_)
@@ -45,39 +45,14 @@ impl EventHandler for PaymentEventHandler {
         envelope: &Envelope,
         event: &SagaEvent,
     ) -> Result<(), HandlerError> {
-        let order_id = envelope.order_id;
-        let charged_customer = match &event {
-            SagaEvent::StockReserved(reserved) => Some(reserved.customer_id.as_str()),
-            SagaEvent::OrderCancelled(_) => None,
-        };
-        let locked = lock_state(conn, order_id, charged_customer).await?;
-        let (next, emit) = match decide(&locked.state, event.clone()) {
-            Decision::Apply { next, emit } => (next, emit),
-            Decision::CannotApply(reason) => return Err(HandlerError::Failed(reason)),
-        };
-        if next == locked.state {
-            tracing::debug!(%order_id, event_type = %envelope.event_type, "nothing to do");
-        }
-        save(conn, order_id, &locked, &next).await?;
-        let causation_id = Some(envelope.id);
-        for event in emit {
-            match event {
-                Emit::Charged(charged) if self.charged_version == 1 => {
-                    let charged = PaymentChargedV1::from(charged);
-                    outbox::emit(conn, SERVICE, order_id, causation_id, &charged).await?
-                }
-                Emit::Charged(charged) => {
-                    outbox::emit(conn, SERVICE, order_id, causation_id, &charged).await?
-                }
-                Emit::Declined(declined) => {
-                    outbox::emit(conn, SERVICE, order_id, causation_id, &declined).await?
-                }
-                Emit::Refunded(refunded) => {
-                    outbox::emit(conn, SERVICE, order_id, causation_id, &refunded).await?
-                }
-            };
-        }
-        Ok(())
+        apply(
+            conn,
+            envelope.order_id,
+            event,
+            Some(envelope.id),
+            self.charged_version,
+        )
+        .await
     }
 
     /// A refund that can never succeed: the payment ends `REFUND_FAILED` and the order service
@@ -92,29 +67,101 @@ impl EventHandler for PaymentEventHandler {
         if !matches!(event, SagaEvent::OrderCancelled(_)) {
             return Ok(false);
         }
-        let order_id = envelope.order_id;
-        let amount_cents: Option<i64> = sqlx::query_scalar(
-            "update payments set status = 'REFUND_FAILED', reason = $2, updated_at = now()
-             where order_id = $1 and status = 'CHARGED' returning amount_cents",
-        )
-        .bind(order_id)
-        .bind(reason)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(amount_cents) = amount_cents else {
-            return Ok(false);
-        };
-        let failed = RefundFailed {
-            order_id,
-            amount_cents,
-            error: reason.to_owned(),
-        };
-        outbox::emit(conn, SERVICE, order_id, Some(envelope.id), &failed).await?;
-        metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "payment.refund")
-            .increment(1);
-        Ok(true)
+        refund_failed(conn, envelope.order_id, Some(envelope.id), reason).await
     }
 }
+
+/// Loads and locks the order's payment, lets [`decide`] apply `event` and stores the result
+/// with the events to publish, in the caller's transaction: the consumer's for an event, the
+/// hold expiry worker's for [`SagaEvent::HoldExpired`].
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    event: &SagaEvent,
+    causation_id: Option<Uuid>,
+    charged_version: u32,
+) -> Result<(), HandlerError> {
+    let charged_customer = match &event {
+        SagaEvent::StockReserved(reserved) => Some(reserved.customer_id.as_str()),
+        SagaEvent::OrderCancelled(_)
+        | SagaEvent::OrderConfirmed(_)
+        | SagaEvent::HoldExpired { .. } => None,
+    };
+    let locked = lock_state(conn, order_id, charged_customer).await?;
+    let (next, emit) = match decide(&locked.state, event.clone()) {
+        Decision::Apply { next, emit } => (next, emit),
+        Decision::CannotApply(reason) => return Err(HandlerError::Failed(reason)),
+    };
+    if next == locked.state {
+        tracing::debug!(%order_id, ?event, "nothing to do");
+    }
+    let before = locked.state.payment.as_ref();
+    if let Some(after) = &next.payment {
+        if after.hold_expired && !before.is_some_and(|payment| payment.hold_expired) {
+            tracing::warn!(%order_id, "no decision within the hold timeout: the charge is refunded");
+            metrics::counter!("sagashop_holds_expired_total", "service" => SERVICE).increment(1);
+        }
+        if after.hold_expired && after.confirmed && !before.is_some_and(|payment| payment.confirmed)
+        {
+            tracing::error!(%order_id, "order.confirmed after the charge's hold expired and was refunded: needs a person");
+            metrics::counter!("sagashop_decisions_after_hold_expired_total", "service" => SERVICE)
+                .increment(1);
+        }
+    }
+    save(conn, order_id, &locked, &next).await?;
+    for event in emit {
+        match event {
+            Emit::Charged(charged) if charged_version == 1 => {
+                let charged = PaymentChargedV1::from(charged);
+                outbox::emit(conn, SERVICE, order_id, causation_id, &charged).await?
+            }
+            Emit::Charged(charged) => {
+                outbox::emit(conn, SERVICE, order_id, causation_id, &charged).await?
+            }
+            Emit::Declined(declined) => {
+                outbox::emit(conn, SERVICE, order_id, causation_id, &declined).await?
+            }
+            Emit::Refunded(refunded) => {
+                outbox::emit(conn, SERVICE, order_id, causation_id, &refunded).await?
+            }
+        };
+    }
+    Ok(())
+}
+
+/// A refund that can never succeed: the payment ends `REFUND_FAILED` (`reason` says why) and
+/// the order service is told (`payment.refund_failed.v1`), so the order ends `FAILED`. `false`
+/// when the order has no charge to refund.
+pub(crate) async fn refund_failed(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    causation_id: Option<Uuid>,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let amount_cents: Option<i64> = sqlx::query_scalar(
+        "update payments set status = 'REFUND_FAILED', reason = $2, updated_at = now()
+         where order_id = $1 and status = 'CHARGED' returning amount_cents",
+    )
+    .bind(order_id)
+    .bind(reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(amount_cents) = amount_cents else {
+        return Ok(false);
+    };
+    let failed = RefundFailed {
+        order_id,
+        amount_cents,
+        error: reason.to_owned(),
+    };
+    outbox::emit(conn, SERVICE, order_id, causation_id, &failed).await?;
+    metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "payment.refund")
+        .increment(1);
+    Ok(true)
+}
+
+/// The `reason` of a payment refunded because its hold expired.
+pub(crate) const HOLD_EXPIRED: &str = "hold_expired";
 
 /// The state [`decide`] needs, as loaded, and whose account it holds.
 struct Locked {
@@ -134,20 +181,22 @@ async fn lock_state(
         Option<String>,
         Option<i64>,
         Option<String>,
+        Option<bool>,
         Option<String>,
         Option<i64>,
     );
-    let (status, customer_id, amount_cents, reason, account_customer_id, balance_cents): Row =
+    let (status, customer_id, amount_cents, reason, confirmed, account_customer_id, balance_cents): Row =
         sqlx::query_as(
             "with payment as (
-                 select status, customer_id, amount_cents, reason from payments
+                 select status, customer_id, amount_cents, reason, confirmed_at is not null as confirmed
+                 from payments
                  where order_id = $1 for update
              ), account as (
                  select customer_id, balance_cents from accounts
                  where customer_id = coalesce($2, (select customer_id from payment)) for update
              )
              select payment.status, payment.customer_id, payment.amount_cents, payment.reason,
-                    account.customer_id, account.balance_cents
+                    payment.confirmed, account.customer_id, account.balance_cents
              from (select) as one left join payment on true left join account on true",
         )
         .bind(order_id)
@@ -159,6 +208,7 @@ async fn lock_state(
             let status = PaymentStatus::parse(&status).ok_or_else(|| {
                 sqlx::Error::Decode(format!("unknown payment status {status}").into())
             })?;
+            let hold_expired = reason.as_deref() == Some(HOLD_EXPIRED);
             let decline_reason = reason
                 .filter(|_| status == PaymentStatus::Declined)
                 .map(parse_reason)
@@ -168,6 +218,8 @@ async fn lock_state(
                 customer_id,
                 amount_cents: amount_cents.unwrap_or_default(),
                 decline_reason,
+                confirmed: confirmed.unwrap_or_default(),
+                hold_expired,
             })
         })
         .transpose()?;
@@ -213,13 +265,23 @@ async fn save(
             .execute(&mut *conn)
             .await?;
         }
-        // The rules change nothing of a recorded payment but its status.
-        (Some(before), Some(after)) if before.status != after.status => {
-            sqlx::query("update payments set status = $2, updated_at = now() where order_id = $1")
-                .bind(order_id)
-                .bind(after.status.as_str())
-                .execute(&mut *conn)
-                .await?;
+        // The rules change nothing of a recorded payment but its status, whether it is
+        // confirmed and whether its hold expired.
+        (Some(before), Some(after)) if before != after => {
+            sqlx::query(
+                "update payments set status = $2,
+                        confirmed_at = case when $3 then coalesce(confirmed_at, now()) end,
+                        reason = case when $4 then $5 else reason end,
+                        updated_at = now()
+                 where order_id = $1",
+            )
+            .bind(order_id)
+            .bind(after.status.as_str())
+            .bind(after.confirmed)
+            .bind(after.hold_expired)
+            .bind(HOLD_EXPIRED)
+            .execute(&mut *conn)
+            .await?;
         }
         _ => {}
     }

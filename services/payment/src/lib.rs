@@ -1,9 +1,10 @@
 //! The payment service: owns customer accounts, charges an order's total once stock is
-//! reserved, and refunds it when the order is cancelled.
+//! reserved, and refunds it when the order is cancelled or no decision reaches it in time.
 
 mod config;
 pub mod domain;
 mod handler;
+mod hold_expiry;
 mod routes;
 mod startup;
 

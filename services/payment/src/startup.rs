@@ -1,5 +1,8 @@
-//! Wiring: the payment service's migrations, HTTP routes and event handler, run by
-//! `shared::service::Service` (which documents start-up, readiness and shutdown).
+//! Wiring: the payment service's migrations, HTTP routes, event handler and hold expiry
+//! worker, run by `shared::service::Service` (which documents start-up, readiness and
+//! shutdown).
+
+use std::time::Duration;
 
 use axum::Router;
 use shared::service::{CancellationToken, Service};
@@ -7,7 +10,7 @@ use shared::topology;
 use sqlx::PgPool;
 
 use crate::handler::PaymentEventHandler;
-use crate::{routes, Config, SERVICE};
+use crate::{hold_expiry, routes, Config, SERVICE};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -16,14 +19,32 @@ pub struct Application(Service);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let hold_timeout = Duration::from_millis(config.hold_timeout_ms);
+        let sweep_every = Duration::from_millis(config.hold_sweep_ms.max(1));
+        let charged_version = config.charged_version;
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| router(infrastructure.pool.clone()))
             .consumes(
                 topology::PAYMENT.consumes,
                 PaymentEventHandler {
-                    charged_version: config.charged_version,
+                    charged_version,
                 },
             )
+            .worker("hold-expiry", move |infrastructure, shutdown| {
+                let pool = infrastructure.pool.clone();
+                shared::periodic::run_every(
+                    "hold-expiry",
+                    sweep_every,
+                    infrastructure.outbox.clone(),
+                    shutdown,
+                    move || {
+                        let pool = pool.clone();
+                        async move {
+                            hold_expiry::sweep(&pool, hold_timeout, charged_version).await
+                        }
+                    },
+                )
+            })
             .build()
             .await
             .map(Self)

@@ -20,4 +20,14 @@ pub struct Config {
     /// Destination countries served, comma separated ISO 3166-1 alpha-2 codes.
     #[arg(long, env = "SHIPPING_COUNTRIES", default_value = DEFAULT_COUNTRIES)]
     pub countries: String,
+
+    /// A scheduled shipment no decision (`order.confirmed`/`order.cancelled`) reached this long after it
+    /// was made is compensated (`hold_expired`). Keep it well above the order service's
+    /// `SAGA_DEADLINE_MS`.
+    #[arg(long, env = "HOLD_TIMEOUT_MS", default_value_t = 600_000)]
+    pub hold_timeout_ms: u64,
+
+    /// How often expired holds are looked for.
+    #[arg(long, env = "HOLD_SWEEP_MS", default_value_t = 1_000)]
+    pub hold_sweep_ms: u64,
 }

@@ -3,15 +3,20 @@
 //! `handler` loads the record, calls [`decide`] and stores the difference.
 //!
 //! `payment.charged` schedules a shipment to a served country, or rejects it; `order.cancelled`
-//! cancels a scheduled shipment, or voids one never made so a late charge never ships. Any
-//! other pairing changes nothing, so duplicates and late events are harmless.
+//! cancels a scheduled shipment, or voids one never made so a late charge never ships;
+//! `order.confirmed` makes a scheduled shipment final. A scheduled shipment no decision reached
+//! within `HOLD_TIMEOUT_MS` is cancelled as for `order.cancelled` ([`SagaEvent::HoldExpired`]);
+//! a confirmation arriving after that is recorded on the cancelled shipment and nothing more
+//! (the order service makes that order `FAILED`). Any other pairing changes nothing, so
+//! duplicates and late events are harmless.
 
 use std::collections::BTreeSet;
 
 use shared::events::{
-    OrderCancelled, PaymentCharged, ShipmentCancelled, ShipmentRejected, ShipmentScheduled,
-    ShippingAddress,
+    OrderCancelled, OrderConfirmed, PaymentCharged, ShipmentCancelled, ShipmentRejected,
+    ShipmentScheduled, ShippingAddress,
 };
+use uuid::Uuid;
 
 /// The set of served destination countries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +89,10 @@ pub struct Shipment {
     /// The destination; `None` for a voided shipment.
     pub country: Option<String>,
     pub address: Option<ShippingAddress>,
+    /// `order.confirmed` arrived: a scheduled shipment is final, no longer a hold.
+    pub confirmed: bool,
+    /// Cancelled because no decision came within the hold timeout.
+    pub hold_expired: bool,
 }
 
 /// The saga events shipping reacts to.
@@ -91,6 +100,11 @@ pub struct Shipment {
 pub enum SagaEvent {
     PaymentCharged(PaymentCharged),
     OrderCancelled(OrderCancelled),
+    OrderConfirmed(OrderConfirmed),
+    /// The hold timeout passed with no decision (from the hold expiry worker).
+    HoldExpired {
+        order_id: Uuid,
+    },
 }
 
 /// An event shipping publishes.
@@ -133,6 +147,8 @@ pub fn decide(countries: &Countries, shipment: Option<&Shipment>, event: SagaEve
                     status,
                     country: Some(country),
                     address: Some(charged.shipping_address),
+                    confirmed: false,
+                    hold_expired: false,
                 }),
                 emit: vec![emitted],
             }
@@ -142,20 +158,33 @@ pub fn decide(countries: &Countries, shipment: Option<&Shipment>, event: SagaEve
                 status: ShipmentStatus::Voided,
                 country: None,
                 address: None,
+                confirmed: false,
+                hold_expired: false,
             }),
             emit: Vec::new(),
         },
         (Some(shipment), SagaEvent::OrderCancelled(cancelled))
             if shipment.status == ShipmentStatus::Scheduled =>
         {
+            cancel(shipment, cancelled.order_id, false)
+        }
+        (Some(shipment), SagaEvent::HoldExpired { order_id })
+            if shipment.status == ShipmentStatus::Scheduled && !shipment.confirmed =>
+        {
+            cancel(shipment, order_id, true)
+        }
+        // Makes a scheduled shipment final, or records a confirmation that came after the hold
+        // expired.
+        (Some(shipment), SagaEvent::OrderConfirmed(_))
+            if !shipment.confirmed
+                && (shipment.status == ShipmentStatus::Scheduled || shipment.hold_expired) =>
+        {
             Decision {
                 next: Some(Shipment {
-                    status: ShipmentStatus::Cancelled,
+                    confirmed: true,
                     ..shipment.clone()
                 }),
-                emit: vec![Emit::Cancelled(ShipmentCancelled {
-                    order_id: cancelled.order_id,
-                })],
+                emit: Vec::new(),
             }
         }
         (shipment, _) => Decision {
@@ -165,12 +194,23 @@ pub fn decide(countries: &Countries, shipment: Option<&Shipment>, event: SagaEve
     }
 }
 
+/// Cancels a scheduled shipment (`hold_expired`: because no decision came in time).
+fn cancel(shipment: &Shipment, order_id: Uuid, hold_expired: bool) -> Decision {
+    Decision {
+        next: Some(Shipment {
+            status: ShipmentStatus::Cancelled,
+            hold_expired,
+            ..shipment.clone()
+        }),
+        emit: vec![Emit::Cancelled(ShipmentCancelled { order_id })],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use shared::events::CancellationReason;
-    use uuid::Uuid;
 
     const ORDER: Uuid = Uuid::from_u128(1);
 
@@ -196,6 +236,14 @@ mod tests {
             order_id: ORDER,
             reason: CancellationReason::Timeout,
         })
+    }
+
+    fn confirmed() -> SagaEvent {
+        SagaEvent::OrderConfirmed(OrderConfirmed { order_id: ORDER })
+    }
+
+    fn expired() -> SagaEvent {
+        SagaEvent::HoldExpired { order_id: ORDER }
     }
 
     fn status(shipment: &Option<Shipment>) -> Option<ShipmentStatus> {
@@ -253,6 +301,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_shipment_no_decision_reached_is_cancelled_when_its_hold_expires() {
+        let scheduled = decide(&served(), None, charged("FR")).next;
+        let Decision { next, emit } = decide(&served(), scheduled.as_ref(), expired());
+        assert_eq!(status(&next), Some(ShipmentStatus::Cancelled));
+        assert!(next.as_ref().unwrap().hold_expired);
+        assert_eq!(
+            emit,
+            vec![Emit::Cancelled(ShipmentCancelled { order_id: ORDER })]
+        );
+        // The confirmation that lost the race is recorded, nothing is scheduled again.
+        let late = decide(&served(), next.as_ref(), confirmed());
+        assert!(late.emit.is_empty());
+        assert_eq!(status(&late.next), Some(ShipmentStatus::Cancelled));
+        assert!(late.next.as_ref().unwrap().confirmed);
+
+        // A confirmed shipment is final: its hold never expires.
+        let Decision { next: final_, emit } = decide(&served(), scheduled.as_ref(), confirmed());
+        assert!(emit.is_empty());
+        assert_eq!(status(&final_), Some(ShipmentStatus::Scheduled));
+        let Decision { next, emit } = decide(&served(), final_.as_ref(), expired());
+        assert_eq!((next, emit), (final_, Vec::new()));
+    }
+
     /// One order's shipment after `events`, and every event published on the way.
     fn replay(
         countries: &Countries,
@@ -280,7 +352,35 @@ mod tests {
     fn any_events() -> impl Strategy<Value = Vec<SagaEvent>> {
         any::<bool>().prop_flat_map(|served| {
             let country = if served { "FR" } else { "AQ" };
-            proptest::collection::vec(prop_oneof![Just(charged(country)), Just(cancelled())], 0..8)
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(charged(country)),
+                    Just(cancelled()),
+                    Just(confirmed()),
+                    Just(expired())
+                ],
+                0..8,
+            )
+        })
+    }
+
+    /// What the consumer delivers (and may deliver again; the hold expiry is not delivered):
+    /// a confirmation only after the charge, as the saga orders them.
+    fn any_consumed() -> impl Strategy<Value = Vec<SagaEvent>> {
+        any_events().prop_map(|events| {
+            let mut charged = false;
+            events
+                .into_iter()
+                .filter(|event| match event {
+                    SagaEvent::PaymentCharged(_) => {
+                        charged = true;
+                        true
+                    }
+                    SagaEvent::OrderConfirmed(_) => charged,
+                    SagaEvent::HoldExpired { .. } => false,
+                    SagaEvent::OrderCancelled(_) => true,
+                })
+                .collect()
         })
     }
 
@@ -288,6 +388,13 @@ mod tests {
         #[test]
         fn a_shipment_is_scheduled_at_most_once_and_cancelled_only_if_scheduled(events in any_events()) {
             let cancelled_at_all = events.contains(&cancelled());
+            let first = |wanted: &SagaEvent| events.iter().position(|event| event == wanted);
+            let (confirmed_at, expired_at) = (first(&confirmed()), first(&expired()));
+            let scheduled_at = events.iter().position(|event| matches!(event, SagaEvent::PaymentCharged(_)));
+            // Charged, then confirmed, then (if ever) expired, never cancelled.
+            let confirmed_before_expiry = !cancelled_at_all
+                && scheduled_at < confirmed_at
+                && (expired_at.is_none() || confirmed_at < expired_at);
             let (shipment, published) = replay(&served(), events);
             let published: Vec<&str> = published.iter().map(label).collect();
             prop_assert!(
@@ -296,6 +403,10 @@ mod tests {
             );
             if cancelled_at_all {
                 prop_assert_ne!(status(&shipment), Some(ShipmentStatus::Scheduled));
+            }
+            // A shipment confirmed once scheduled is never cancelled by its hold expiring.
+            if confirmed_before_expiry && published.first() == Some(&"scheduled") {
+                prop_assert_eq!(status(&shipment), Some(ShipmentStatus::Scheduled));
             }
         }
 
@@ -312,7 +423,7 @@ mod tests {
 
         #[test]
         fn redeliveries_at_any_later_point_change_nothing(
-            (original, delivered) in any_events().prop_flat_map(shared::testing::with_redeliveries)
+            (original, delivered) in any_consumed().prop_flat_map(shared::testing::with_redeliveries)
         ) {
             prop_assert_eq!(replay(&served(), original), replay(&served(), delivered));
         }

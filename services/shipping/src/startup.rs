@@ -1,5 +1,8 @@
-//! Wiring: the shipping service's migrations, HTTP routes and event handler, run by
-//! `shared::service::Service` (which documents start-up, readiness and shutdown).
+//! Wiring: the shipping service's migrations, HTTP routes, event handler and hold expiry
+//! worker, run by `shared::service::Service` (which documents start-up, readiness and
+//! shutdown).
+
+use std::time::Duration;
 
 use axum::Router;
 use shared::service::{CancellationToken, Service};
@@ -8,7 +11,7 @@ use sqlx::PgPool;
 
 use crate::domain::Countries;
 use crate::handler::ShippingEventHandler;
-use crate::{routes, Config, SERVICE};
+use crate::{hold_expiry, routes, Config, SERVICE};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -19,12 +22,28 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let countries = Countries::parse(&config.countries)?;
         let served = countries.clone();
+        let expiring = countries.clone();
+        let hold_timeout = Duration::from_millis(config.hold_timeout_ms);
+        let sweep_every = Duration::from_millis(config.hold_sweep_ms.max(1));
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(move |infrastructure| router(infrastructure.pool.clone(), served))
             .consumes(
                 topology::SHIPPING.consumes,
                 ShippingEventHandler { countries },
             )
+            .worker("hold-expiry", move |infrastructure, shutdown| {
+                let pool = infrastructure.pool.clone();
+                shared::periodic::run_every(
+                    "hold-expiry",
+                    sweep_every,
+                    infrastructure.outbox.clone(),
+                    shutdown,
+                    move || {
+                        let (pool, countries) = (pool.clone(), expiring.clone());
+                        async move { hold_expiry::sweep(&pool, &countries, hold_timeout).await }
+                    },
+                )
+            })
             .build()
             .await
             .map(Self)

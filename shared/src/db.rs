@@ -2,22 +2,53 @@
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use anyhow::Context;
-use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{migrate::Migrator, PgPool};
 
 const MESSAGING_SCHEMA: &str = include_str!("../sql/messaging.sql");
 /// Serialises schema set-up when several replicas start at once.
 const SCHEMA_LOCK_KEY: i64 = 0x5a6a_5001;
 
-/// Connects to `url`, retrying for up to a minute so a service can start before its database.
+/// Server-side limits set on every connection of a pool (`Duration::ZERO`: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// `statement_timeout`: a longer statement is cancelled (SQLSTATE 57014).
+    pub statement_timeout: Duration,
+    /// `lock_timeout`: a longer wait for a lock fails (SQLSTATE 55P03).
+    pub lock_timeout: Duration,
+}
+
+/// Connects to `url` with no limits, retrying for up to a minute so a service can start
+/// before its database.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_with_limits(url, max_connections, Limits::default()).await
+}
+
+/// Connects to `url`, every connection (the pool's, and those built from its options: the
+/// relay's leader connection and listener) with `limits`; retries for up to a minute.
+pub async fn connect_with_limits(
+    url: &str,
+    max_connections: u32,
+    limits: Limits,
+) -> anyhow::Result<PgPool> {
+    let millis = |limit: Duration| limit.as_millis().to_string();
+    let connect_options: PgConnectOptions = url
+        .parse()
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let connect_options = connect_options.options([
+        ("statement_timeout", millis(limits.statement_timeout)),
+        ("lock_timeout", millis(limits.lock_timeout)),
+    ]);
     let options = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5));
     let mut delay = Duration::from_millis(200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match options.clone().connect(url).await {
+        match options.clone().connect_with(connect_options.clone()).await {
             Ok(pool) => return Ok(pool),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%error, "database not reachable yet; retrying in {delay:?}");
@@ -29,9 +60,15 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     }
 }
 
-/// Creates the outbox and inbox tables, then applies the service's own migrations.
+/// Creates the outbox and inbox tables, then applies the service's own migrations, on a
+/// connection of its own without the pool's limits: replicas starting together wait for each
+/// other's schema lock as long as it takes, and a long migration is not cancelled.
 pub async fn prepare(pool: &PgPool, migrator: &Migrator) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::raw_sql("set statement_timeout = 0; set lock_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    let mut tx = conn.begin().await?;
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(SCHEMA_LOCK_KEY)
         .execute(&mut *tx)
@@ -42,9 +79,10 @@ pub async fn prepare(pool: &PgPool, migrator: &Migrator) -> anyhow::Result<()> {
         .context("creating the outbox and inbox tables")?;
     tx.commit().await?;
     migrator
-        .run(pool)
+        .run(&mut conn)
         .await
         .context("applying the service's migrations")?;
+    conn.close().await?;
     Ok(())
 }
 

@@ -62,7 +62,16 @@ impl Infrastructure {
         config: &CommonConfig,
         migrator: &Migrator,
     ) -> anyhow::Result<Self> {
-        let pool = db::connect(&config.database_url, config.database_max_connections).await?;
+        let limits = db::Limits {
+            statement_timeout: Duration::from_millis(config.database_statement_timeout_ms),
+            lock_timeout: Duration::from_millis(config.database_lock_timeout_ms),
+        };
+        let pool = db::connect_with_limits(
+            &config.database_url,
+            config.database_max_connections,
+            limits,
+        )
+        .await?;
         db::prepare(&pool, migrator).await?;
         let producer = kafka::producer(&config.kafka)?;
         let prefix = &config.kafka.topic_prefix;
@@ -188,6 +197,7 @@ impl ServiceBuilder {
             shutdown,
             failure,
             failure_grace: Duration::from_millis(config.task_failure_grace_ms),
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
         })
     }
 }
@@ -227,6 +237,7 @@ fn consumer_loop<H: EventHandler>(
             batch_size: config.consumer_batch_size.max(1),
             concurrency: config.consumer_concurrency.max(1),
         },
+        deferred: Default::default(),
     })
 }
 
@@ -239,6 +250,7 @@ pub struct Service {
     /// The first task that died, as `/health/ready` reports it.
     failure: Arc<OnceLock<String>>,
     failure_grace: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Service {
@@ -283,6 +295,7 @@ impl Service {
             shutdown: self.shutdown.clone(),
             failure: self.failure,
             failure_grace: self.failure_grace,
+            shutdown_timeout: self.shutdown_timeout,
         };
         let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(self.shutdown.cancelled_owned());
@@ -307,6 +320,8 @@ struct Supervisor {
     shutdown: CancellationToken,
     failure: Arc<OnceLock<String>>,
     failure_grace: Duration,
+    /// Once the stop is asked, tasks still running after this long are abandoned.
+    shutdown_timeout: Duration,
 }
 
 impl Supervisor {
@@ -320,15 +335,39 @@ impl Supervisor {
         self.names.insert(handle.id(), name);
     }
 
-    /// Waits for every task; the first failure is returned.
+    /// Waits for every task, or, once the stop is asked, for `shutdown_timeout` at most (what
+    /// still runs then is aborted and named in a warning); the first failure is returned.
     async fn wait(mut self) -> anyhow::Result<()> {
         let mut first_failure = None;
-        while let Some(joined) = self.tasks.join_next_with_id().await {
+        let (shutdown, budget) = (self.shutdown.clone(), self.shutdown_timeout);
+        let out_of_time = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(budget).await;
+        };
+        tokio::pin!(out_of_time);
+        loop {
+            let joined = tokio::select! {
+                joined = self.tasks.join_next_with_id() => match joined {
+                    Some(joined) => joined,
+                    None => break,
+                },
+                () = &mut out_of_time => {
+                    let mut running: Vec<&str> = self.names.values().copied().collect();
+                    running.sort_unstable();
+                    tracing::warn!(
+                        tasks = running.join(", "),
+                        "still running {budget:?} after the stop was asked; abandoning them"
+                    );
+                    // Aborted, not awaited: whatever they wait for may never answer.
+                    self.tasks.abort_all();
+                    break;
+                }
+            };
             let id = match &joined {
                 Ok((id, _)) => *id,
                 Err(error) => error.id(),
             };
-            let name = self.names.get(&id).copied().unwrap_or("unnamed");
+            let name = self.names.remove(&id).unwrap_or("unnamed");
             let failure = match joined {
                 Ok((_, Ok(()))) if self.shutdown.is_cancelled() => {
                     tracing::debug!(task = name, "task stopped");

@@ -130,6 +130,7 @@ async fn bed() -> Bed {
         fetch_wait_max_ms: 10,
         linger_ms: 5,
         session_timeout_ms: 6_000,
+        max_poll_interval_ms: 30_000,
         auto_offset_reset: "earliest".to_owned(),
         max_event_bytes: 262_144,
         topic_partitions: 3,
@@ -174,6 +175,7 @@ impl Bed {
                 batch_size: 100,
                 concurrency: 4,
             },
+            deferred: Default::default(),
         };
         let token = CancellationToken::new();
         let task = tokio::spawn(consumer_loop.run(token.clone()));

@@ -22,3 +22,4 @@ mod poison;
 mod quick_restart;
 mod restart_postgres;
 mod rolling_upgrade;
+mod shutdown;

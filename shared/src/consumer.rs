@@ -104,6 +104,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest the one-message path retries a transient failure before it hands the message back
 /// to the broker (a seek to its offset) and returns to polling, which serves rebalances.
 const MOST_HELD: Duration = Duration::from_secs(2);
+/// Most a message handed back and fetched again before it is due holds the loop.
+const DEFERRED_WAIT: Duration = Duration::from_millis(250);
 /// Once stopping, how long the batch being applied may take to finish before it is dropped
 /// (rolled back; its offsets are not stored, so it is delivered again).
 const STOP_DRAIN: Duration = Duration::from_millis(1_000);
@@ -389,14 +391,16 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let mut backoff = FIRST_BACKOFF;
         if let Some(deferral) = self.deferral_of(message) {
             backoff = deferral.backoff;
-            if deferral.not_before > held_until {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Processed::Stopped,
-                    _ = tokio::time::sleep_until(held_until) => {}
-                }
-                if self.defer(message, deferral.not_before, backoff) {
-                    return Processed::Deferred;
-                }
+            // Not due yet: wait a little (the loop is held meanwhile), then hand it back again.
+            let wait_until = deferral.not_before.min(Instant::now() + DEFERRED_WAIT);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Processed::Stopped,
+                _ = tokio::time::sleep_until(wait_until) => {}
+            }
+            if deferral.not_before > Instant::now()
+                && self.defer(message, deferral.not_before, backoff)
+            {
+                return Processed::Deferred;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Processed::Stopped,

@@ -18,6 +18,7 @@ mod idempotency;
 mod join_leave;
 mod kill_broker;
 mod kill_services;
+mod lock_wait_rebalance;
 mod poison;
 mod quick_restart;
 mod restart_postgres;

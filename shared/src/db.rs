@@ -100,3 +100,94 @@ pub async fn create_fresh_database(admin_url: &str, name_prefix: &str) -> anyhow
     url.set_path(&name);
     Ok(url.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against the real PostgreSQL of `cargo xtask test` (`DATABASE_URL`).
+
+    use super::*;
+    use crate::HandlerError;
+
+    const LIMIT: Duration = Duration::from_millis(300);
+
+    async fn limited_pool() -> PgPool {
+        let admin = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL is not set: run the tests with `cargo xtask test`");
+        let url = create_fresh_database(&admin, "shared_db")
+            .await
+            .expect("a database");
+        let limits = Limits {
+            statement_timeout: LIMIT,
+            lock_timeout: LIMIT,
+        };
+        connect_with_limits(&url, 3, limits)
+            .await
+            .expect("connecting")
+    }
+
+    /// A statement over `statement_timeout` (57014) and a lock wait over `lock_timeout`
+    /// (55P03) fail instead of hanging, and a consumer retries both as transient.
+    #[tokio::test]
+    async fn long_statements_and_lock_waits_fail_and_are_transient() {
+        let pool = limited_pool().await;
+        let slow = sqlx::query("select pg_sleep(5)")
+            .execute(&pool)
+            .await
+            .expect_err("a 5 s statement outlives a 300 ms statement_timeout");
+        let code = slow.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("57014"), "{slow}");
+        assert!(matches!(
+            HandlerError::from(slow),
+            HandlerError::Database(_)
+        ));
+
+        sqlx::query("create table rows (id int primary key); insert into rows values (1)")
+            .execute(&pool)
+            .await
+            .expect("a table");
+        let mut holder = pool.begin().await.expect("begin");
+        sqlx::query("select id from rows where id = 1 for update")
+            .execute(&mut *holder)
+            .await
+            .expect("locking the row");
+        let started = tokio::time::Instant::now();
+        let waited = sqlx::query("update rows set id = 1 where id = 1")
+            .execute(&pool)
+            .await
+            .expect_err("the row is locked for longer than lock_timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let code = waited.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("55P03"), "{waited}");
+        assert!(matches!(
+            HandlerError::from(waited),
+            HandlerError::Database(_)
+        ));
+        holder.rollback().await.expect("rollback");
+    }
+
+    /// Schema set-up waits for another replica's schema lock for as long as it is held, and
+    /// runs without the pool's statement timeout.
+    #[tokio::test]
+    async fn schema_set_up_is_not_limited() {
+        let pool = limited_pool().await;
+        let mut other_replica = pool.begin().await.expect("begin");
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(SCHEMA_LOCK_KEY)
+            .execute(&mut *other_replica)
+            .await
+            .expect("taking the schema lock");
+        let release = async {
+            tokio::time::sleep(LIMIT * 4).await;
+            other_replica
+                .rollback()
+                .await
+                .expect("releasing the schema lock");
+        };
+        let (prepared, ()) = tokio::join!(prepare(&pool, &Migrator::DEFAULT), release);
+        prepared.expect("schema set-up waits for the lock instead of failing");
+    }
+}

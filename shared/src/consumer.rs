@@ -12,7 +12,11 @@
 //! applied again as a batch of their own, and the failing message goes through the one-message
 //! path, which retries database failures with backoff until they pass, retries other failures
 //! a bounded number of times and then gives up explicitly or dead-letters the message, so the
-//! partition keeps flowing. Its neighbours are never lost, reordered or half-applied.
+//! partition keeps flowing. Its neighbours are never lost, reordered or half-applied. A
+//! database failure holds the loop for about two seconds at most: then the partition is sought
+//! back to the message (what follows it in the batch is left unstored) and the loop polls
+//! again, serving rebalances and the other partitions; the message is retried, with its
+//! backoff, when it is fetched again.
 
 use std::collections::HashMap;
 use std::future::Future;

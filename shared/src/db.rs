@@ -108,7 +108,8 @@ mod tests {
     use super::*;
     use crate::HandlerError;
 
-    const LIMIT: Duration = Duration::from_millis(300);
+    const STATEMENT_LIMIT: Duration = Duration::from_millis(1_000);
+    const LOCK_LIMIT: Duration = Duration::from_millis(300);
 
     async fn limited_pool() -> PgPool {
         let admin = std::env::var("DATABASE_URL")
@@ -117,8 +118,8 @@ mod tests {
             .await
             .expect("a database");
         let limits = Limits {
-            statement_timeout: LIMIT,
-            lock_timeout: LIMIT,
+            statement_timeout: STATEMENT_LIMIT,
+            lock_timeout: LOCK_LIMIT,
         };
         connect_with_limits(&url, 3, limits)
             .await
@@ -133,7 +134,7 @@ mod tests {
         let slow = sqlx::query("select pg_sleep(5)")
             .execute(&pool)
             .await
-            .expect_err("a 5 s statement outlives a 300 ms statement_timeout");
+            .expect_err("a 5 s statement outlives a 1 s statement_timeout");
         let code = slow.as_database_error().and_then(|e| e.code());
         assert_eq!(code.as_deref(), Some("57014"), "{slow}");
         assert!(matches!(
@@ -141,7 +142,7 @@ mod tests {
             HandlerError::Database(_)
         ));
 
-        sqlx::query("create table rows (id int primary key); insert into rows values (1)")
+        sqlx::raw_sql("create table rows (id int primary key); insert into rows values (1)")
             .execute(&pool)
             .await
             .expect("a table");
@@ -181,7 +182,7 @@ mod tests {
             .await
             .expect("taking the schema lock");
         let release = async {
-            tokio::time::sleep(LIMIT * 4).await;
+            tokio::time::sleep(STATEMENT_LIMIT * 2).await;
             other_replica
                 .rollback()
                 .await

@@ -7,8 +7,10 @@
 //!   200 only while the database and the broker answer and every task is running, else 503
 //!   `{"error": {"code": "not_ready", ...}, "checks": {"database", "kafka", "tasks"}}`.
 //! - SIGTERM, SIGINT or the shutdown token: the server stops accepting connections and finishes
-//!   the requests in flight, the consumer stores its offsets and leaves its group, every task
-//!   stops, and [`Service::run_until_stopped`] returns `Ok` (the process exits 0).
+//!   the requests in flight, the consumer commits its offsets and leaves its group, every task
+//!   stops, and [`Service::run_until_stopped`] returns `Ok` (the process exits 0). Each step is
+//!   bounded, and after `SHUTDOWN_TIMEOUT_MS` whatever still runs (waiting for a database or a
+//!   broker that does not answer) is named in a warning and abandoned: it returns `Ok` anyway.
 //! - A task that panics or ends on its own (or the HTTP server failing) while no stop was asked
 //!   for: an error log naming the task, then `/health/ready` answers 503 with `checks.tasks`
 //!   naming it for `TASK_FAILURE_GRACE_MS` (or until a stop signal), then every other task is

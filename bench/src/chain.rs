@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use devenv::Stop;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
 use shared::config::KafkaConfig;
+use shared::kafka::GroupConsumer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -185,7 +186,7 @@ pub async fn run(
     result
 }
 
-fn subscribe(kafka: &KafkaConfig, group: &str, topic: &str) -> Result<Arc<StreamConsumer>> {
+fn subscribe(kafka: &KafkaConfig, group: &str, topic: &str) -> Result<Arc<GroupConsumer>> {
     let consumer = shared::kafka::consumer(kafka, group)?;
     consumer
         .subscribe(&[topic])
@@ -194,7 +195,7 @@ fn subscribe(kafka: &KafkaConfig, group: &str, topic: &str) -> Result<Arc<Stream
 }
 
 async fn wait_for_assignments(
-    consumers: &[Arc<StreamConsumer>],
+    consumers: &[Arc<GroupConsumer>],
     partitions: i32,
     stop: &Stop,
 ) -> Result<()> {
@@ -267,7 +268,7 @@ async fn forward(
 /// Forwards every message of its topic to `to`; stores each offset once the broker
 /// acknowledged the forward (a second task awaits the acknowledgements in order).
 async fn relay(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     producer: FutureProducer,
     to: String,
     mut quit: watch::Receiver<bool>,
@@ -313,7 +314,7 @@ async fn relay(
 
 /// Receives the last topic's messages and reports when each was produced.
 async fn sink(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     arrivals: mpsc::UnboundedSender<Arrival>,
     mut quit: watch::Receiver<bool>,
 ) {

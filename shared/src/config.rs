@@ -25,6 +25,24 @@ pub struct CommonConfig {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 
+    /// `statement_timeout` of every pooled database connection, in milliseconds: a statement
+    /// running longer is cancelled (SQLSTATE 57014, retried as transient). 0 disables it.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub database_statement_timeout_ms: u64,
+
+    /// `lock_timeout` of every pooled database connection, in milliseconds: a statement that
+    /// waits longer for a row or table lock fails (SQLSTATE 55P03, retried as transient), so a
+    /// lock held elsewhere never pins a consumer. 0 disables it.
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 3_000)]
+    pub database_lock_timeout_ms: u64,
+
+    /// How long, in milliseconds, the service may take to stop once SIGTERM (or SIGINT) came:
+    /// whatever is still running then (a request or a statement waiting for an unreachable
+    /// database, a Kafka client that cannot reach the broker) is abandoned and the process
+    /// exits. Keep it below the orchestrator's kill timeout.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 4_000)]
+    pub shutdown_timeout_ms: u64,
+
     /// Address the HTTP server binds to.
     #[arg(long, env = "HTTP_HOST", default_value = "127.0.0.1")]
     pub http_host: String,
@@ -182,6 +200,15 @@ pub struct KafkaConfig {
         default_value_t = 10_000
     )]
     pub session_timeout_ms: u32,
+
+    /// `max.poll.interval.ms` of the consumer: a member that has not polled for this long
+    /// (stuck applying a message) leaves its group, so the others take its partitions.
+    #[arg(
+        long = "kafka-max-poll-interval-ms",
+        env = "KAFKA_MAX_POLL_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub max_poll_interval_ms: u32,
 
     /// `auto.offset.reset` for a group with no committed offset: `earliest` or `latest`.
     #[arg(

@@ -15,18 +15,24 @@
 //! partition keeps flowing. Its neighbours are never lost, reordered or half-applied. A dead
 //! letter too large for the producer goes out truncated, a missing dead-letter topic is
 //! created, and [`Progress`] shows, per partition, how long the loop has been on one message.
+//! A database failure holds the loop for about two seconds at most: then the partition is
+//! sought back to the message (what follows it in the batch is left unstored) and the loop
+//! polls again, serving rebalances and the other partitions; the message is retried, with its
+//! backoff, when it is fetched again.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
+use rdkafka::{Message, Offset};
 use sqlx::{PgConnection, PgPool};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,6 +40,7 @@ use crate::config::KafkaConfig;
 use crate::envelope::Envelope;
 use crate::events::{DecodeError, Event};
 use crate::inbox::{self, Origin};
+use crate::kafka::GroupConsumer;
 use crate::outbox::OutboxSignal;
 use crate::progress::Progress;
 
@@ -119,6 +126,16 @@ fn fails_every_time(error: &sqlx::Error) -> bool {
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest the one-message path retries a transient failure before it hands the message back
+/// to the broker (a seek to its offset) and returns to polling, which serves rebalances.
+const MOST_HELD: Duration = Duration::from_secs(2);
+/// Most a message handed back and fetched again before it is due holds the loop.
+const DEFERRED_WAIT: Duration = Duration::from_millis(250);
+/// Once stopping, how long the batch being applied may take to finish before it is dropped
+/// (rolled back; its offsets are not stored, so it is delivered again).
+const STOP_DRAIN: Duration = Duration::from_millis(1_000);
+/// How long a stopping consumer waits for its last offset commit and for leaving its group.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(2_000);
 
 /// How the consumer treats messages it cannot process.
 #[derive(Debug, Clone)]
@@ -137,7 +154,7 @@ pub(crate) struct ConsumerPolicy {
 }
 
 pub(crate) struct ConsumerLoop<H> {
-    pub consumer: StreamConsumer,
+    pub consumer: GroupConsumer,
     pub pool: PgPool,
     /// Told after every commit (the relay publishes what it caused).
     pub outbox: OutboxSignal,
@@ -153,6 +170,28 @@ pub(crate) struct ConsumerLoop<H> {
     pub policy: ConsumerPolicy,
     /// The oldest unfinished message per partition, for `/health/ready` and `/metrics`.
     pub progress: Progress,
+    /// Messages handed back to the broker while they fail transiently, by (topic, partition).
+    pub deferred: Mutex<HashMap<(String, i32), Deferral>>,
+}
+
+/// A message handed back to the broker: when it comes again it is not tried before
+/// `not_before`, and its retries go on with `backoff`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deferral {
+    offset: i64,
+    not_before: Instant,
+    backoff: Duration,
+}
+
+/// How the one-message path ended.
+enum Processed {
+    /// Applied, a duplicate, given up on or dead-lettered: its offset may be stored.
+    Done,
+    /// Still failing: the partition was sought back to it; the rest of the partition's batch
+    /// must be left (their offsets unstored) and fetched again.
+    Deferred,
+    /// Shutdown interrupted it.
+    Stopped,
 }
 
 fn event_span(envelope: &Envelope, origin: &Origin) -> tracing::Span {
@@ -200,13 +239,25 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
-            if !self.process_partitions(&messages, &shutdown).await {
+            // Once stopping, what is being applied gets a moment to finish, then is dropped.
+            let stopping = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(STOP_DRAIN).await;
+            };
+            let completed = tokio::select! {
+                completed = self.process_partitions(&messages, &shutdown) => completed,
+                () = stopping => false,
+            };
+            if !completed {
                 break;
             }
         }
         drop(batches);
-        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(%error, "final offset commit");
+        if !self.consumer.close(CLOSE_TIMEOUT).await {
+            tracing::warn!(
+                "the Kafka consumer did not commit and leave its group within {CLOSE_TIMEOUT:?}; \
+                 going on without"
+            );
         }
     }
 
@@ -267,9 +318,16 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let (topic, partition) = (first.topic(), first.partition());
         let mut rest = messages;
         let mut take = rest.len();
+        // A message handed back earlier goes straight to the one-message path (its backoff).
+        let mut handed_back = rest.first().is_some_and(|first| self.is_deferred(first));
         while !rest.is_empty() {
             self.progress.working_on(topic, partition, rest[0].offset());
-            match self.apply_batch(&rest[..take]).await {
+            let applied = if std::mem::take(&mut handed_back) {
+                Err(0)
+            } else {
+                self.apply_batch(&rest[..take]).await
+            };
+            match applied {
                 Ok(outcomes) => {
                     for (message, outcome) in rest[..take].iter().zip(outcomes) {
                         self.count(outcome);
@@ -277,13 +335,15 @@ impl<H: EventHandler> ConsumerLoop<H> {
                     }
                     rest = &rest[take..];
                 }
-                Err(0) => {
-                    if !self.process(rest[0], shutdown).await {
-                        return false;
+                Err(0) => match self.process(rest[0], shutdown).await {
+                    Processed::Done => {
+                        self.store_offset(rest[0]);
+                        rest = &rest[1..];
                     }
-                    self.store_offset(rest[0]);
-                    rest = &rest[1..];
-                }
+                    // The partition was sought back: the rest of it comes again.
+                    Processed::Deferred => return true,
+                    Processed::Stopped => return false,
+                },
                 // Everything was rolled back: apply the messages before the failing one first.
                 Err(failed_at) => {
                     take = failed_at;
@@ -351,8 +411,14 @@ impl<H: EventHandler> ConsumerLoop<H> {
     }
 
     /// Processes one message until it is applied, recognised as a duplicate, given up on or
-    /// dead-lettered; `false` means shutdown interrupted it (its offset must not be stored).
-    async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+    /// dead-lettered. A transient failure is retried with backoff for at most [`MOST_HELD`]
+    /// (plus one attempt); then the partition is sought back to the message, which is fetched
+    /// again, and the loop goes back to polling (a rebalance never waits for a stuck message).
+    async fn process(
+        &self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> Processed {
         let origin = Origin::of(message);
         let span = tracing::info_span!(
             "consume",
@@ -360,8 +426,27 @@ impl<H: EventHandler> ConsumerLoop<H> {
             partition = origin.partition,
             offset = origin.offset,
         );
+        let held_until = Instant::now() + MOST_HELD;
         let mut attempts = 0;
         let mut backoff = FIRST_BACKOFF;
+        if let Some(deferral) = self.deferral_of(message) {
+            backoff = deferral.backoff;
+            // Not due yet: wait a little (the loop is held meanwhile), then hand it back again.
+            let wait_until = deferral.not_before.min(Instant::now() + DEFERRED_WAIT);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Processed::Stopped,
+                _ = tokio::time::sleep_until(wait_until) => {}
+            }
+            if deferral.not_before > Instant::now()
+                && self.defer(message, deferral.not_before, backoff)
+            {
+                return Processed::Deferred;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Processed::Stopped,
+                _ = tokio::time::sleep_until(deferral.not_before) => {}
+            }
+        }
         loop {
             let failure = match self
                 .attempt(message, &origin)
@@ -370,7 +455,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
             {
                 Ok(outcome) => {
                     self.count(outcome);
-                    return true;
+                    return Processed::Done;
                 }
                 Err(failure) => failure,
             };
@@ -380,6 +465,11 @@ impl<H: EventHandler> ConsumerLoop<H> {
                     span.in_scope(|| {
                         tracing::warn!(reason, "transient failure; retrying in {backoff:?}")
                     });
+                    let retry_at = Instant::now() + backoff;
+                    let next = (backoff * 2).min(MAX_BACKOFF);
+                    if retry_at > held_until && self.defer(message, retry_at, next) {
+                        return Processed::Deferred;
+                    }
                 }
                 Failure::Poison(reason) | Failure::Rejected(_, _, reason)
                     if attempts + 1 < self.policy.max_attempts =>
@@ -395,23 +485,87 @@ impl<H: EventHandler> ConsumerLoop<H> {
                     });
                 }
                 Failure::Poison(reason) => {
-                    return self
-                        .dead_letter(message, &reason, attempts + 1, shutdown)
-                        .await
+                    return Self::finished(
+                        self.dead_letter(message, &reason, attempts + 1, shutdown)
+                            .await,
+                    )
                 }
                 Failure::Rejected(envelope, input, reason) => {
                     let attempts = attempts + 1;
-                    return self
-                        .give_up(message, &envelope, &input, &reason, attempts, shutdown)
-                        .await;
+                    return Self::finished(
+                        self.give_up(message, &envelope, &input, &reason, attempts, shutdown)
+                            .await,
+                    );
                 }
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = shutdown.cancelled() => return Processed::Stopped,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    fn finished(done: bool) -> Processed {
+        if done {
+            Processed::Done
+        } else {
+            Processed::Stopped
+        }
+    }
+
+    /// Whether `message` is one its partition handed back.
+    fn is_deferred(&self, message: &BorrowedMessage<'_>) -> bool {
+        let deferred = self.deferred.lock().expect("deferred lock");
+        !deferred.is_empty()
+            && deferred
+                .get(&(message.topic().to_owned(), message.partition()))
+                .is_some_and(|deferral| deferral.offset == message.offset())
+    }
+
+    /// The deferral of `message` if it is the one its partition handed back (taken out).
+    fn deferral_of(&self, message: &BorrowedMessage<'_>) -> Option<Deferral> {
+        let mut deferred = self.deferred.lock().expect("deferred lock");
+        if deferred.is_empty() {
+            return None;
+        }
+        let key = (message.topic().to_owned(), message.partition());
+        deferred
+            .remove(&key)
+            .filter(|deferral| deferral.offset == message.offset())
+    }
+
+    /// Seeks the partition of `message` back to it (dropping what was fetched after it) and
+    /// remembers when to try it again. `false`: the seek failed, so the message must be kept
+    /// and retried here (the messages after it would otherwise be applied and stored).
+    fn defer(&self, message: &BorrowedMessage<'_>, not_before: Instant, backoff: Duration) -> bool {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        // Local to the client (no broker round trip); with a timeout, nothing fetched from
+        // the old position is handed out afterwards.
+        if let Err(error) = self.consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(1),
+        ) {
+            tracing::warn!(%error, topic, partition, offset, "could not hand a failing message back");
+            return false;
+        }
+        tracing::debug!(
+            topic,
+            partition,
+            offset,
+            "failing message handed back to the broker"
+        );
+        self.deferred.lock().expect("deferred lock").insert(
+            (topic.to_owned(), partition),
+            Deferral {
+                offset,
+                not_before,
+                backoff,
+            },
+        );
+        true
     }
 
     /// One attempt: checks the message is an event of ours, then applies it.

@@ -4,24 +4,53 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use anyhow::Context;
-use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{migrate::Migrator, PgPool};
 
 const MESSAGING_SCHEMA: &str = include_str!("../sql/messaging.sql");
 /// Serialises schema set-up when several replicas start at once.
 const SCHEMA_LOCK_KEY: i64 = 0x5a6a_5001;
 
-/// Connects to `url`, retrying for up to a minute so a service can start before its database.
+/// Server-side limits set on every connection of a pool (`Duration::ZERO`: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// `statement_timeout`: a longer statement is cancelled (SQLSTATE 57014).
+    pub statement_timeout: Duration,
+    /// `lock_timeout`: a longer wait for a lock fails (SQLSTATE 55P03).
+    pub lock_timeout: Duration,
+}
+
+/// Connects to `url` with no limits, retrying for up to a minute so a service can start
+/// before its database.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_with_limits(url, max_connections, Limits::default()).await
+}
+
+/// Connects to `url`, every connection (the pool's, and those built from its options: the
+/// relay's leader connection and listener) with `limits`; retries for up to a minute.
+pub async fn connect_with_limits(
+    url: &str,
+    max_connections: u32,
+    limits: Limits,
+) -> anyhow::Result<PgPool> {
+    let millis = |limit: Duration| limit.as_millis().to_string();
+    let connect_options: PgConnectOptions = url
+        .parse()
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let connect_options = connect_options.options([
+        ("statement_timeout", millis(limits.statement_timeout)),
+        ("lock_timeout", millis(limits.lock_timeout)),
+    ]);
     let options = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5));
     let mut delay = Duration::from_millis(200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match options.clone().connect(url).await {
+        match options.clone().connect_with(connect_options.clone()).await {
             Ok(pool) => return Ok(pool),
             Err(error) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%error, "database not reachable yet; retrying in {delay:?}");
@@ -33,9 +62,15 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     }
 }
 
-/// Creates the outbox and inbox tables, then applies the service's own migrations.
+/// Creates the outbox and inbox tables, then applies the service's own migrations, on a
+/// connection of its own without the pool's limits: replicas starting together wait for each
+/// other's schema lock as long as it takes, and a long migration is not cancelled.
 pub async fn prepare(pool: &PgPool, migrator: &Migrator) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::raw_sql("set statement_timeout = 0; set lock_timeout = 0")
+        .execute(&mut conn)
+        .await?;
+    let mut tx = conn.begin().await?;
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(SCHEMA_LOCK_KEY)
         .execute(&mut *tx)
@@ -46,9 +81,10 @@ pub async fn prepare(pool: &PgPool, migrator: &Migrator) -> anyhow::Result<()> {
         .context("creating the outbox and inbox tables")?;
     tx.commit().await?;
     migrator
-        .run(pool)
+        .run(&mut conn)
         .await
         .context("applying the service's migrations")?;
+    conn.close().await?;
     Ok(())
 }
 
@@ -144,4 +180,96 @@ pub async fn create_fresh_database(admin_url: &str, name_prefix: &str) -> anyhow
     admin.close().await;
     url.set_path(&name);
     Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real PostgreSQL of `cargo xtask test` (`DATABASE_URL`).
+
+    use super::*;
+    use crate::HandlerError;
+
+    const STATEMENT_LIMIT: Duration = Duration::from_millis(1_000);
+    const LOCK_LIMIT: Duration = Duration::from_millis(300);
+
+    async fn limited_pool() -> PgPool {
+        let admin = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL is not set: run the tests with `cargo xtask test`");
+        let url = create_fresh_database(&admin, "shared_db")
+            .await
+            .expect("a database");
+        let limits = Limits {
+            statement_timeout: STATEMENT_LIMIT,
+            lock_timeout: LOCK_LIMIT,
+        };
+        connect_with_limits(&url, 3, limits)
+            .await
+            .expect("connecting")
+    }
+
+    /// A statement over `statement_timeout` (57014) and a lock wait over `lock_timeout`
+    /// (55P03) fail instead of hanging, and a consumer retries both as transient.
+    #[tokio::test]
+    async fn long_statements_and_lock_waits_fail_and_are_transient() {
+        let pool = limited_pool().await;
+        let slow = sqlx::query("select pg_sleep(5)")
+            .execute(&pool)
+            .await
+            .expect_err("a 5 s statement outlives a 1 s statement_timeout");
+        let code = slow.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("57014"), "{slow}");
+        assert!(matches!(
+            HandlerError::from(slow),
+            HandlerError::Database(_)
+        ));
+
+        sqlx::raw_sql("create table rows (id int primary key); insert into rows values (1)")
+            .execute(&pool)
+            .await
+            .expect("a table");
+        let mut holder = pool.begin().await.expect("begin");
+        sqlx::query("select id from rows where id = 1 for update")
+            .execute(&mut *holder)
+            .await
+            .expect("locking the row");
+        let started = tokio::time::Instant::now();
+        let waited = sqlx::query("update rows set id = 1 where id = 1")
+            .execute(&pool)
+            .await
+            .expect_err("the row is locked for longer than lock_timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let code = waited.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("55P03"), "{waited}");
+        assert!(matches!(
+            HandlerError::from(waited),
+            HandlerError::Database(_)
+        ));
+        holder.rollback().await.expect("rollback");
+    }
+
+    /// Schema set-up waits for another replica's schema lock for as long as it is held, and
+    /// runs without the pool's statement timeout.
+    #[tokio::test]
+    async fn schema_set_up_is_not_limited() {
+        let pool = limited_pool().await;
+        let mut other_replica = pool.begin().await.expect("begin");
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(SCHEMA_LOCK_KEY)
+            .execute(&mut *other_replica)
+            .await
+            .expect("taking the schema lock");
+        let release = async {
+            tokio::time::sleep(STATEMENT_LIMIT * 2).await;
+            other_replica
+                .rollback()
+                .await
+                .expect("releasing the schema lock");
+        };
+        let (prepared, ()) = tokio::join!(prepare(&pool, &Migrator::DEFAULT), release);
+        prepared.expect("schema set-up waits for the lock instead of failing");
+    }
 }

@@ -10,7 +10,7 @@ use rdkafka::admin::{
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
@@ -82,8 +82,8 @@ pub fn producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
 
 /// A group consumer that commits, every second, only the offsets the application stored after
 /// its database transaction committed (`enable.auto.offset.store=false`).
-pub fn consumer(config: &KafkaConfig, group_id: &str) -> anyhow::Result<StreamConsumer> {
-    base_config(config)?
+pub fn consumer(config: &KafkaConfig, group_id: &str) -> anyhow::Result<GroupConsumer> {
+    let consumer: StreamConsumer = base_config(config)?
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -91,9 +91,69 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> anyhow::Result<StreamCo
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", &config.auto_offset_reset)
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set(
+            "max.poll.interval.ms",
+            config.max_poll_interval_ms.to_string(),
+        )
         .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .create()
-        .context("creating the Kafka consumer")
+        .context("creating the Kafka consumer")?;
+    Ok(GroupConsumer(Some(consumer)))
+}
+
+/// A group consumer whose closing never blocks the async runtime. Closing (the last offset
+/// commit, leaving the group) waits for the broker, which may be unreachable: it happens on a
+/// thread of its own, waited for a bounded time by [`GroupConsumer::close`], not at all when
+/// the consumer is merely dropped (the process may exit before it is done).
+pub struct GroupConsumer(Option<StreamConsumer>);
+
+impl GroupConsumer {
+    /// Commits the stored offsets and leaves the group; `false` if that took longer than
+    /// `timeout` (it goes on in the background).
+    pub async fn close(mut self, timeout: Duration) -> bool {
+        let Some(consumer) = self.0.take() else {
+            return true;
+        };
+        let (closed, done) = tokio::sync::oneshot::channel();
+        close_off_runtime(consumer, Some(closed));
+        tokio::time::timeout(timeout, done).await.is_ok()
+    }
+}
+
+impl std::ops::Deref for GroupConsumer {
+    type Target = StreamConsumer;
+
+    fn deref(&self) -> &StreamConsumer {
+        self.0
+            .as_ref()
+            .expect("a consumer is only taken when it closes")
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            close_off_runtime(consumer, None);
+        }
+    }
+}
+
+fn close_off_runtime(consumer: StreamConsumer, closed: Option<tokio::sync::oneshot::Sender<()>>) {
+    let close = move || {
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "final offset commit");
+        }
+        drop(consumer);
+        if let Some(closed) = closed {
+            let _ = closed.send(());
+        }
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("kafka-consumer-close".to_owned())
+        .spawn(close)
+    {
+        tracing::warn!(%error, "could not start a thread to close the Kafka consumer");
+    }
 }
 
 /// Creates `topics` if they do not exist (neither tansu nor our Kafka set-up auto-creates

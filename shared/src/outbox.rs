@@ -41,7 +41,7 @@ const RELAY_LOCK_KEY: i64 = 0x5a6a_5002;
 /// Refusals of a row that will not pass before the relay parks it.
 pub const RELAY_MAX_ATTEMPTS: u32 = 3;
 /// How long a stopping relay waits for the acknowledgements of what it sent.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1_500);
 
 /// Kafka header carrying the envelope's type, so tools can filter without parsing the body.
 pub const EVENT_TYPE_HEADER: &str = "event_type";
@@ -221,8 +221,21 @@ impl OutboxRelay {
         }
     }
 
-    /// Runs until `shutdown` is cancelled: stands by until it leads, then publishes.
+    /// Runs until `shutdown` is cancelled: stands by until it leads, then publishes. Once
+    /// stopping, it lets what is in flight land for [`SHUTDOWN_GRACE`], and is dropped a moment
+    /// later if a database call does not come back (an unreachable server never answers).
     pub async fn run(self, shutdown: CancellationToken) {
+        let stopping = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE + Duration::from_millis(250)).await;
+        };
+        tokio::select! {
+            () = self.relay(&shutdown) => {}
+            () = stopping => tracing::warn!("outbox relay did not stop in time; abandoned"),
+        }
+    }
+
+    async fn relay(&self, shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         // A stand-by keeps its connection and asks for the lock again every poll interval.
         let mut connection = None;
@@ -232,7 +245,7 @@ impl OutboxRelay {
                 Ok(true) => {
                     let leader = connection.take().expect("a leader holds its connection");
                     self.signal.0.leads.store(true, Ordering::Relaxed);
-                    let published = self.publish(leader, &shutdown, &mut refusals).await;
+                    let published = self.publish(leader, shutdown, &mut refusals).await;
                     self.signal.0.leads.store(false, Ordering::Relaxed);
                     published
                 }

@@ -10,8 +10,10 @@
 //!   longer than `OUTBOX_STUCK_AFTER_MS`, else 503 `{"error": {"code": "not_ready", ...},
 //!   "checks": {"database", "kafka", "tasks", "consumer", "relay"}}`.
 //! - SIGTERM, SIGINT or the shutdown token: the server stops accepting connections and finishes
-//!   the requests in flight, the consumer stores its offsets and leaves its group, every task
-//!   stops, and [`Service::run_until_stopped`] returns `Ok` (the process exits 0).
+//!   the requests in flight, the consumer commits its offsets and leaves its group, every task
+//!   stops, and [`Service::run_until_stopped`] returns `Ok` (the process exits 0). Each step is
+//!   bounded, and after `SHUTDOWN_TIMEOUT_MS` whatever still runs (waiting for a database or a
+//!   broker that does not answer) is named in a warning and abandoned: it returns `Ok` anyway.
 //! - A task that panics or ends on its own (or the HTTP server failing) while no stop was asked
 //!   for: an error log naming the task, then `/health/ready` answers 503 with `checks.tasks`
 //!   naming it for `TASK_FAILURE_GRACE_MS` (or until a stop signal), then every other task is
@@ -70,10 +72,19 @@ impl Infrastructure {
         config: &CommonConfig,
         migrator: &Migrator,
     ) -> anyhow::Result<Self> {
+        let limits = db::Limits {
+            statement_timeout: Duration::from_millis(config.database_statement_timeout_ms),
+            lock_timeout: Duration::from_millis(config.database_lock_timeout_ms),
+        };
         if let Some(migration_url) = &config.database_migration_url {
             db::prepare_as_owner(migration_url, &config.database_url, migrator).await?;
         }
-        let pool = db::connect(&config.database_url, config.database_max_connections).await?;
+        let pool = db::connect_with_limits(
+            &config.database_url,
+            config.database_max_connections,
+            limits,
+        )
+        .await?;
         if config.database_migration_url.is_none() {
             db::prepare(&pool, migrator).await?;
         }
@@ -246,6 +257,7 @@ impl ServiceBuilder {
             shutdown,
             failure,
             failure_grace: Duration::from_millis(config.task_failure_grace_ms),
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
         })
     }
 }
@@ -289,6 +301,7 @@ fn consumer_loop<H: EventHandler>(
             batch_size: config.consumer_batch_size.max(1),
             concurrency: config.consumer_concurrency.max(1),
         },
+        deferred: Default::default(),
     })
 }
 
@@ -301,6 +314,7 @@ pub struct Service {
     /// The first task that died, as `/health/ready` reports it.
     failure: Arc<OnceLock<String>>,
     failure_grace: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Service {
@@ -346,6 +360,7 @@ impl Service {
             shutdown: self.shutdown.clone(),
             failure: self.failure,
             failure_grace: self.failure_grace,
+            shutdown_timeout: self.shutdown_timeout,
         };
         let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(self.shutdown.cancelled_owned());
@@ -370,6 +385,8 @@ struct Supervisor {
     shutdown: CancellationToken,
     failure: Arc<OnceLock<String>>,
     failure_grace: Duration,
+    /// Once the stop is asked, tasks still running after this long are abandoned.
+    shutdown_timeout: Duration,
 }
 
 impl Supervisor {
@@ -383,15 +400,39 @@ impl Supervisor {
         self.names.insert(handle.id(), name);
     }
 
-    /// Waits for every task; the first failure is returned.
+    /// Waits for every task, or, once the stop is asked, for `shutdown_timeout` at most (what
+    /// still runs then is aborted and named in a warning); the first failure is returned.
     async fn wait(mut self) -> anyhow::Result<()> {
         let mut first_failure = None;
-        while let Some(joined) = self.tasks.join_next_with_id().await {
+        let (shutdown, budget) = (self.shutdown.clone(), self.shutdown_timeout);
+        let out_of_time = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(budget).await;
+        };
+        tokio::pin!(out_of_time);
+        loop {
+            let joined = tokio::select! {
+                joined = self.tasks.join_next_with_id() => match joined {
+                    Some(joined) => joined,
+                    None => break,
+                },
+                () = &mut out_of_time => {
+                    let mut running: Vec<&str> = self.names.values().copied().collect();
+                    running.sort_unstable();
+                    tracing::warn!(
+                        tasks = running.join(", "),
+                        "still running {budget:?} after the stop was asked; abandoning them"
+                    );
+                    // Aborted, not awaited: whatever they wait for may never answer.
+                    self.tasks.abort_all();
+                    break;
+                }
+            };
             let id = match &joined {
                 Ok((id, _)) => *id,
                 Err(error) => error.id(),
             };
-            let name = self.names.get(&id).copied().unwrap_or("unnamed");
+            let name = self.names.remove(&id).unwrap_or("unnamed");
             let failure = match joined {
                 Ok((_, Ok(()))) if self.shutdown.is_cancelled() => {
                     tracing::debug!(task = name, "task stopped");

@@ -138,6 +138,7 @@ async fn bed() -> Bed {
         fetch_wait_max_ms: 10,
         linger_ms: 5,
         session_timeout_ms: 6_000,
+        max_poll_interval_ms: 30_000,
         auto_offset_reset: "earliest".to_owned(),
         max_event_bytes: 262_144,
         topic_partitions: 3,
@@ -193,6 +194,7 @@ impl Bed {
                 concurrency: 4,
             },
             progress: Progress::default(),
+            deferred: Default::default(),
         }
     }
 

@@ -38,6 +38,7 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
         topic_partitions: 1,
         replication_factor: 1,
         security: Default::default(),
+        max_poll_interval_ms: 30_000,
     };
     let topic = Topic::Order.name(&prefix);
     kafka::ensure_topics(&config, std::slice::from_ref(&topic))

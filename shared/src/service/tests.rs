@@ -48,6 +48,7 @@ async fn config() -> CommonConfig {
             fetch_wait_max_ms: 10,
             linger_ms: 5,
             session_timeout_ms: 6_000,
+            max_poll_interval_ms: 30_000,
             auto_offset_reset: "earliest".to_owned(),
             max_event_bytes: 262_144,
             topic_partitions: 1,
@@ -64,6 +65,9 @@ async fn config() -> CommonConfig {
         outbox_max_in_flight: 5000,
         task_failure_grace_ms: GRACE.as_millis() as u64,
         retention: crate::config::RetentionConfig::default(),
+        database_statement_timeout_ms: 10_000,
+        database_lock_timeout_ms: 3_000,
+        shutdown_timeout_ms: 4_000,
     }
 }
 

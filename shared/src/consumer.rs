@@ -136,6 +136,8 @@ const DEFERRED_WAIT: Duration = Duration::from_millis(250);
 const STOP_DRAIN: Duration = Duration::from_millis(1_000);
 /// How long a stopping consumer waits for its last offset commit and for leaving its group.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// How often the loop forgets the partitions a rebalance took from it.
+const FORGET_UNASSIGNED_EVERY: Duration = Duration::from_secs(5);
 
 /// How the consumer treats messages it cannot process.
 #[derive(Debug, Clone)]
@@ -222,10 +224,16 @@ impl<H: EventHandler> ConsumerLoop<H> {
             .consumer
             .stream()
             .ready_chunks(self.policy.batch_size.max(1));
+        let mut forget = tokio::time::interval(FORGET_UNASSIGNED_EVERY);
+        forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 batch = batches.next() => batch,
+                _ = forget.tick() => {
+                    self.forget_unassigned();
+                    continue;
+                }
             };
             let Some(batch) = batch else { break };
             let mut messages = Vec::with_capacity(batch.len());
@@ -515,6 +523,26 @@ impl<H: EventHandler> ConsumerLoop<H> {
     }
 
     /// Whether `message` is one its partition handed back.
+    /// Forgets what the loop remembers of partitions no longer assigned to it (a rebalance took
+    /// them): their unfinished message is another member's now, so it must not keep this one
+    /// unready, and its deferral must not apply if the partition comes back.
+    fn forget_unassigned(&self) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let assigned = |topic: &str, partition: i32| {
+            assignment
+                .elements()
+                .iter()
+                .any(|element| element.partition() == partition && element.topic() == topic)
+        };
+        self.progress.retain(assigned);
+        self.deferred
+            .lock()
+            .expect("deferred lock")
+            .retain(|(topic, partition), _| assigned(topic, *partition));
+    }
+
     fn is_deferred(&self, message: &BorrowedMessage<'_>) -> bool {
         let deferred = self.deferred.lock().expect("deferred lock");
         !deferred.is_empty()

@@ -85,8 +85,8 @@ async fn enqueue(
 /// Number of events written but not yet published (parked rows are not waiting).
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select count(*) from outbox where failed_at is null")
-    .fetch_one(pool)
-    .await
+        .fetch_one(pool)
+        .await
 }
 
 /// The oldest row waiting to be published (not parked): its `seq` and how long it has waited.

@@ -82,6 +82,13 @@ impl Progress {
         }
     }
 
+    /// Keeps only the partitions for which `keep(topic, partition)` holds (those still
+    /// assigned): a partition a rebalance took is not this consumer's to finish.
+    pub fn retain(&self, keep: impl Fn(&str, i32) -> bool) {
+        self.slots()
+            .retain(|slot| keep(&slot.topic, slot.partition));
+    }
+
     /// Every partition seen, with the age of its oldest unfinished message (zero when idle).
     pub fn ages(&self) -> Vec<(String, i32, Duration)> {
         let now = Instant::now();
@@ -139,5 +146,16 @@ mod tests {
         let ages = progress.ages();
         assert_eq!(ages.len(), 2);
         assert!(ages.iter().all(|(_, _, age)| age.is_zero()));
+    }
+
+    #[test]
+    fn a_partition_no_longer_assigned_is_forgotten() {
+        let progress = Progress::default();
+        progress.working_on("t", 0, 5);
+        progress.working_on("t", 1, 9);
+        progress.retain(|_, partition| partition == 1);
+        let oldest = progress.oldest().expect("partition 1 is still busy");
+        assert_eq!((oldest.partition, oldest.offset), (1, 9));
+        assert_eq!(progress.ages().len(), 1);
     }
 }

@@ -43,8 +43,8 @@ use tracing::Instrument;
 use crate::config::CommonConfig;
 use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
 use crate::outbox::{OutboxRelay, OutboxSignal};
-use crate::retention::{self, Rule};
 use crate::progress::Progress;
+use crate::retention::{self, Rule};
 use crate::topics::{dead_letter_topic, Topic};
 use crate::{db, http, kafka, topology};
 

@@ -87,8 +87,8 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (published, parked): (i64, i64) = sqlx::query_as(
-            "select count(*) filter (where published_at is not null),
-                    count(*) filter (where failed_at is not null) from outbox",
+            "select (select count(*) from outbox_published),
+                    (select count(*) from outbox where failed_at is not null)",
         )
         .fetch_one(&pool)
         .await

@@ -20,4 +20,16 @@ pub struct Config {
     /// How often overdue sagas are looked for.
     #[arg(long, env = "SAGA_DEADLINE_SWEEP_MS", default_value_t = 1_000)]
     pub saga_deadline_sweep_ms: u64,
+
+    /// `POST /orders` requests served at once at most; more get 503 `overloaded`.
+    #[arg(long, env = "MAX_IN_FLIGHT_ORDERS", default_value_t = 64)]
+    pub max_in_flight_orders: usize,
+
+    /// No new order is taken (503 `overloaded`) while this many sagas are still `PENDING`.
+    #[arg(long, env = "MAX_PENDING_ORDERS", default_value_t = 500)]
+    pub max_pending_orders: i64,
+
+    /// How often the `PENDING` orders are counted for `MAX_PENDING_ORDERS`.
+    #[arg(long, env = "PENDING_ORDERS_REFRESH_MS", default_value_t = 200)]
+    pub pending_orders_refresh_ms: u64,
 }

@@ -18,6 +18,7 @@ mod idempotency;
 mod join_leave;
 mod kill_broker;
 mod kill_services;
+mod overload;
 mod poison;
 mod quick_restart;
 mod restart_postgres;

@@ -73,7 +73,11 @@ impl Application {
 /// no backlog bound (nothing recounts the backlog).
 pub fn router(pool: PgPool) -> Router {
     let admission = Admission::new(64, i64::MAX);
-    routes::router(pool.clone(), shared::outbox::OutboxSignal::new(pool), admission)
+    routes::router(
+        pool.clone(),
+        shared::outbox::OutboxSignal::new(pool),
+        admission,
+    )
 }
 
 /// Applies this service's migrations (for tests that build the router alone).

@@ -21,8 +21,9 @@ pub struct Config {
     #[arg(long, env = "SAGA_DEADLINE_SWEEP_MS", default_value_t = 1_000)]
     pub saga_deadline_sweep_ms: u64,
 
-    /// `POST /orders` requests served at once at most; more get 503 `overloaded`.
-    #[arg(long, env = "MAX_IN_FLIGHT_ORDERS", default_value_t = 64)]
+    /// `POST /orders` requests served at once at most; more get 503 `overloaded`. High enough
+    /// that a burst is served (beyond the database pool, requests wait for a connection).
+    #[arg(long, env = "MAX_IN_FLIGHT_ORDERS", default_value_t = 256)]
     pub max_in_flight_orders: usize,
 
     /// No new order is taken (503 `overloaded`) while this many sagas are still `PENDING`.

@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// The order service's bounds in this case (their documented defaults).
+/// The order service's bounds in this case: the default backlog bound, and the in-flight
+/// bound below its default (256), so that it sheds too.
 const MAX_PENDING_ORDERS: i64 = 500;
 const MAX_IN_FLIGHT_ORDERS: i64 = 64;
 /// Requests of the overload in flight at most (the harness's own bound; one that would exceed

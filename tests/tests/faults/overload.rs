@@ -17,9 +17,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// The order service's bounds in this case: the default backlog bound, and the in-flight
-/// bound below its default (256), so that it sheds too.
-const MAX_PENDING_ORDERS: i64 = 500;
+/// The order service's bounds in this case, below their defaults (500 and 256): the debug
+/// build on a busy 2-core machine completes 10-60 sagas a second, and the backlog must drain
+/// well within [`RECOVERED_WITHIN`] (with 500 it took up to 57 s on a loaded machine).
+const MAX_PENDING_ORDERS: i64 = 200;
 const MAX_IN_FLIGHT_ORDERS: i64 = 64;
 /// Requests of the overload in flight at most (the harness's own bound; one that would exceed
 /// it is counted `not_offered`).

@@ -24,6 +24,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: Cow<'static, str>,
     pub message: String,
+    /// Sent as `Retry-After` (seconds): when the client may try again.
+    pub retry_after_secs: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +49,7 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            retry_after_secs: None,
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -57,6 +60,13 @@ impl ApiError {
     }
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
+    }
+    /// 503 `overloaded` with `Retry-After: 1`: the request was shed, not queued; retry it.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_secs: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+        }
     }
     /// 422: well-formed JSON whose content is not acceptable.
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -88,13 +98,24 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
-/// A database failure is the server's problem, never the input's: 503, so clients retry.
+/// A database failure is the server's problem, never the input's: 503, so clients retry; no
+/// free connection within the pool's acquire timeout is overload (`overloaded`, Retry-After).
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        if matches!(error, sqlx::Error::PoolTimedOut) {
+            tracing::warn!("no database connection free in time; request shed");
+            return Self::overloaded("the service is overloaded; retry later");
+        }
         // 22021: the input holds a character PostgreSQL cannot store (a NUL): the caller's fault.
         if let Some(database_error) = error.as_database_error() {
             if database_error.code().as_deref() == Some("22021") {
@@ -392,6 +413,26 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn overload_is_a_json_503_with_retry_after() {
+        for error in [
+            ApiError::overloaded("too busy"),
+            ApiError::from(sqlx::Error::PoolTimedOut),
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(error["error"]["code"], "overloaded");
+        }
+        let other = ApiError::from(sqlx::Error::PoolClosed).into_response();
+        assert_eq!(other.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

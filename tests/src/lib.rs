@@ -374,6 +374,23 @@ pub fn order_body(customer_id: &str, items: &[(&str, i32)], country: &str) -> Va
     json!({"customer_id": customer_id, "items": items, "shipping_address": {"country": country, "city": "Paris"}})
 }
 
+/// The partition the services' producer puts a message keyed `key` on: librdkafka's default
+/// partitioner (`consistent_random`) is the CRC-32 (IEEE) of the key modulo the partitions.
+pub fn partition_of(key: &str, partitions: i32) -> i32 {
+    let mut crc = !0u32;
+    for byte in key.bytes() {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    (!crc % partitions as u32) as i32
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -510,6 +527,95 @@ impl Backdoor {
         )
         .await
     }
+
+    /// Waits until the system is quiet: no unpublished outbox row in any service, and every
+    /// consumer group committed up to the end of every partition it consumes, twice in a row
+    /// with nothing new (the same end offsets) in between.
+    pub async fn wait_quiet(&self) {
+        let databases = &self.system.database_urls;
+        let mut pools = Vec::new();
+        for url in [
+            &databases.order,
+            &databases.payment,
+            &databases.inventory,
+            &databases.shipping,
+        ] {
+            pools.push(self.database(url).await);
+        }
+        let deadline = tokio::time::Instant::now() + SAGA_TIMEOUT;
+        let mut previous: Option<Vec<i64>> = None;
+        loop {
+            let mut drained = true;
+            for pool in &pools {
+                let unpublished: Option<i64> =
+                    sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                        .fetch_one(pool)
+                        .await
+                        .ok();
+                drained &= unpublished == Some(0);
+            }
+            let ends = if drained {
+                self.consumed_to_the_end().await
+            } else {
+                None
+            };
+            if ends.is_some() && ends == previous {
+                return;
+            }
+            previous = ends;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {SAGA_TIMEOUT:?} waiting for the system to be quiet"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The end offset of every partition every service consumes, if each service's group has
+    /// committed up to it.
+    async fn consumed_to_the_end(&self) -> Option<Vec<i64>> {
+        let (brokers, prefix) = (
+            self.system.brokers.clone(),
+            self.system.topic_prefix.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut ends = Vec::new();
+            for service in topology::SERVICES {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .set("group.id", format!("{prefix}{}", service.group_id))
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .ok()?;
+                let timeout = Duration::from_secs(5);
+                let mut partitions = TopicPartitionList::new();
+                for topic in service.consumes {
+                    let name = topic.name(&prefix);
+                    let metadata = consumer.fetch_metadata(Some(&name), timeout).ok()?;
+                    for partition in metadata.topics().first()?.partitions() {
+                        partitions.add_partition(&name, partition.id());
+                    }
+                }
+                let committed = consumer.committed_offsets(partitions, timeout).ok()?;
+                for element in committed.elements() {
+                    let (_, end) = consumer
+                        .fetch_watermarks(element.topic(), element.partition(), timeout)
+                        .ok()?;
+                    let done = match element.offset() {
+                        Offset::Offset(committed) => committed >= end,
+                        _ => end == 0,
+                    };
+                    if !done {
+                        return None;
+                    }
+                    ends.push(end);
+                }
+            }
+            Some(ends)
+        })
+        .await
+        .ok()?
+    }
 }
 
 impl Default for Backdoor {
@@ -521,4 +627,20 @@ impl Default for Backdoor {
 /// The service of the topology called `name`; panics on a name it does not have.
 pub fn known(name: &str) -> &'static Service {
     topology::by_name(name).unwrap_or_else(|| panic!("shared::topology has no service {name:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn partition_of_is_the_crc32_of_the_key() {
+        // The CRC-32 check value: crc32("123456789") = 0xCBF43926.
+        assert_eq!(
+            super::partition_of("123456789", i32::MAX),
+            (0xCBF4_3926u32 % i32::MAX as u32) as i32
+        );
+        assert_eq!(
+            super::partition_of("123456789", 3),
+            (0xCBF4_3926u32 % 3) as i32
+        );
+    }
 }

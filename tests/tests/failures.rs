@@ -38,21 +38,6 @@ async fn wait_status(api: &Api, order_id: Uuid, status: &str) -> serde_json::Val
     .await
 }
 
-async fn wait_settled(api: &Api, sku: &str, available: i64, customer: &str, balance: i64) {
-    eventually(
-        &format!("{sku} and {customer} to settle"),
-        SAGA_TIMEOUT,
-        || async {
-            let product = api.product(sku).await;
-            let settled = product["available"] == available
-                && product["reserved"] == 0
-                && api.balance(customer).await == balance;
-            settled.then_some(())
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_saga_past_its_deadline_is_cancelled_and_its_late_charge_refunded() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -60,37 +45,104 @@ async fn a_saga_past_its_deadline_is_cancelled_and_its_late_charge_refunded() {
     let (sku, customer) = (unique("sku"), unique("customer"));
     api.create_product(&sku, 500, 5).await;
     api.open_account(&customer, 10_000).await;
-    // Hold the account's row: the payment step blocks on it, so the saga stalls.
     let payments = backdoor.database(&api.system.database_urls.payment).await;
-    let mut stall = payments.begin().await.unwrap();
+    // Payment's partition of the order topic is held up by a decoy: an order.cancelled of
+    // another order whose payment row is locked, so the cancellation of ours, queued behind it
+    // on the same partition (same key), cannot reach payment before the charge does.
+    let decoy = Uuid::now_v7();
+    sqlx::query("insert into payments (order_id, status) values ($1, 'VOIDED')")
+        .bind(decoy)
+        .execute(&payments)
+        .await
+        .unwrap();
+    let mut hold_cancellations = payments.begin().await.unwrap();
+    sqlx::query("select 1 from payments where order_id = $1 for update")
+        .bind(decoy)
+        .execute(&mut *hold_cancellations)
+        .await
+        .unwrap();
+    // And the account's row: the charge blocks on it, so the saga stalls past its deadline.
+    let mut hold_charge = payments.begin().await.unwrap();
     sqlx::query("select 1 from accounts where customer_id = $1 for update")
         .bind(&customer)
-        .execute(&mut *stall)
+        .execute(&mut *hold_charge)
         .await
         .unwrap();
 
     let order_id = api.place_order(&customer, &[(&sku, 2)], "FR").await;
+    let cancelled = OrderCancelled {
+        order_id: decoy,
+        reason: CancellationReason::CancelledByCustomer,
+    };
+    let envelope = Envelope::new("chaos", decoy, None, &cancelled);
+    backdoor
+        .produce(
+            Topic::Order,
+            &order_id.to_string(),
+            &serde_json::to_vec(&envelope).unwrap(),
+            Some(&envelope.event_type),
+        )
+        .await;
     let order = api.wait_terminal(order_id).await;
     assert_eq!(
         (&order["status"], &order["cancellation_reason"]),
         (&json!("CANCELLED"), &json!("timeout")),
         "{order}"
     );
-    stall.commit().await.unwrap();
 
-    // The charge that lands after the cancellation is refunded; the stock comes back.
-    eventually("the late charge to be refunded", SAGA_TIMEOUT, || async {
+    // The charge lands after the cancellation...
+    hold_charge.commit().await.unwrap();
+    eventually("the late charge", SAGA_TIMEOUT, || async {
         let (status, payment) = api.payment(order_id).await;
-        (status == 404 || payment["status"] == "REFUNDED").then_some(())
+        (status == 200 && payment["status"] == "CHARGED").then_some(())
     })
     .await;
-    wait_settled(&api, &sku, 5, &customer, 10_000).await;
-    let (status, shipment) = api.shipment(order_id).await;
-    assert!(
-        status == 404 || shipment["status"] == "CANCELLED",
-        "{shipment}"
+    assert_eq!(api.balance(&customer).await, 9_000);
+    // ...and once the cancellation reaches payment, it is refunded in full.
+    hold_cancellations.commit().await.unwrap();
+    let payment = eventually("the late charge to be refunded", SAGA_TIMEOUT, || async {
+        let (_, payment) = api.payment(order_id).await;
+        (payment["status"] == "REFUNDED").then_some(payment)
+    })
+    .await;
+    assert_eq!(payment["amount_cents"], 1_000, "{payment}");
+    wait_timeline(&api, order_id, "payment.refunded.v1").await;
+    backdoor.wait_quiet().await;
+    let product = api.product(&sku).await;
+    assert_eq!(
+        (
+            &product["available"],
+            &product["reserved"],
+            &product["sold"]
+        ),
+        (&json!(5), &json!(0), &json!(0)),
+        "{product}"
     );
-    assert_eq!(api.order(order_id).await["status"], "CANCELLED");
+    assert_eq!(api.balance(&customer).await, 10_000);
+    let (status, shipment) = api.shipment(order_id).await;
+    assert_eq!(status, 404, "nothing was shipped: {shipment}");
+    let order = api.order(order_id).await;
+    assert_eq!(
+        (&order["status"], &order["cancellation_reason"]),
+        (&json!("CANCELLED"), &json!("timeout")),
+        "{order}"
+    );
+}
+
+/// Waits until the order's timeline holds `event`.
+async fn wait_timeline(api: &Api, order_id: Uuid, event: &str) {
+    eventually(
+        &format!("{event} in the timeline of {order_id}"),
+        SAGA_TIMEOUT,
+        || async {
+            api.timeline(order_id)
+                .await
+                .iter()
+                .any(|e| e == event)
+                .then_some(())
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -210,15 +262,49 @@ async fn poison_is_dead_lettered_the_partitions_keep_flowing_and_replay_works() 
         }
     }
 
-    // Real orders on every partition still go through.
+    // Real orders on every partition still go through: orders are placed until each
+    // partition has at least two (the partition of an order is the producer's for its key).
     let (sku, customer) = (unique("sku"), unique("customer"));
-    api.create_product(&sku, 100, 50).await;
+    api.create_product(&sku, 100, 200).await;
     api.open_account(&customer, 100_000).await;
     let line = [(sku.as_str(), 1)];
-    let orders =
-        futures::future::join_all((0..6).map(|_| api.place_order(&customer, &line, "FR"))).await;
-    for order_id in orders {
-        assert_eq!(api.wait_terminal(order_id).await["status"], "CONFIRMED");
+    let mut orders: Vec<(i32, Uuid)> = Vec::new();
+    while partitions
+        .clone()
+        .any(|p| orders.iter().filter(|(q, _)| *q == p).count() < 2)
+    {
+        assert!(
+            orders.len() < 60,
+            "60 orders and a partition still has fewer than two"
+        );
+        let order_id = api.place_order(&customer, &line, "FR").await;
+        orders.push((
+            e2e::partition_of(&order_id.to_string(), partitions.len() as i32),
+            order_id,
+        ));
+    }
+    for (_, order_id) in &orders {
+        assert_eq!(api.wait_terminal(*order_id).await["status"], "CONFIRMED");
+    }
+    // Where they really went: each order's order.created on the partition computed for it.
+    let order_topic = Topic::Order.name(&api.system.topic_prefix);
+    let brokers = api.system.brokers.clone();
+    let published =
+        tokio::task::spawn_blocking(move || shared::dead_letters::read_all(&brokers, &order_topic))
+            .await
+            .unwrap()
+            .expect("reading the order topic");
+    for (partition, order_id) in &orders {
+        let key = order_id.to_string();
+        let landed: Vec<i32> = published
+            .iter()
+            .filter(|message| message.key.as_deref() == Some(key.as_str()))
+            .map(|message| message.partition)
+            .collect();
+        assert!(
+            !landed.is_empty() && landed.iter().all(|p| p == partition),
+            "order {order_id}: computed partition {partition}, published on {landed:?}"
+        );
     }
 
     let expected = poison.len() * partitions.len();
@@ -458,7 +544,14 @@ async fn a_forged_order_the_order_service_never_accepted_is_released_everywhere(
         },
     )
     .await;
-    wait_settled(&api, &sku, 5, &customer, 10_000).await;
+    backdoor.wait_quiet().await;
+    let product = api.product(&sku).await;
+    assert_eq!(
+        (&product["available"], &product["reserved"]),
+        (&json!(5), &json!(0)),
+        "{product}"
+    );
+    assert_eq!(api.balance(&customer).await, 10_000);
     eventually(
         "payment and shipping to hold nothing",
         SAGA_TIMEOUT,

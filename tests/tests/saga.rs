@@ -1,8 +1,10 @@
 //! The order saga end to end: the happy path and every cancellation path, with balances and
 //! stock restored exactly, against the real broker and PostgreSQL.
 
-use e2e::{eventually, unique, Api, SAGA_TIMEOUT};
+use e2e::{eventually, unique, Api, Backdoor, SAGA_TIMEOUT};
 use serde_json::json;
+use shared::topics::Topic;
+use uuid::Uuid;
 
 /// Waits until the product is back to `available` with nothing reserved.
 async fn wait_stock(api: &Api, sku: &str, available: i64, sold: i64) {
@@ -31,7 +33,7 @@ async fn wait_balance(api: &Api, customer: &str, balance: i64) {
 
 /// Waits until the order's timeline holds every one of `events` (compensations are reported
 /// back to the order service asynchronously).
-async fn wait_timeline(api: &Api, order_id: uuid::Uuid, events: &[&str]) {
+async fn wait_timeline(api: &Api, order_id: Uuid, events: &[&str]) {
     eventually(
         &format!("timeline of {order_id} to hold {events:?}"),
         SAGA_TIMEOUT,
@@ -202,40 +204,203 @@ async fn an_unserved_country_refunds_the_payment_and_releases_the_stock() {
     wait_timeline(&api, order_id, &compensations).await;
 }
 
-#[tokio::test]
-async fn a_customer_cancellation_undoes_whatever_was_done() {
-    let api = Api::new();
-    let (sku, customer) = (unique("sku"), unique("customer"));
-    api.create_product(&sku, 300, 5).await;
-    api.open_account(&customer, 10_000).await;
-
-    let order_id = api.place_order(&customer, &[(&sku, 2)], "FR").await;
+/// Cancels `order_id` as its customer: 202 `CANCELLED`, and a second time 409.
+async fn cancel(api: &Api, order_id: Uuid) {
     let url = format!("{}/orders/{order_id}/cancel", api.system.order_url);
     let (status, reply) = api.send(api.http.post(&url)).await;
-
-    assert_eq!(status, 202, "{reply}");
-    assert_eq!(reply["status"], "CANCELLED");
-    let order = api.wait_terminal(order_id).await;
-    assert_eq!(order["cancellation_reason"], "cancelled_by_customer");
-    wait_stock(&api, &sku, 5, 0).await;
-    wait_balance(&api, &customer, 10_000).await;
-    // Whatever got done before the cancellation landed is compensated; nothing ships.
-    let (status, shipment) = api.shipment(order_id).await;
-    assert!(
-        status == 404 || shipment["status"] == "CANCELLED",
-        "{shipment}"
+    assert_eq!(
+        (status, &reply["status"], &reply["cancellation_reason"]),
+        (202, &json!("CANCELLED"), &json!("cancelled_by_customer")),
+        "{reply}"
     );
-    let (status, payment) = api.payment(order_id).await;
-    assert!(
-        status == 404 || payment["status"] == "REFUNDED",
-        "{payment}"
-    );
-
     let (status, reply) = api.send(api.http.post(&url)).await;
     assert_eq!(
         (status, &reply["error"]["code"]),
         (409, &json!("order_not_pending"))
     );
+}
+
+/// The database status of `order_id`'s row in `table` (`None`: no row), bypassing the API.
+async fn stored_status(pool: &sqlx::PgPool, table: &str, order_id: Uuid) -> Option<String> {
+    sqlx::query_scalar(&format!("select status from {table} where order_id = $1"))
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_customer_cancellation_before_the_stock_is_reserved_charges_nothing() {
+    let (api, backdoor) = (Api::new(), Backdoor::new());
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 300, 5).await;
+    api.open_account(&customer, 10_000).await;
+    // Hold the product's row: inventory cannot reserve, so nothing happens past the order.
+    let inventory = backdoor.database(&api.system.database_urls.inventory).await;
+    let mut hold_stock = inventory.begin().await.unwrap();
+    sqlx::query("select 1 from products where sku = $1 for update")
+        .bind(&sku)
+        .execute(&mut *hold_stock)
+        .await
+        .unwrap();
+
+    let order_id = api.place_order(&customer, &[(&sku, 2)], "FR").await;
+    cancel(&api, order_id).await;
+    // Payment and shipping hear of the cancellation before any reservation exists.
+    let payments = backdoor.database(&api.system.database_urls.payment).await;
+    let shipments = backdoor.database(&api.system.database_urls.shipping).await;
+    eventually(
+        "payment and shipping to void the order",
+        SAGA_TIMEOUT,
+        || async {
+            let voided = Some("VOIDED".to_owned());
+            (stored_status(&payments, "payments", order_id).await == voided
+                && stored_status(&shipments, "shipments", order_id).await == voided)
+                .then_some(())
+        },
+    )
+    .await;
+    hold_stock.commit().await.unwrap();
+
+    // The reservation made late is released; the void stops the charge.
+    wait_timeline(&api, order_id, &["inventory.released.v1"]).await;
+    backdoor.wait_quiet().await;
+    let product = api.product(&sku).await;
+    assert_eq!(
+        (
+            &product["available"],
+            &product["reserved"],
+            &product["sold"]
+        ),
+        (&json!(5), &json!(0), &json!(0)),
+        "{product}"
+    );
+    assert_eq!(api.balance(&customer).await, 10_000);
+    assert_eq!(api.payment(order_id).await.0, 404, "never charged");
+    assert_eq!(api.shipment(order_id).await.0, 404, "never shipped");
+    let order = api.order(order_id).await;
+    assert_eq!(
+        (&order["status"], &order["cancellation_reason"]),
+        (&json!("CANCELLED"), &json!("cancelled_by_customer"))
+    );
+    assert_eq!(
+        api.timeline(order_id).await,
+        [
+            "order.created.v1",
+            "order.cancelled.v1",
+            "inventory.reserved.v1",
+            "inventory.released.v1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_customer_cancellation_after_the_shipment_is_scheduled_undoes_all_three() {
+    let (api, backdoor) = (Api::new(), Backdoor::new());
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 300, 5).await;
+    api.open_account(&customer, 10_000).await;
+    // The order service is kept from confirming: a finished decoy order's row is locked, and a
+    // copy (new id) of its shipment.scheduled is put on every partition of the shipping topic,
+    // so ours (shipment.scheduled) queues behind one of them.
+    let decoy_customer = unique("decoy");
+    api.open_account(&decoy_customer, 1_000).await;
+    let decoy = api.place_order(&decoy_customer, &[(&sku, 1)], "FR").await;
+    assert_eq!(api.wait_terminal(decoy).await["status"], "CONFIRMED");
+    api.create_product(&sku_restock(&sku), 300, 5).await;
+    let orders = backdoor.database(&api.system.database_urls.order).await;
+    let mut hold_orders = orders.begin().await.unwrap();
+    sqlx::query("select 1 from orders where order_id = $1 for update")
+        .bind(decoy)
+        .execute(&mut *hold_orders)
+        .await
+        .unwrap();
+    let shipping = backdoor.database(&api.system.database_urls.shipping).await;
+    let scheduled: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(
+        "select envelope from outbox where message_key = $1 and event_type = 'shipment.scheduled.v1'",
+    )
+    .bind(decoy.to_string())
+    .fetch_one(&shipping)
+    .await
+    .unwrap();
+    for partition in 0..3 {
+        // KAFKA_TOPIC_PARTITIONS
+        let mut copy = scheduled.0.clone();
+        copy["id"] = json!(Uuid::now_v7());
+        backdoor
+            .produce_to(
+                Topic::Shipping,
+                Some(partition),
+                &decoy.to_string(),
+                &serde_json::to_vec(&copy).unwrap(),
+                copy["type"].as_str(),
+            )
+            .await;
+    }
+
+    let order_id = api
+        .place_order(&customer, &[(&sku_restock(&sku), 2)], "FR")
+        .await;
+    eventually("the charge and the shipment", SAGA_TIMEOUT, || async {
+        (api.payment(order_id).await.1["status"] == "CHARGED"
+            && api.shipment(order_id).await.1["status"] == "SCHEDULED")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(api.balance(&customer).await, 9_400);
+    cancel(&api, order_id).await;
+    // Every step is compensated while the order service still cannot read a thing.
+    eventually("the compensations", SAGA_TIMEOUT, || async {
+        let product = api.product(&sku_restock(&sku)).await;
+        (api.payment(order_id).await.1["status"] == "REFUNDED"
+            && api.shipment(order_id).await.1["status"] == "CANCELLED"
+            && product["reserved"] == 0)
+            .then_some(())
+    })
+    .await;
+    hold_orders.commit().await.unwrap();
+
+    // The shipment.scheduled it reads late does not confirm a cancelled order.
+    wait_timeline(
+        &api,
+        order_id,
+        &[
+            "shipment.scheduled.v1",
+            "payment.refunded.v1",
+            "inventory.released.v1",
+            "shipment.cancelled.v1",
+        ],
+    )
+    .await;
+    backdoor.wait_quiet().await;
+    let (_, payment) = api.payment(order_id).await;
+    assert_eq!(
+        (&payment["status"], &payment["amount_cents"]),
+        (&json!("REFUNDED"), &json!(600)),
+        "{payment}"
+    );
+    assert_eq!(api.balance(&customer).await, 10_000);
+    let product = api.product(&sku_restock(&sku)).await;
+    assert_eq!(
+        (
+            &product["available"],
+            &product["reserved"],
+            &product["sold"]
+        ),
+        (&json!(5), &json!(0), &json!(0)),
+        "{product}"
+    );
+    assert_eq!(api.shipment(order_id).await.1["status"], "CANCELLED");
+    let order = api.order(order_id).await;
+    assert_eq!(
+        (&order["status"], &order["cancellation_reason"]),
+        (&json!("CANCELLED"), &json!("cancelled_by_customer"))
+    );
+}
+
+/// A second product, so the decoy's sale does not count in this order's stock.
+fn sku_restock(sku: &str) -> String {
+    format!("{sku}-b")
 }
 
 #[tokio::test]

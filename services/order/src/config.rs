@@ -29,4 +29,17 @@ pub struct Config {
         default_value_t = 86_400_000
     )]
     pub idempotency_key_retention_ms: u64,
+
+    /// `POST /orders` requests served at once at most; more get 503 `overloaded`. High enough
+    /// that a burst is served (beyond the database pool, requests wait for a connection).
+    #[arg(long, env = "MAX_IN_FLIGHT_ORDERS", default_value_t = 256)]
+    pub max_in_flight_orders: usize,
+
+    /// No new order is taken (503 `overloaded`) while this many sagas are still `PENDING`.
+    #[arg(long, env = "MAX_PENDING_ORDERS", default_value_t = 500)]
+    pub max_pending_orders: i64,
+
+    /// How often the `PENDING` orders are counted for `MAX_PENDING_ORDERS`.
+    #[arg(long, env = "PENDING_ORDERS_REFRESH_MS", default_value_t = 200)]
+    pub pending_orders_refresh_ms: u64,
 }

@@ -1,6 +1,7 @@
 //! The order service: accepts orders over HTTP, owns their status, and drives the saga to
 //! `CONFIRMED` or `CANCELLED` from the events of the other services.
 
+mod admission;
 mod config;
 pub mod deadline;
 pub mod domain;

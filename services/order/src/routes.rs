@@ -14,24 +14,37 @@ use shared::outbox::OutboxSignal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::domain::{OrderStatus, SagaEvent};
 use crate::handler::{advance, emit};
 use crate::repository::{self, Order, OrderFilter};
 
-pub fn router(pool: PgPool, outbox: OutboxSignal) -> Router {
+pub fn router(pool: PgPool, outbox: OutboxSignal, admission: Admission) -> Router {
     Router::new()
         .route("/orders", post(place_order).get(list_orders))
         .route("/orders/{order_id}", get(get_order))
         .route("/orders/{order_id}/timeline", get(get_timeline))
         .route("/orders/{order_id}/cancel", post(cancel_order))
-        .with_state(AppState { pool, outbox })
+        .with_state(AppState {
+            pool,
+            outbox,
+            admission,
+        })
 }
 
-/// What the handlers share: the database, and the signal that wakes the outbox relay.
+/// What the handlers share: the database, the signal that wakes the outbox relay, and the
+/// bounds on new orders.
 #[derive(Clone)]
 struct AppState {
     pool: PgPool,
     outbox: OutboxSignal,
+    admission: Admission,
+}
+
+impl FromRef<AppState> for Admission {
+    fn from_ref(state: &AppState) -> Self {
+        state.admission.clone()
+    }
 }
 
 impl FromRef<AppState> for PgPool {
@@ -199,10 +212,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 async fn place_order(
     State(pool): State<PgPool>,
     State(outbox): State<OutboxSignal>,
+    State(admission): State<Admission>,
     headers: HeaderMap,
     ValidJson(request): ValidJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    let _slot = admission.admit()?;
     let request_json =
         serde_json::to_value(&request).map_err(|_| ApiError::invalid("unserializable request"))?;
     if let Some(key) = &key {
@@ -249,6 +264,7 @@ async fn place_order(
     emit(&mut tx, order_id, None, &created).await?;
     tx.commit().await?;
     outbox.committed();
+    admission.accepted();
     tracing::info!(%order_id, "order accepted");
     Ok(accepted(order_id, OrderStatus::Pending))
 }

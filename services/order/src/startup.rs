@@ -10,6 +10,7 @@ use shared::service::{CancellationToken, Service};
 use shared::topology;
 use sqlx::PgPool;
 
+use crate::admission::{self, Admission};
 use crate::handler::OrderEventHandler;
 use crate::{deadline, routes, Config, SERVICE};
 
@@ -22,9 +23,16 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let saga_deadline = Duration::from_millis(config.saga_deadline_ms);
         let sweep_every = Duration::from_millis(config.saga_deadline_sweep_ms.max(1));
+        let count_every = Duration::from_millis(config.pending_orders_refresh_ms.max(1));
+        let admission = Admission::new(config.max_in_flight_orders, config.max_pending_orders);
+        let backlog = admission.clone();
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| {
-                routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
+                routes::router(
+                    infrastructure.pool.clone(),
+                    infrastructure.outbox.clone(),
+                    admission,
+                )
             })
             .consumes(
                 topology::ORDER.consumes,
@@ -39,6 +47,14 @@ impl Application {
                     infrastructure.outbox.clone(),
                     saga_deadline,
                     sweep_every,
+                    shutdown,
+                )
+            })
+            .worker("pending-orders", move |infrastructure, shutdown| {
+                admission::watch_backlog(
+                    infrastructure.pool.clone(),
+                    backlog,
+                    count_every,
                     shutdown,
                 )
             })
@@ -70,9 +86,15 @@ pub fn idempotency_key_retention(retention_ms: u64) -> Rule {
     }
 }
 
-/// The HTTP API alone, for tests that need no broker (no relay publishes what it writes).
+/// The HTTP API alone, for tests that need no broker (no relay publishes what it writes), with
+/// no backlog bound (nothing recounts the backlog).
 pub fn router(pool: PgPool) -> Router {
-    routes::router(pool.clone(), shared::outbox::OutboxSignal::new(pool))
+    let admission = Admission::new(64, i64::MAX);
+    routes::router(
+        pool.clone(),
+        shared::outbox::OutboxSignal::new(pool),
+        admission,
+    )
 }
 
 /// Applies this service's migrations (for tests that build the router alone).

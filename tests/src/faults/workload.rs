@@ -2,7 +2,8 @@
 //! customers without one), and orders of 1 to 3 lines, some to `AQ` (not served), some with an
 //! unknown sku, some cancelled by the customer right after placing. Orders are placed over HTTP
 //! at a steady pace with bounded concurrency; a request that fails because a service is down
-//! (no connection, 5xx, timeout) is retried with the same Idempotency-Key until accepted.
+//! (no connection, 5xx, timeout) is retried with the same Idempotency-Key until accepted, no
+//! sooner than a 503's `Retry-After` asks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -317,23 +318,31 @@ enum Placed {
 /// What one attempt of a request got.
 enum Attempt {
     Done(u16, Value),
-    /// Worth retrying with the same key: no connection, timeout, 5xx, 409 key in use.
-    Retry(String),
+    /// Worth retrying with the same key: no connection, timeout, 5xx, 409 key in use; not
+    /// before the `Retry-After` it carried, if any.
+    Retry(String, Option<Duration>),
+}
+
+/// A response's `Retry-After` in seconds.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds = response.headers().get("retry-after")?.to_str().ok()?;
+    seconds.trim().parse().ok().map(Duration::from_secs)
 }
 
 async fn attempt(request: reqwest::RequestBuilder) -> Attempt {
     match request.send().await {
-        Err(error) => Attempt::Retry(format!("{error}")),
+        Err(error) => Attempt::Retry(format!("{error}"), None),
         Ok(response) => {
             let status = response.status().as_u16();
+            let wait = retry_after(&response);
             let body = match response.bytes().await {
                 Ok(bytes) => serde_json::from_slice(&bytes)
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
-                Err(error) => return Attempt::Retry(format!("reading the body: {error}")),
+                Err(error) => return Attempt::Retry(format!("reading the body: {error}"), None),
             };
             let key_in_use = status == 409 && body["error"]["code"] == "idempotency_key_in_use";
             if status >= 500 || key_in_use {
-                Attempt::Retry(format!("{status} {body}"))
+                Attempt::Retry(format!("{status} {body}"), wait)
             } else {
                 Attempt::Done(status, body)
             }
@@ -358,10 +367,10 @@ async fn place(
             .post(format!("{url}/orders"))
             .header("Idempotency-Key", &order.key)
             .json(&body);
-        let last_error = match attempt(request).await {
+        let (last_error, wait) = match attempt(request).await {
             Attempt::Done(202, reply) => match reply["order_id"].as_str().map(str::parse) {
                 Some(Ok(order_id)) => break order_id,
-                _ => format!("202 without an order id: {reply}"),
+                _ => (format!("202 without an order id: {reply}"), None),
             },
             Attempt::Done(status, reply) => {
                 return Placed::Rejected {
@@ -370,7 +379,7 @@ async fn place(
                     body: reply.to_string(),
                 }
             }
-            Attempt::Retry(why) => why,
+            Attempt::Retry(why, wait) => (why, wait),
         };
         if started.elapsed() > GIVE_UP_AFTER {
             return Placed::GaveUp {
@@ -379,7 +388,7 @@ async fn place(
             };
         }
         retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(wait.map_or(backoff, |wait| wait.max(backoff))).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     };
     let cancel = if order.cancel {
@@ -408,19 +417,19 @@ async fn cancel(
         let url = targets.pick(salt);
         salt += 1;
         let request = http.post(format!("{url}/orders/{order_id}/cancel"));
-        let last_error = match attempt(request).await {
+        let (last_error, wait) = match attempt(request).await {
             Attempt::Done(202, _) => return CancelResult::Accepted,
             Attempt::Done(409, _) => return CancelResult::Conflict,
             Attempt::Done(status, reply) => {
                 return CancelResult::Failed(format!("{status} {reply}"))
             }
-            Attempt::Retry(why) => why,
+            Attempt::Retry(why, wait) => (why, wait),
         };
         if started.elapsed() > GIVE_UP_AFTER {
             return CancelResult::Failed(format!("gave up: {last_error}"));
         }
         retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(wait.map_or(backoff, |wait| wait.max(backoff))).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }

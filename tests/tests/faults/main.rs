@@ -19,6 +19,7 @@ mod join_leave;
 mod kill_broker;
 mod kill_services;
 mod lock_wait_rebalance;
+mod overload;
 mod oversized;
 mod poison;
 mod quick_restart;

@@ -38,6 +38,7 @@
 //! `snapshot` when it cannot be taken.
 
 mod invariants;
+pub mod rewind;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -346,6 +347,24 @@ pub async fn settle_and_check(
         report.violation("snapshot", format!("taking the snapshot failed: {error:#}"));
     }
     report
+}
+
+/// Waits until every outbox is drained and every consumer group has committed up to the end
+/// of what it consumes, twice in a row with nothing new (the quiet of [`settle_and_check`]).
+pub async fn wait_quiet(system: &FaultSystem, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut previous: Option<Vec<String>> = None;
+    loop {
+        let (quiet, fingerprint) = quiet_state(system, None).await?;
+        if quiet && previous.as_ref() == Some(&fingerprint) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("not quiet after {timeout:?}: {}", fingerprint.join("; "));
+        }
+        previous = quiet.then_some(fingerprint);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn pending_orders(system: &FaultSystem, accepted: &[Uuid]) -> anyhow::Result<usize> {

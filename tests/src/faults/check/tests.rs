@@ -445,3 +445,89 @@ fn unpublished_events_and_lagging_groups_are_counted() {
         report.summary()
     );
 }
+
+mod redelivery {
+    use super::super::rewind::{redelivery_problems, Effects};
+    use crate::faults::Svc;
+
+    /// A quiet system: alice charged 1000 for one order of 2 x sku-a, each service's inbox.
+    fn quiet() -> Effects {
+        Effects(
+            [
+                ("payment.accounts/alice", r#"{"balance_cents":9000}"#),
+                (
+                    "payment.payments/o1",
+                    r#"{"status":"CHARGED","amount_cents":1000}"#,
+                ),
+                (
+                    "inventory.products/sku-a",
+                    r#"{"available":8,"reserved":0,"sold":2}"#,
+                ),
+                ("order.orders/o1", r#"{"status":"CONFIRMED"}"#),
+                ("order.inbox rows", "3"),
+                ("payment.inbox rows", "2"),
+                ("payment.outbox rows", "1"),
+                ("inventory.inbox rows", "2"),
+                ("shipping.inbox rows", "2"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        )
+    }
+
+    fn counted(each: f64) -> Vec<(Svc, f64)> {
+        Svc::all().map(|svc| (svc, each)).collect()
+    }
+
+    #[test]
+    fn a_rewind_that_changed_nothing_and_was_counted_passes() {
+        assert_eq!(
+            redelivery_problems(&quiet(), &quiet(), &counted(3.0)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn without_the_inbox_the_re_applied_events_are_caught() {
+        // What the same rewind does with the inbox disabled: the reservation and the charge
+        // are applied again (and announced again), and nothing counts as a duplicate.
+        let mut after = quiet();
+        let changed = [
+            ("payment.accounts/alice", r#"{"balance_cents":8000}"#),
+            (
+                "inventory.products/sku-a",
+                r#"{"available":6,"reserved":2,"sold":2}"#,
+            ),
+            ("payment.outbox rows", "2"),
+        ];
+        for (key, value) in changed {
+            after.0.insert(key.to_owned(), value.to_owned());
+        }
+        let problems = redelivery_problems(&quiet(), &after, &counted(0.0));
+        for key in changed.map(|(key, _)| key) {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key}: {problems:?}"
+            );
+        }
+        for svc in Svc::all() {
+            assert!(
+                problems.iter().any(|p| p.starts_with(svc.binary())),
+                "{}: {problems:?}",
+                svc.binary()
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_appearing_or_vanishing_is_caught() {
+        let mut after = quiet();
+        after.0.remove("order.orders/o1");
+        after.0.insert(
+            "shipping.shipments/o1".to_owned(),
+            r#"{"status":"SCHEDULED"}"#.to_owned(),
+        );
+        let problems = redelivery_problems(&quiet(), &after, &counted(3.0));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}

@@ -522,7 +522,6 @@ impl<H: EventHandler> ConsumerLoop<H> {
         }
     }
 
-    /// Whether `message` is one its partition handed back.
     /// Forgets what the loop remembers of partitions no longer assigned to it (a rebalance took
     /// them): their unfinished message is another member's now, so it must not keep this one
     /// unready, and its deferral must not apply if the partition comes back.
@@ -543,6 +542,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
             .retain(|(topic, partition), _| assigned(topic, *partition));
     }
 
+    /// Whether `message` is one its partition handed back.
     fn is_deferred(&self, message: &BorrowedMessage<'_>) -> bool {
         let deferred = self.deferred.lock().expect("deferred lock");
         !deferred.is_empty()

@@ -494,8 +494,8 @@ impl OutboxRelay {
 }
 
 /// Moves acknowledged rows to `outbox_published`: `first` and every acknowledgement already
-/// there, or, with `first` = `None`, everything in flight. Returns the first delivery error seen, with
-/// its row.
+/// there, or, with `first` = `None`, everything in flight. Returns the first delivery error
+/// seen, with its row.
 async fn settle(
     leader: &mut PgConnection,
     in_flight: &mut FuturesUnordered<futures::future::BoxFuture<'static, Acknowledgement>>,

@@ -528,9 +528,9 @@ impl Backdoor {
         .await
     }
 
-    /// Waits until the system is quiet: no unpublished outbox row in any service, and every
-    /// consumer group committed up to the end of every partition it consumes, twice in a row
-    /// with nothing new (the same end offsets) in between.
+    /// Waits until the system is quiet: no outbox row waiting to be published in any service,
+    /// and every consumer group committed up to the end of every partition it consumes, twice
+    /// in a row with nothing new (the same end offsets) in between.
     pub async fn wait_quiet(&self) {
         let databases = &self.system.database_urls;
         let mut pools = Vec::new();
@@ -548,7 +548,7 @@ impl Backdoor {
             let mut drained = true;
             for pool in &pools {
                 let unpublished: Option<i64> =
-                    sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                    sqlx::query_scalar("select count(*) from outbox where failed_at is null")
                         .fetch_one(pool)
                         .await
                         .ok();

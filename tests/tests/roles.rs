@@ -164,8 +164,8 @@ async fn the_runtime_role_reads_and_writes_rows_but_cannot_change_the_schema_or_
             let owner = &owner;
             async move {
                 let published: (i64, i64) = sqlx::query_as(
-                    "select count(*) filter (where published_at is not null),
-                        count(*) filter (where published_at is null) from outbox",
+                    "select (select count(*) from outbox_published),
+                        (select count(*) from outbox)",
                 )
                 .fetch_one(owner)
                 .await

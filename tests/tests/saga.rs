@@ -317,7 +317,8 @@ async fn a_customer_cancellation_after_the_shipment_is_scheduled_undoes_all_thre
         .unwrap();
     let shipping = backdoor.database(&api.system.database_urls.shipping).await;
     let scheduled: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(
-        "select envelope from outbox where message_key = $1 and event_type = 'shipment.scheduled.v1'",
+        "select envelope from outbox_published \
+         where message_key = $1 and event_type = 'shipment.scheduled.v1'",
     )
     .bind(decoy.to_string())
     .fetch_one(&shipping)

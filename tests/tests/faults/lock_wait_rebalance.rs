@@ -1,9 +1,11 @@
 //! `lock_wait_rebalance`: while orders flow, a product row of the inventory database is held
 //! locked (`select ... for update` in an open transaction) so the inventory consumer waits on
 //! it, and a second inventory instance joins the group meanwhile. The stuck member must not
-//! hold up its group: the rebalance completes (the second instance receives events) and the
-//! orders of the other partitions keep being reserved while the lock is held; after it is
-//! released every invariant holds.
+//! hold up its group: the rebalance completes while the lock is held (the second instance
+//! receives events); after it is released every invariant holds. How much else is reserved
+//! meanwhile is reported, not required: a partition keeps its order, so each one stalls, by
+//! design, once an order of the locked product reaches its head, and how soon that happens
+//! depends on the workload's keys and on how long the broker takes to rebalance.
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use sqlx::Connection;
 use tokio::time::Instant;
 
 /// How long the row stays locked.
-const HOLD: Duration = Duration::from_secs(20);
+const HOLD: Duration = Duration::from_secs(30);
 /// The locked row (every order of it waits on the lock).
 const LOCKED_SKU: &str = "sku-00";
 
@@ -35,12 +37,6 @@ async fn a_consumer_in_a_lock_wait_does_not_hold_up_its_group() {
     }
     report.note("settled_while_locked", held.settled_while_locked);
     report.note("reserved_late_in_lock", held.reserved_late_in_lock);
-    if held.reserved_late_in_lock == 0 {
-        report.violation(
-            "others_flow_while_locked",
-            "the inventory consumers reserved nothing in the second half of the lock",
-        );
-    }
     report.note("lock_waiters_seen", held.lock_waiters_seen);
     if held.lock_waiters_seen == 0 {
         report.violation("fault_injected", "no consumer waited on the locked row");
@@ -54,7 +50,7 @@ struct Held {
     joined_consumed_after: Option<f64>,
     /// Orders that left PENDING during the hold.
     settled_while_locked: i64,
-    /// Reservations made in the second half of the hold (inventory consumed other orders).
+    /// Reservations made in the second half of the hold (reported only).
     reserved_late_in_lock: i64,
     /// Most sessions seen waiting on a lock at once in the inventory database.
     lock_waiters_seen: i64,
@@ -91,7 +87,7 @@ async fn lock_a_row_and_join(f: Faults<'_>) -> Held {
             .unwrap_or(0)
     };
     let settled_before = settled().await;
-    // Reservations the inventory consumers made: the second half of the hold must have some.
+    // Reservations the inventory consumers made in the second half of the hold.
     let reservations = || async {
         sqlx::query_scalar::<_, i64>("select count(*) from reservations")
             .fetch_one(&inventory)

@@ -48,8 +48,16 @@ impl Effects {
             }
         }
         for svc in Svc::all() {
-            for table in ["inbox", "outbox"] {
-                let count: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+            // The events applied, and the events written (published ones move to
+            // `outbox_published`; none is pruned within a run).
+            for (table, count) in [
+                ("inbox", "select count(*) from inbox"),
+                (
+                    "outbox",
+                    "select (select count(*) from outbox) + (select count(*) from outbox_published)",
+                ),
+            ] {
+                let count: i64 = sqlx::query_scalar(count)
                     .fetch_one(&system.pool(svc))
                     .await?;
                 effects.insert(format!("{}.{table} rows", svc.name()), count.to_string());

@@ -24,13 +24,15 @@ pub fn kafka_window_from_ms(ms: i64) -> Window {
     u64::try_from(ms).ok().map(Duration::from_millis)
 }
 
-/// Rows of `table` whose `timestamp_column` is older than `window` are deleted. Plumbing only:
-/// what a table means is its owner's business.
+/// Rows of `table` whose `timestamp_column` is older than `window` (and that meet `only`, when
+/// given) are deleted. Plumbing only: what a table means is its owner's business.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub table: &'static str,
     pub timestamp_column: &'static str,
     pub window: Window,
+    /// An SQL condition the rows must also meet (e.g. `status = 'VOIDED'`); `None`: every row.
+    pub only: Option<&'static str>,
 }
 
 impl Rule {
@@ -40,6 +42,7 @@ impl Rule {
             table: "outbox_published",
             timestamp_column: "published_at",
             window,
+            only: None,
         }
     }
 
@@ -49,6 +52,7 @@ impl Rule {
             table: "inbox",
             timestamp_column: "processed_at",
             window,
+            only: None,
         }
     }
 }
@@ -88,10 +92,14 @@ pub async fn prune(
     let statement = format!(
         "delete from {table} where ctid = any(array(
              select ctid from {table}
-             where {column} < now() - $1 * interval '1 millisecond'
+             where {column} < now() - $1 * interval '1 millisecond'{only}
              limit $2))",
         table = rule.table,
         column = rule.timestamp_column,
+        only = rule
+            .only
+            .map(|condition| format!(" and ({condition})"))
+            .unwrap_or_default(),
     );
     let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     while !shutdown.is_cancelled() {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::Router;
+use shared::retention::{window_from_ms, Rule};
 use shared::service::{CancellationToken, Service};
 use shared::topology;
 use sqlx::PgPool;
@@ -13,6 +14,19 @@ use crate::handler::InventoryEventHandler;
 use crate::{hold_expiry, routes, Config, SERVICE};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `VOIDED` reservations (an order cancelled before this service acted on it) are what makes
+/// a late `order.created` for that order harmless. One can arrive as late as the broker can still
+/// deliver it, which is what the inbox window covers (README, Retention), so they are kept as
+/// long, then pruned (`INBOX_RETENTION_MS`; 0 keeps them forever).
+pub fn voided_retention(inbox_retention_ms: u64) -> Rule {
+    Rule {
+        table: "reservations",
+        timestamp_column: "updated_at",
+        window: window_from_ms(inbox_retention_ms),
+        only: Some("status = 'VOIDED'"),
+    }
+}
 
 /// The inventory service, built and bound to its port.
 pub struct Application(Service);
@@ -24,6 +38,7 @@ impl Application {
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| router(infrastructure.pool.clone()))
             .consumes(topology::INVENTORY.consumes, InventoryEventHandler)
+            .retain(voided_retention(config.common.retention.inbox_retention_ms))
             .worker("hold-expiry", move |infrastructure, shutdown| {
                 let pool = infrastructure.pool.clone();
                 shared::periodic::run_every(

@@ -83,6 +83,7 @@ pub fn idempotency_key_retention(retention_ms: u64) -> Rule {
         table: "idempotency_keys",
         timestamp_column: "created_at",
         window: window_from_ms(retention_ms),
+        only: None,
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::Router;
+use shared::retention::{window_from_ms, Rule};
 use shared::service::{CancellationToken, Service};
 use shared::topology;
 use sqlx::PgPool;
@@ -14,6 +15,19 @@ use crate::handler::ShippingEventHandler;
 use crate::{hold_expiry, routes, Config, SERVICE};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `VOIDED` shipments (an order cancelled before this service acted on it) are what makes
+/// a late `payment.charged` for that order harmless. One can arrive as late as the broker can still
+/// deliver it, which is what the inbox window covers (README, Retention), so they are kept as
+/// long, then pruned (`INBOX_RETENTION_MS`; 0 keeps them forever).
+pub fn voided_retention(inbox_retention_ms: u64) -> Rule {
+    Rule {
+        table: "shipments",
+        timestamp_column: "updated_at",
+        window: window_from_ms(inbox_retention_ms),
+        only: Some("status = 'VOIDED'"),
+    }
+}
 
 /// The shipping service, built and bound to its port.
 pub struct Application(Service);
@@ -31,6 +45,7 @@ impl Application {
                 topology::SHIPPING.consumes,
                 ShippingEventHandler { countries },
             )
+            .retain(voided_retention(config.common.retention.inbox_retention_ms))
             .worker("hold-expiry", move |infrastructure, shutdown| {
                 let pool = infrastructure.pool.clone();
                 shared::periodic::run_every(

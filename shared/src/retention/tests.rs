@@ -201,3 +201,39 @@ async fn an_outbox_of_the_earlier_layout_is_moved_to_outbox_published_at_start_u
         assert_eq!(published, [1, 2, 3]);
     }
 }
+
+/// A rule with a condition prunes only the old rows that meet it.
+#[tokio::test]
+async fn a_rule_with_a_condition_prunes_only_the_old_rows_that_meet_it() {
+    let pool = messaging_database().await;
+    sqlx::raw_sql(
+        "create table holds (status text not null, updated_at timestamptz not null);
+         insert into holds values
+             ('VOIDED', now() - interval '2 days'), ('VOIDED', now() - interval '2 days'),
+             ('CHARGED', now() - interval '2 days'), ('VOIDED', now());",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rule = Rule {
+        table: "holds",
+        timestamp_column: "updated_at",
+        window: Some(DAY),
+        only: Some("status = 'VOIDED'"),
+    };
+    let pruned = prune(&pool, &rule, 10, &CancellationToken::new())
+        .await
+        .expect("pruning");
+    assert_eq!(pruned.rows, 2);
+    let left: Vec<(String, bool)> = sqlx::query_as(
+        "select status, updated_at > now() - interval '1 hour' from holds order by status",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        [("CHARGED".to_owned(), false), ("VOIDED".to_owned(), true)],
+        "the old CHARGED row and the young VOIDED row stay"
+    );
+}

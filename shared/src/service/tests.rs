@@ -344,6 +344,7 @@ async fn the_retention_worker_prunes_old_rows_on_its_schedule_and_counts_them() 
         table: "kept_for_a_day",
         timestamp_column: "noted_at",
         window: Some(Duration::from_secs(86_400)),
+        only: None,
     });
     let pool = db::connect(&config.database_url, 2).await.unwrap();
     db::prepare(&pool, &Migrator::DEFAULT).await.unwrap();

@@ -22,20 +22,11 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    loop {
-        match sweep(&pool, deadline).await {
-            Ok(0) => {}
-            Ok(count) => {
-                outbox.committed();
-                tracing::warn!(count, "cancelled sagas that passed their deadline")
-            }
-            Err(error) => tracing::warn!(%error, "deadline sweep failed; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
+    shared::periodic::run_every("saga-deadline", interval, outbox, shutdown, move || {
+        let pool = pool.clone();
+        async move { sweep(&pool, deadline).await }
+    })
+    .await
 }
 
 /// Cancels every overdue saga; returns how many.

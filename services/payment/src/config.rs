@@ -25,6 +25,15 @@ pub struct Config {
     #[arg(long, env = "HOLD_TIMEOUT_MS", default_value_t = 600_000)]
     pub hold_timeout_ms: u64,
 
+    /// How long a deposit's `Idempotency-Key` is remembered, in milliseconds (0: forever); a
+    /// retry after that deposits again. Default: 24 hours.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_KEY_RETENTION_MS",
+        default_value_t = 86_400_000
+    )]
+    pub idempotency_key_retention_ms: u64,
+
     /// How often expired holds are looked for.
     #[arg(long, env = "HOLD_SWEEP_MS", default_value_t = 1_000)]
     pub hold_sweep_ms: u64,

@@ -1,6 +1,7 @@
 //! Payment's saga rules as one pure function: an order's payment record and the balance of the
 //! account concerned, plus one saga event, give the next record and balance and the events to
-//! publish. No I/O here; `handler` loads the state, calls [`decide`] and stores the difference.
+//! publish, and the money it moves on that account as [`Posting`]s for its ledger. No I/O
+//! here; `handler` loads the state, calls [`decide`] and stores the difference.
 //!
 //! `inventory.reserved` charges the total once, or declines it; `order.cancelled` refunds a
 //! charge, or voids a payment never made so a late reservation is never charged;
@@ -15,6 +16,8 @@ use shared::events::{
     PaymentRefunded, StockReserved,
 };
 use uuid::Uuid;
+
+use crate::ledger::Posting;
 
 /// Where an order's payment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +111,13 @@ pub enum Emit {
 /// The outcome of an event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Store `next` (equal to the state when nothing changes) and publish `emit`.
-    Apply { next: PaymentState, emit: Vec<Emit> },
+    /// Store `next` (equal to the state when nothing changes), append `ledger` to the ledger
+    /// of the account concerned (its fold is `next.balance_cents`) and publish `emit`.
+    Apply {
+        next: PaymentState,
+        emit: Vec<Emit>,
+        ledger: Vec<Posting>,
+    },
     /// The event is valid but cannot be applied (e.g. the account to refund is gone): the
     /// consumer retries it, then gives up and records the failure.
     CannotApply(String),
@@ -132,6 +140,7 @@ pub fn decide(state: &PaymentState, event: SagaEvent) -> Decision {
                 ..state.clone()
             },
             emit: Vec::new(),
+            ledger: Vec::new(),
         },
         (Some(payment), SagaEvent::OrderCancelled(cancelled))
             if payment.status == PaymentStatus::Charged =>
@@ -155,11 +164,13 @@ pub fn decide(state: &PaymentState, event: SagaEvent) -> Decision {
                     ..state.clone()
                 },
                 emit: Vec::new(),
+                ledger: Vec::new(),
             }
         }
         _ => Decision::Apply {
             next: state.clone(),
             emit: Vec::new(),
+            ledger: Vec::new(),
         },
     }
 }
@@ -193,6 +204,7 @@ fn charge(state: &PaymentState, reserved: StockReserved) -> Decision {
                 shipping_address: reserved.shipping_address,
                 payment_method: PaymentMethod::AccountBalance,
             })],
+            ledger: vec![Posting::charged(order_id, reserved.total_cents)],
         },
         Err(reason) => Decision::Apply {
             next: PaymentState {
@@ -200,6 +212,7 @@ fn charge(state: &PaymentState, reserved: StockReserved) -> Decision {
                 ..state.clone()
             },
             emit: vec![Emit::Declined(PaymentDeclined { order_id, reason })],
+            ledger: Vec::new(),
         },
     }
 }
@@ -237,12 +250,14 @@ fn refund(
             order_id,
             amount_cents,
         })],
+        ledger: vec![Posting::refunded(order_id, amount_cents)],
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::{self, Entry, EntryKind, Head};
     use proptest::prelude::*;
     use shared::events::{CancellationReason, ShippingAddress};
 
@@ -291,11 +306,16 @@ mod tests {
         }
     }
 
-    fn applied(state: &PaymentState, event: SagaEvent) -> (PaymentState, Vec<Emit>) {
+    fn decided(state: &PaymentState, event: SagaEvent) -> (PaymentState, Vec<Emit>, Vec<Posting>) {
         match decide(state, event) {
-            Decision::Apply { next, emit } => (next, emit),
+            Decision::Apply { next, emit, ledger } => (next, emit, ledger),
             Decision::CannotApply(reason) => panic!("cannot apply: {reason}"),
         }
+    }
+
+    fn applied(state: &PaymentState, event: SagaEvent) -> (PaymentState, Vec<Emit>) {
+        let (next, emit, _) = decided(state, event);
+        (next, emit)
     }
 
     fn status(state: &PaymentState) -> Option<PaymentStatus> {
@@ -451,13 +471,15 @@ mod tests {
     }
 
     /// Several orders paid from one account; every event goes through [`decide`] on the state
-    /// the handler would load, and what it returns is stored as the handler stores it.
+    /// the handler would load, and what it returns is stored as the handler stores it: the
+    /// postings numbered after the ledger's head and appended to it.
     #[derive(Debug, Clone, PartialEq)]
     struct Account {
         totals: Vec<i64>,
         payments: Vec<Option<Payment>>,
         balance_cents: Option<i64>,
         emitted: Vec<(usize, Emit)>,
+        ledger: Vec<Entry>,
     }
 
     impl Account {
@@ -467,6 +489,28 @@ mod tests {
                 totals,
                 balance_cents,
                 emitted: Vec::new(),
+                ledger: balance_cents
+                    .map(|balance| ledger::open(balance).expect("a valid opening balance"))
+                    .into_iter()
+                    .collect(),
+            }
+        }
+
+        /// The ledger's head, as the handler reads it from the account's snapshot.
+        fn head(&self) -> Option<Head> {
+            let last = self.ledger.last()?;
+            Some(Head {
+                version: last.version,
+                balance_cents: self.balance_cents?,
+            })
+        }
+
+        /// `POST /accounts/{customer_id}/deposits`: nothing without an account or beyond the
+        /// limit.
+        fn deposit(&mut self, amount_cents: i64) {
+            if let Some(Ok(entry)) = self.head().map(|head| head.deposit(amount_cents)) {
+                self.balance_cents = Some(entry.balance_after_cents);
+                self.ledger.push(entry);
             }
         }
 
@@ -482,7 +526,12 @@ mod tests {
                 payment: self.payments[order].clone(),
                 balance_cents: self.balance_cents,
             };
-            let (next, emit) = applied(&state, event);
+            let (next, emit, postings) = decided(&state, event);
+            if !postings.is_empty() {
+                let head = self.head().expect("money moves only on an account");
+                let entries = head.append(&postings).expect("postings the ledger takes");
+                self.ledger.extend(entries);
+            }
             self.payments[order] = next.payment;
             self.balance_cents = next.balance_cents;
             self.emitted
@@ -660,5 +709,53 @@ mod tests {
                 }
             }
         }
+
+        #[test]
+        fn the_ledger_folds_to_the_balance_with_contiguous_versions_and_one_entry_per_money_event(
+            (start, totals) in any_start(),
+            steps in proptest::collection::vec(any_step(), 0..24),
+        ) {
+            let mut account = Account::new(start, totals);
+            for step in steps {
+                match step {
+                    Step::Saga(delivery) => account.deliver(delivery),
+                    Step::Deposit(amount_cents) => account.deposit(amount_cents),
+                }
+                let replayed = ledger::replay(&account.ledger);
+                prop_assert_eq!(replayed.problems(), &[] as &[String]);
+                prop_assert_eq!(replayed.head().map(|head| head.balance_cents), account.balance_cents);
+                let versions: Vec<i64> = account.ledger.iter().map(|entry| entry.version).collect();
+                let contiguous: Vec<i64> = (1..=account.ledger.len() as i64).collect();
+                prop_assert_eq!(versions, contiguous);
+                // Every charge and refund published is in the ledger, and nothing else moved
+                // money but the opening and the deposits.
+                let published: Vec<(Uuid, i64)> = account.emitted.iter()
+                    .filter_map(|(_, emitted)| match emitted {
+                        Emit::Charged(charged) => Some((charged.order_id, -charged.amount_cents)),
+                        Emit::Refunded(refunded) => Some((refunded.order_id, refunded.amount_cents)),
+                        Emit::Declined(_) => None,
+                    })
+                    .collect();
+                let posted: Vec<(Uuid, i64)> = account.ledger.iter()
+                    .filter(|entry| matches!(entry.kind, EntryKind::Charged | EntryKind::Refunded))
+                    .filter_map(|entry| Some((entry.order_id?, entry.amount_cents)))
+                    .collect();
+                prop_assert_eq!(posted, published);
+            }
+        }
+    }
+
+    /// A saga event, or a deposit through the API.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Saga(Delivery),
+        Deposit(i64),
+    }
+
+    fn any_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => any_delivery().prop_map(Step::Saga),
+            1 => (1i64..3_000).prop_map(Step::Deposit),
+        ]
     }
 }

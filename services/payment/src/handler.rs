@@ -1,5 +1,7 @@
 //! Applies saga events to payments: loads an order's payment and the account concerned (both
-//! locked), lets [`decide`] charge, decline, refund or void, and stores the difference.
+//! locked), lets [`decide`] charge, decline, refund or void, and stores the difference: the
+//! payment, the entries appended to the account's ledger (with its snapshot) and the events
+//! to publish, in one transaction.
 
 use serde::de::DeserializeOwned;
 use shared::events::{DeclineReason, Event, PaymentChargedV1, RefundFailed};
@@ -7,7 +9,9 @@ use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::accounts::{self, WriteError};
 use crate::domain::{decide, Decision, Emit, Payment, PaymentState, PaymentStatus, SagaEvent};
+use crate::ledger::Head;
 use crate::SERVICE;
 
 pub struct PaymentEventHandler {
@@ -72,8 +76,9 @@ impl EventHandler for PaymentEventHandler {
 }
 
 /// Loads and locks the order's payment, lets [`decide`] apply `event` and stores the result
-/// with the events to publish, in the caller's transaction: the consumer's for an event, the
-/// hold expiry worker's for [`SagaEvent::HoldExpired`].
+/// with the ledger entries and the events to publish, in the caller's transaction: the
+/// consumer's for an event, the hold expiry worker's for [`SagaEvent::HoldExpired`].
+/// `causation_id`: the consumed event (`None` for the worker, whose entries get a new id).
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -88,8 +93,8 @@ pub(crate) async fn apply(
         | SagaEvent::HoldExpired { .. } => None,
     };
     let locked = lock_state(conn, order_id, charged_customer).await?;
-    let (next, emit) = match decide(&locked.state, event.clone()) {
-        Decision::Apply { next, emit } => (next, emit),
+    let (next, emit, postings) = match decide(&locked.state, event.clone()) {
+        Decision::Apply { next, emit, ledger } => (next, emit, ledger),
         Decision::CannotApply(reason) => return Err(HandlerError::Failed(reason)),
     };
     if next == locked.state {
@@ -109,6 +114,26 @@ pub(crate) async fn apply(
         }
     }
     save(conn, order_id, &locked, &next).await?;
+    if !postings.is_empty() {
+        let (Some(customer_id), Some(head)) = (&locked.account_customer_id, locked.head) else {
+            return Err(HandlerError::Failed(format!(
+                "order {order_id}: money moves but no account is locked"
+            )));
+        };
+        let entries = head
+            .append(&postings)
+            .map_err(|error| HandlerError::Failed(format!("order {order_id}: {error}")))?;
+        debug_assert_eq!(Some(head.after(&entries).balance_cents), next.balance_cents);
+        let causation_id = causation_id.unwrap_or_else(Uuid::now_v7);
+        match accounts::append(conn, customer_id, head, &entries, causation_id).await {
+            Ok(_) => {}
+            // Retried (a bounded number of times) from the new head.
+            Err(conflict @ WriteError::Conflict { .. }) => {
+                return Err(HandlerError::Failed(conflict.to_string()))
+            }
+            Err(WriteError::Database(error)) => return Err(error.into()),
+        }
+    }
     for event in emit {
         match event {
             Emit::Charged(charged) if charged_version == 1 => {
@@ -163,10 +188,11 @@ pub(crate) async fn refund_failed(
 /// The `reason` of a payment refunded because its hold expired.
 pub(crate) const HOLD_EXPIRED: &str = "hold_expired";
 
-/// The state [`decide`] needs, as loaded, and whose account it holds.
+/// The state [`decide`] needs, as loaded, and whose account it holds (with its ledger head).
 struct Locked {
     state: PaymentState,
     account_customer_id: Option<String>,
+    head: Option<Head>,
 }
 
 /// Loads and locks the order's payment and the account concerned: `charged_customer`'s, else
@@ -184,19 +210,20 @@ async fn lock_state(
         Option<bool>,
         Option<String>,
         Option<i64>,
+        Option<i64>,
     );
-    let (status, customer_id, amount_cents, reason, confirmed, account_customer_id, balance_cents): Row =
+    let (status, customer_id, amount_cents, reason, confirmed, account_customer_id, balance_cents, version): Row =
         sqlx::query_as(
             "with payment as (
                  select status, customer_id, amount_cents, reason, confirmed_at is not null as confirmed
                  from payments
                  where order_id = $1 for update
              ), account as (
-                 select customer_id, balance_cents from accounts
+                 select customer_id, balance_cents, version from accounts
                  where customer_id = coalesce($2, (select customer_id from payment)) for update
              )
              select payment.status, payment.customer_id, payment.amount_cents, payment.reason,
-                    payment.confirmed, account.customer_id, account.balance_cents
+                    payment.confirmed, account.customer_id, account.balance_cents, account.version
              from (select) as one left join payment on true left join account on true",
         )
         .bind(order_id)
@@ -229,29 +256,23 @@ async fn lock_state(
             balance_cents,
         },
         account_customer_id,
+        head: version
+            .zip(balance_cents)
+            .map(|(version, balance_cents)| Head {
+                version,
+                balance_cents,
+            }),
     })
 }
 
-/// Writes what changed from `locked` to `next`: the balance, a new payment or a new status.
+/// Writes what changed from `locked` to `next` in the payment: a new one or a new status (the
+/// balance moves with the ledger).
 async fn save(
     conn: &mut PgConnection,
     order_id: Uuid,
     locked: &Locked,
     next: &PaymentState,
 ) -> Result<(), sqlx::Error> {
-    if next.balance_cents != locked.state.balance_cents {
-        if let (Some(customer_id), Some(balance_cents)) =
-            (&locked.account_customer_id, next.balance_cents)
-        {
-            sqlx::query(
-                "update accounts set balance_cents = $2, updated_at = now() where customer_id = $1",
-            )
-            .bind(customer_id)
-            .bind(balance_cents)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
     match (&locked.state.payment, &next.payment) {
         (None, Some(payment)) => {
             sqlx::query(

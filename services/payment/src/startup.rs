@@ -1,5 +1,5 @@
-//! Wiring: the payment service's migrations, HTTP routes, event handler and hold expiry
-//! worker, run by `shared::service::Service` (which documents start-up, readiness and
+//! Wiring: the payment service's migrations, HTTP routes, event handler, hold expiry worker
+//! and retention (voided charges, deposit idempotency keys), run by `shared::service::Service` (which documents start-up, readiness and
 //! shutdown).
 
 use std::time::Duration;
@@ -28,6 +28,17 @@ pub fn voided_retention(inbox_retention_ms: u64) -> Rule {
     }
 }
 
+/// Deposit idempotency keys are forgotten `retention_ms` (`IDEMPOTENCY_KEY_RETENTION_MS`) after
+/// the first request that used them; 0 keeps them forever. The ledger itself is never pruned.
+pub fn deposit_key_retention(retention_ms: u64) -> Rule {
+    Rule {
+        table: "deposit_idempotency_keys",
+        timestamp_column: "created_at",
+        window: window_from_ms(retention_ms),
+        only: None,
+    }
+}
+
 /// The payment service, built and bound to its port.
 pub struct Application(Service);
 
@@ -47,6 +58,7 @@ impl Application {
             .retain(voided_retention(
                 config.common.retention.inbox_retention_ms,
             ))
+            .retain(deposit_key_retention(config.idempotency_key_retention_ms))
             .worker("hold-expiry", move |infrastructure, shutdown| {
                 let pool = infrastructure.pool.clone();
                 shared::periodic::run_every(

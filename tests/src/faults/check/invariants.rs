@@ -15,6 +15,7 @@ pub(super) struct Found {
     pub(super) timed_out: Violations,
     pub(super) double_charged: Violations,
     pub(super) money: Violations,
+    pub(super) ledger: Violations,
     pub(super) oversold: Violations,
     pub(super) agree: Violations,
     pub(super) api_orders: Violations,
@@ -41,6 +42,7 @@ impl Found {
             timed_out: no_saga_timed_out(known, snap),
             double_charged: no_double_charge(known, snap),
             money: money_conserved(known, snap),
+            ledger: ledger_matches_balances(known, snap),
             oversold: no_oversell(known, snap),
             agree: services_agree(known, snap),
             api_orders: api_shows_orders(known, snap),
@@ -55,13 +57,14 @@ impl Found {
     }
 
     /// Every invariant's violations, in the order they are reported.
-    pub(super) fn into_all(self) -> [Violations; 14] {
+    pub(super) fn into_all(self) -> [Violations; 15] {
         [
             self.lost,
             self.stuck,
             self.timed_out,
             self.double_charged,
             self.money,
+            self.ledger,
             self.oversold,
             self.agree,
             self.api_orders,
@@ -293,6 +296,44 @@ fn money_conserved(known: &Known, snap: &Snapshot) -> Violations {
                     account.customer, account.balance_cents
                 ),
             );
+        }
+    }
+    v
+}
+
+/// Every account's balance is the fold of its ledger: versions 1, 2, 3, ... with no gap, each
+/// running balance the previous one plus its amount, the last one the balance; no ledger
+/// without an account.
+fn ledger_matches_balances(_: &Known, snap: &Snapshot) -> Violations {
+    let mut v = Violations::of("ledger_matches_balances");
+    let customers: BTreeSet<&String> = snap.balances.keys().chain(snap.ledgers.keys()).collect();
+    for customer in customers {
+        let entries = snap.ledgers.get(customer).map_or(&[][..], Vec::as_slice);
+        let mut wrong = Vec::new();
+        let mut fold = 0_i64;
+        for (expected, entry) in (1_i64..).zip(entries) {
+            let version = entry["version"].as_i64();
+            if version != Some(expected) {
+                wrong.push(format!("entry {expected} has version {version:?}"));
+            }
+            fold += entry["amount_cents"].as_i64().unwrap_or(0);
+            if entry["balance_after_cents"].as_i64() != Some(fold) {
+                wrong.push(format!(
+                    "version {expected} says the balance is {} but the amounts add up to {fold}",
+                    entry["balance_after_cents"]
+                ));
+            }
+        }
+        match snap.balances.get(customer) {
+            None => wrong.push(format!("{} ledger entries but no account", entries.len())),
+            Some(_) if entries.is_empty() => wrong.push("no ledger entry".to_owned()),
+            Some(&balance) if balance != fold => {
+                wrong.push(format!("balance {balance} but its ledger folds to {fold}"))
+            }
+            Some(_) => {}
+        }
+        if !wrong.is_empty() {
+            v.counted(1, format!("ledger of {customer}: {}", wrong.join("; ")));
         }
     }
     v

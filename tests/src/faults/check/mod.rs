@@ -17,6 +17,9 @@
 //!   more than the charges payment holds for them.
 //! - `money_conserved` (`money_delta`, the sum of the differences): opening balance = balance +
 //!   charges not refunded, for every customer; no account gone or negative.
+//! - `ledger_matches_balances`: every account's balance is the fold of its ledger entries
+//!   (versions contiguous from 1, each running balance the previous one plus its amount); no
+//!   ledger without an account.
 //! - `no_oversell` (`oversold`): products whose available + reserved + sold differs from the
 //!   stock, with a negative field, with units still reserved once every order is terminal, or
 //!   whose sold units differ from the units of the confirmed orders.

@@ -135,6 +135,8 @@ pub(super) struct Snapshot {
     pub(super) reservations: HashMap<Uuid, Value>,
     /// Payment's `accounts`: balance by customer.
     pub(super) balances: HashMap<String, i64>,
+    /// Payment's `ledger_entries` by customer, in version order.
+    pub(super) ledgers: HashMap<String, Vec<Value>>,
     /// Inventory's `products` by sku.
     pub(super) products: HashMap<String, Value>,
     pub(super) outboxes: Outboxes,
@@ -163,6 +165,14 @@ impl Snapshot {
                 )
             })
             .collect();
+        let mut ledgers: HashMap<String, Vec<Value>> = HashMap::new();
+        for entry in rows(system, Svc::PAYMENT, "ledger_entries").await? {
+            let customer = text(&entry["customer_id"]).to_owned();
+            ledgers.entry(customer).or_default().push(entry);
+        }
+        for entries in ledgers.values_mut() {
+            entries.sort_by_key(|entry| entry["version"].as_i64());
+        }
         let products = rows(system, Svc::INVENTORY, "products")
             .await?
             .into_iter()
@@ -198,6 +208,7 @@ impl Snapshot {
             shipments,
             reservations,
             balances,
+            ledgers,
             products,
             outboxes,
             groups,

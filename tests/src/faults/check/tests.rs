@@ -42,6 +42,12 @@ fn not_found() -> anyhow::Result<(u16, Value)> {
     Ok((404, Value::Null))
 }
 
+/// A row of payment's `ledger_entries`.
+fn entry(version: i64, kind: &str, amount: i64, balance_after: i64) -> Value {
+    json!({"version": version, "kind": kind, "amount_cents": amount,
+           "balance_after_cents": balance_after})
+}
+
 fn world() -> World {
     let (confirmed, cancelled) = (Uuid::now_v7(), Uuid::now_v7());
     let catalog = Catalog {
@@ -96,6 +102,16 @@ fn world() -> World {
             (cancelled, json!({"status": "RELEASED"})),
         ]),
         balances: HashMap::from([("alice".into(), 9_000), ("bob".into(), 2_000)]),
+        ledgers: HashMap::from([
+            (
+                "alice".into(),
+                vec![
+                    entry(1, "OPENED", 10_000, 10_000),
+                    entry(2, "CHARGED", -1_000, 9_000),
+                ],
+            ),
+            ("bob".into(), vec![entry(1, "OPENED", 2_000, 2_000)]),
+        ]),
         products: HashMap::from([(
             "sku-a".into(),
             json!({"sku": "sku-a", "available": 8, "reserved": 0, "sold": 2}),
@@ -185,6 +201,10 @@ impl World {
         self.snap.orders.get_mut(&id).expect("an order")
     }
 
+    fn ledger(&mut self, customer: &str) -> &mut Vec<Value> {
+        self.snap.ledgers.get_mut(customer).expect("a ledger")
+    }
+
     fn api(&mut self, path: &str, id: Uuid) -> &mut anyhow::Result<(u16, Value)> {
         let (_, _, reply) = self
             .snap
@@ -270,6 +290,7 @@ fn a_charge_on_a_cancelled_order_is_a_double_charge_and_a_disagreement() {
     );
     w.snap.balances.insert("bob".into(), 1_500);
     w.snap.api_accounts[1].1 = ok(json!({"balance_cents": 1_500}));
+    w.ledger("bob").push(entry(2, "CHARGED", -500, 1_500));
     *w.api("payments", id) = ok(json!({"status": "CHARGED", "amount_cents": 500}));
     let report = w.report();
     assert_eq!(report.broken(), ["no_double_charge", "services_agree"]);
@@ -284,6 +305,7 @@ fn a_confirmed_order_charged_over_its_total_is_a_double_charge() {
     w.snap.payments.get_mut(&id).unwrap()["amount_cents"] = json!(1_200);
     w.snap.balances.insert("alice".into(), 8_800);
     w.snap.api_accounts[0].1 = ok(json!({"balance_cents": 8_800}));
+    w.ledger("alice")[1] = entry(2, "CHARGED", -1_200, 8_800);
     *w.api("payments", id) = ok(json!({"status": "CHARGED", "amount_cents": 1_200}));
     let report = w.report();
     assert_eq!(report.broken(), ["no_double_charge", "services_agree"]);
@@ -296,7 +318,14 @@ fn money_debited_beyond_the_charges_is_a_double_charge_and_not_conserved() {
     w.snap.balances.insert("alice".into(), 8_500);
     w.snap.api_accounts[0].1 = ok(json!({"balance_cents": 8_500}));
     let report = w.report();
-    assert_eq!(report.broken(), ["no_double_charge", "money_conserved"]);
+    assert_eq!(
+        report.broken(),
+        [
+            "no_double_charge",
+            "money_conserved",
+            "ledger_matches_balances"
+        ]
+    );
     assert_eq!((report.double_charged, report.money_delta), (1, 500));
 }
 
@@ -306,8 +335,53 @@ fn money_credited_from_nowhere_is_not_conserved() {
     w.snap.balances.insert("bob".into(), 2_300);
     w.snap.api_accounts[1].1 = ok(json!({"balance_cents": 2_300}));
     let report = w.report();
-    assert_eq!(report.broken(), ["money_conserved"]);
+    assert_eq!(
+        report.broken(),
+        ["money_conserved", "ledger_matches_balances"]
+    );
     assert_eq!((report.double_charged, report.money_delta), (0, 300));
+}
+
+#[test]
+fn a_balance_that_is_not_the_fold_of_its_ledger_breaks_the_ledger() {
+    // Each damage alone, on an otherwise consistent snapshot.
+    let damages: [(&str, fn(&mut World)); 5] = [
+        ("a charge missing from the ledger", |w| {
+            w.ledger("alice").pop();
+        }),
+        ("a version skipped", |w| {
+            w.ledger("alice")[1]["version"] = json!(3);
+        }),
+        ("a running balance that does not add up", |w| {
+            w.ledger("bob")[0]["balance_after_cents"] = json!(2_100);
+        }),
+        ("an account with no ledger", |w| {
+            w.snap.ledgers.remove("bob");
+        }),
+        ("a ledger with no account", |w| {
+            w.snap
+                .ledgers
+                .insert("carol".into(), vec![entry(1, "OPENED", 0, 0)]);
+        }),
+    ];
+    for (damage, apply) in damages {
+        let mut w = world();
+        apply(&mut w);
+        let report = w.report();
+        assert_eq!(report.broken(), ["ledger_matches_balances"], "{damage}");
+        assert_eq!(report.problems.len(), 1, "{damage}: {:?}", report.problems);
+        assert!(
+            report.summary().contains(" broken=ledger_matches_balances"),
+            "{damage}"
+        );
+    }
+    // Balance and ledger moved together (a deposit): nothing but money_conserved, which
+    // knows of no deposit, sees it.
+    let mut w = world();
+    w.ledger("bob").push(entry(2, "DEPOSITED", 500, 2_500));
+    w.snap.balances.insert("bob".into(), 2_500);
+    w.snap.api_accounts[1].1 = ok(json!({"balance_cents": 2_500}));
+    assert_eq!(w.report().broken(), ["money_conserved"]);
 }
 
 #[test]

@@ -549,7 +549,7 @@ async fn the_ledger_is_append_only() {
     for statement in [
         "update ledger_entries set amount_cents = 1",
         "delete from ledger_entries",
-        "truncate ledger_entries",
+        "truncate ledger_entries cascade",
     ] {
         let error = sqlx::query(statement)
             .execute(&app.pool)

@@ -3,6 +3,7 @@
 //! every balance adds up, 1 when one does not, 2 when the check could not run.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sqlx::postgres::PgPoolOptions;
@@ -30,6 +31,7 @@ async fn main() -> ExitCode {
     let verified = async {
         let pool = PgPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
             .connect(&database_url)
             .await?;
         payment_service::verify::verify(&pool).await

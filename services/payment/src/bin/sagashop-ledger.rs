@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
     let verified = async {
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(5))
             .connect(&database_url)
             .await?;
         payment_service::verify::verify(&pool).await

@@ -1,9 +1,10 @@
 //! Re-delivery changes nothing: the [`Effects`] of every service (what an event applied a
-//! second time would change: balances, stock, each order's, payment's, reservation's and
-//! shipment's state, the timeline, the inbox and the outbox rows) are taken before and after
-//! every consumer group is rewound to 0 on a quiet system, and must be equal; and each service
-//! must have counted the re-delivered events it had applied as duplicates. With the inbox
-//! disabled, the first re-applied charge changes a balance and nothing counts as a duplicate.
+//! second time would change: balances and ledger versions, stock, each order's, payment's,
+//! reservation's and shipment's state, the timeline, the inbox and the outbox rows) are taken
+//! before and after every consumer group is rewound to 0 on a quiet system, and must be equal;
+//! and each service must have counted the re-delivered events it had applied as duplicates.
+//! With the inbox disabled, the first re-applied charge changes a balance and nothing counts
+//! as a duplicate.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +22,12 @@ const RECORDS: [(Svc, &str, &str, &str); 6] = [
         "order_id",
         "status, cancellation_reason, failed_step, total_cents",
     ),
-    (Svc::PAYMENT, "accounts", "customer_id", "balance_cents"),
+    (
+        Svc::PAYMENT,
+        "accounts",
+        "customer_id",
+        "balance_cents, version",
+    ),
     (Svc::PAYMENT, "payments", "order_id", "status, amount_cents"),
     (
         Svc::INVENTORY,

@@ -124,8 +124,8 @@ pub(crate) async fn apply(
             .append(&postings)
             .map_err(|error| HandlerError::Failed(format!("order {order_id}: {error}")))?;
         debug_assert_eq!(Some(head.after(&entries).balance_cents), next.balance_cents);
-        let causation_id = causation_id.unwrap_or_else(Uuid::now_v7);
-        match accounts::append(conn, customer_id, head, &entries, causation_id).await {
+        let cause = causation_id.unwrap_or_else(Uuid::now_v7);
+        match accounts::append(conn, customer_id, head, &entries, cause).await {
             Ok(_) => {}
             // Retried (a bounded number of times) from the new head.
             Err(conflict @ WriteError::Conflict { .. }) => {

@@ -345,7 +345,8 @@ fn money_credited_from_nowhere_is_not_conserved() {
 #[test]
 fn a_balance_that_is_not_the_fold_of_its_ledger_breaks_the_ledger() {
     // Each damage alone, on an otherwise consistent snapshot.
-    let damages: [(&str, fn(&mut World)); 5] = [
+    type Damage = (&'static str, fn(&mut World));
+    let damages: [Damage; 5] = [
         ("a charge missing from the ledger", |w| {
             w.ledger("alice").pop();
         }),

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -305,4 +306,122 @@ fn current_means_every_partition_reached_its_high_watermark() {
     assert_eq!(lag(&[(0, 2)].into(), &marks), 3);
     let compacted: BTreeMap<i32, (i64, i64)> = [(0, (10, 12))].into();
     assert_eq!(lag(&BTreeMap::new(), &compacted), 2);
+}
+
+/// Reads every record of partition 0 of `topic` from its start: (offset, key, value).
+fn read_all(config: &KafkaConfig, topic: &str) -> Vec<(i64, String, Option<String>)> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = kafka::base_config(config)
+        .unwrap()
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while low < high
+        && records
+            .last()
+            .is_none_or(|(offset, _, _)| offset + 1 < high)
+    {
+        assert!(Instant::now() < deadline, "reading {topic} took too long");
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let value = message
+                .payload()
+                .map(|value| String::from_utf8_lossy(value).into_owned());
+            records.push((message.offset(), key, value));
+        }
+    }
+    records
+}
+
+/// The compaction experiment (docs/CATALOG.md): 10 keys updated 20 times each and one of them
+/// deleted, on a compacted topic, then read from the start until only the latest record of each
+/// key is left. tansu 0.6 compacts in its maintenance task (every 10 minutes unless the storage
+/// URL says `?maintenance_interval=2s`), so this runs only when asked, against a broker started
+/// for it: `COMPACTION_WAIT_S=60 KAFKA_BROKERS=... cargo test -p shared --lib compaction --
+/// --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker that compacts within COMPACTION_WAIT_S"]
+async fn a_compacted_topic_keeps_the_latest_record_of_each_key() {
+    let wait = Duration::from_secs(
+        std::env::var("COMPACTION_WAIT_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let prefix = format!("compaction-{}.", &Uuid::new_v4().simple().to_string()[..12]);
+    let mut config = kafka_config(&prefix);
+    config.topic_partitions = 1;
+    let topic = StateTopic::Products.name(&prefix);
+    let settings = StateTopic::Products
+        .config()
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    kafka::ensure_topics_configured(&config, &[(topic.clone(), settings)])
+        .await
+        .expect("creating the topic");
+    let producer = kafka::producer(&config).expect("a producer");
+    let mut expected = BTreeMap::new();
+    let mut records = Vec::new();
+    for round in 0..20 {
+        for key in 0..10 {
+            records.push((format!("k{key}"), Some(json!({"round": round}))));
+        }
+    }
+    records.push(("k0".to_owned(), None));
+    produce(&producer, &topic, &records, &mut expected).await;
+    let started = Instant::now();
+    let before = read_all(&config, &topic);
+    assert_eq!(
+        before.len(),
+        records.len(),
+        "every record is there at first"
+    );
+    let after = loop {
+        let now = read_all(&config, &topic);
+        if now.len() == 10 || started.elapsed() > wait {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    eprintln!(
+        "compaction: {} records -> {} after {:.1} s; offsets kept: {:?}",
+        before.len(),
+        after.len(),
+        started.elapsed().as_secs_f64(),
+        after
+            .iter()
+            .map(|(offset, _, _)| *offset)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        after.len(),
+        10,
+        "one record per key within {wait:?}: {after:?}"
+    );
+    let latest: BTreeMap<String, Option<String>> = after
+        .into_iter()
+        .map(|(_, key, value)| (key, value))
+        .collect();
+    assert_eq!(
+        latest["k0"], None,
+        "the tombstone is the key's latest record"
+    );
+    for key in 1..10 {
+        let value: Value =
+            serde_json::from_str(latest[&format!("k{key}")].as_deref().unwrap()).expect("JSON");
+        assert_eq!(value, json!({"round": 19}));
+    }
 }

@@ -6,9 +6,13 @@
 #   payment.events, shipping.events
 #   order-service.dlq, payment-service.dlq, 3          30 days (DLQ_RETENTION_MS)
 #   inventory-service.dlq, shipping-service.dlq
+#   inventory.products                     3           compacted: the latest record per key,
+#                                                      for ever (cleanup.policy=compact)
 #
 # Three partitions let up to three replicas of a service share its consumer group's work.
 # Dead-letter topics keep messages longer than the events: someone has to look at them.
+# State topics (shared::topics::StateTopic) are compacted, with the settings of
+# shared::topics::STATE_TOPIC_CONFIG: a replica rebuilds from them at any time.
 # Existing topics are left as they are (`docker compose down -v` starts afresh); the broker does
 # not auto-create topics (KAFKA_AUTO_CREATE_TOPICS_ENABLE=false), and each service also creates
 # the topics it needs at start-up, with the same names, if they are missing.
@@ -29,6 +33,7 @@ fi
 
 event_topics=(order.events inventory.events payment.events shipping.events)
 dlq_topics=(order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq)
+state_topics=(inventory.products)
 
 # The broker is healthy before this job starts, but give it a little slack anyway.
 existing=""
@@ -63,7 +68,20 @@ done
 for topic in "${dlq_topics[@]}"; do
     create "$topic" "$dlq_retention_ms"
 done
+for topic in "${state_topics[@]}"; do
+    if grep -qxF "$topic" <<<"$existing"; then
+        echo "kafka-init: $topic exists"
+        continue
+    fi
+    "$kafka_topics" --bootstrap-server "$bootstrap" "${auth[@]}" --create --if-not-exists \
+        --topic "$topic" \
+        --partitions "$partitions" \
+        --replication-factor "$replication" \
+        --config cleanup.policy=compact \
+        --config min.cleanable.dirty.ratio=0.1 \
+        --config segment.ms=3600000
+done
 
 "$kafka_topics" --bootstrap-server "$bootstrap" "${auth[@]}" --describe \
-    --topic "$(IFS='|'; echo "${event_topics[*]}|${dlq_topics[*]}")" | grep -v 'Partition: ' || true
+    --topic "$(IFS='|'; echo "${event_topics[*]}|${dlq_topics[*]}|${state_topics[*]}")" | grep -v 'Partition: ' || true
 echo "kafka-init: all topics are ready"

@@ -5,13 +5,15 @@
 #
 #   user                writes (and creates)               reads (and creates)              group
 #   order-service       order.events, order-service.dlq    inventory.events, payment.events, order-service
-#                                                          shipping.events
+#                                                          shipping.events, inventory.products
 #   payment-service     payment.events, payment-service.dlq  inventory.events, order.events  payment-service
-#   inventory-service   inventory.events, inventory-service.dlq  order.events              inventory-service
+#   inventory-service   inventory.events, inventory-service.dlq,  order.events             inventory-service
+#                       inventory.products
 #   shipping-service    shipping.events, shipping-service.dlq  payment.events, order.events  shipping-service
 #   kafka-ui            nothing                            every topic (and describes every group and the cluster)
 #
-# Each may also read its own dead-letter topic (`sagashop-dlq list`). Create is granted on a
+# A state topic (inventory.products) is written by its publisher and read by its replicas, who
+# assign themselves its partitions without a group. Each may also read its own dead-letter topic (`sagashop-dlq list`). Create is granted on a
 # service's own topics because each service creates the topics it uses at
 # start-up if they are missing (they exist already: kafka-init made them). The lists are the
 # ones of shared/src/topology.rs (tests/tests/topology.rs checks them). Adding an ACL that exists
@@ -47,9 +49,9 @@ grant_service() {
     echo "kafka-init: $user writes $writes, reads $reads in group $group"
 }
 
-grant_service order-service order-service order.events,order-service.dlq inventory.events,payment.events,shipping.events
+grant_service order-service order-service order.events,order-service.dlq inventory.events,payment.events,shipping.events,inventory.products
 grant_service payment-service payment-service payment.events,payment-service.dlq inventory.events,order.events
-grant_service inventory-service inventory-service inventory.events,inventory-service.dlq order.events
+grant_service inventory-service inventory-service inventory.events,inventory-service.dlq,inventory.products order.events
 grant_service shipping-service shipping-service shipping.events,shipping-service.dlq payment.events,order.events
 
 # The web UI sees everything and changes nothing.

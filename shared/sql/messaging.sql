@@ -73,3 +73,19 @@ create index if not exists inbox_by_age on inbox using brin (processed_at);
 -- serialised every commit on PostgreSQL's notification lock. Writers now signal after commit.
 drop trigger if exists outbox_notify on outbox;
 drop function if exists notify_outbox();
+
+-- The records of compacted state topics go through the outbox too (`outbox::emit_state`): a
+-- null `envelope` is a tombstone (the entity was deleted).
+alter table outbox alter column envelope drop not null;
+alter table outbox_published alter column envelope drop not null;
+
+-- How far this database's replica of each state topic partition is (`shared::replica`): the
+-- offset of the next record to apply, stored in the transaction that applies the records
+-- before it. A service that replicates nothing leaves it empty.
+create table if not exists replica_offsets (
+    topic           text not null,
+    kafka_partition integer not null,
+    next_offset     bigint not null,
+    updated_at      timestamptz not null default now(),
+    primary key (topic, kafka_partition)
+);

@@ -170,26 +170,39 @@ pub async fn ensure_topics_retained(
     config: &KafkaConfig,
     topics: &[(String, Option<i64>)],
 ) -> anyhow::Result<()> {
+    let topics: Vec<(String, Vec<(String, String)>)> = topics
+        .iter()
+        .map(|(name, retention_ms)| {
+            let settings = retention_ms
+                .map(|ms| ("retention.ms".to_owned(), ms.to_string()))
+                .into_iter()
+                .collect();
+            (name.clone(), settings)
+        })
+        .collect();
+    ensure_topics_configured(config, &topics).await
+}
+
+/// [`ensure_topics`], each topic created with the topic configuration beside it (e.g.
+/// `cleanup.policy=compact`; empty: the broker's defaults). Existing topics keep theirs.
+pub async fn ensure_topics_configured(
+    config: &KafkaConfig,
+    topics: &[(String, Vec<(String, String)>)],
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(config)?
         .create()
         .context("creating the Kafka admin client")?;
-    let retentions: Vec<Option<String>> = topics
-        .iter()
-        .map(|(_, retention_ms)| retention_ms.map(|ms| ms.to_string()))
-        .collect();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .zip(&retentions)
-        .map(|((name, _), retention_ms)| {
-            let topic = NewTopic::new(
-                name,
-                config.topic_partitions,
-                TopicReplication::Fixed(config.replication_factor),
-            );
-            match retention_ms {
-                Some(ms) => topic.set("retention.ms", ms),
-                None => topic,
-            }
+        .map(|(name, settings)| {
+            settings.iter().fold(
+                NewTopic::new(
+                    name,
+                    config.topic_partitions,
+                    TopicReplication::Fixed(config.replication_factor),
+                ),
+                |topic, (key, value)| topic.set(key, value),
+            )
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

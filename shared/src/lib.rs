@@ -12,9 +12,11 @@ pub mod kafka;
 pub mod metrics;
 pub mod outbox;
 pub mod periodic;
+pub mod replica;
 pub mod retention;
 pub mod schemas;
 pub mod service;
+pub mod state;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

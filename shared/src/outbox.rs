@@ -1,5 +1,7 @@
 //! The transactional outbox: events are written in the same transaction as the state change
-//! that causes them, and a relay publishes them to Kafka.
+//! that causes them, and a relay publishes them to Kafka. Saga events are keyed by their order
+//! id ([`emit`]); the records of a compacted state topic by their entity's id, a null value
+//! deleting it ([`emit_state`]); rows of one key reach their partition in `seq` order.
 //!
 //! One relay per database leads at a time: it holds a session-level advisory lock on a
 //! connection of its own (other replicas stand by and take over when that connection goes),
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, EventPayload};
+use crate::state::StateRecord;
 use crate::topics::Topic;
 
 const RELAY_LOCK_KEY: i64 = 0x5a6a_5002;
@@ -80,6 +83,30 @@ async fn enqueue(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Writes the current state of the entity `key` to the outbox for its state topic, inside the
+/// caller's transaction: `Some(state)` as the record, `None` as a tombstone (a null value: the
+/// entity was deleted). Returns the row's `event_id` (also its `event_id` header). Write at
+/// most one per key per transaction: the last one is all a replica keeps.
+pub async fn emit_state<R: StateRecord>(
+    conn: &mut PgConnection,
+    key: &str,
+    state: Option<&R>,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "insert into outbox (event_id, topic, message_key, event_type, envelope)
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(R::TOPIC.base_name())
+    .bind(key)
+    .bind(R::TYPE)
+    .bind(state.map(sqlx::types::Json))
+    .execute(conn)
+    .await?;
+    Ok(id)
 }
 
 /// Number of events written but not yet published (parked rows are not waiting).
@@ -177,7 +204,8 @@ struct OutboxRow {
     topic: String,
     message_key: String,
     event_type: String,
-    envelope: String,
+    /// The record's value; `None`: a tombstone.
+    envelope: Option<String>,
 }
 
 /// What one delivery came back with: the row's `seq` and whether the broker took it.
@@ -416,10 +444,13 @@ impl OutboxRelay {
                     key: EVENT_ID_HEADER,
                     value: Some(event_id.as_str()),
                 });
-            let record = FutureRecord::to(&topic)
+            let record = FutureRecord::<str, str>::to(&topic)
                 .key(&row.message_key)
-                .payload(&row.envelope)
                 .headers(headers);
+            let record = match &row.envelope {
+                Some(value) => record.payload(value),
+                None => record,
+            };
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     let seq = row.seq;

@@ -17,15 +17,23 @@ use std::sync::LazyLock;
 
 use crate::envelope::EventPayload;
 use crate::events::*;
+use crate::state::{ProductState, StateRecord};
+
+/// Every record type of the state topics, at every version still read.
+fn state_schemas() -> Vec<EventSchema> {
+    vec![EventSchema::of_state::<ProductState>()]
+}
 
 /// Where the schemas live, relative to the workspace root.
 pub const SCHEMAS_DIR: &str = "schemas";
 
 /// The JSON Schema of every event version this build reads, from the Rust types: the current
-/// version of each event and every older one still upcast (`shared::events`), by type.
+/// version of each event and every older one still upcast (`shared::events`), and every
+/// record of the state topics (`shared::state`), by type.
 pub fn generated() -> Vec<EventSchema> {
     let mut schemas = Event::current_schemas();
     schemas.extend(older_schemas());
+    schemas.extend(state_schemas());
     schemas.sort_by_key(|schema| schema.event_type);
     schemas
 }
@@ -47,14 +55,23 @@ pub struct EventSchema {
 
 impl EventSchema {
     pub(crate) fn of<P: EventPayload + schemars::JsonSchema>() -> Self {
+        Self::of_type::<P>(P::TYPE)
+    }
+
+    /// The schema of a state topic's record (`shared::state`).
+    pub(crate) fn of_state<R: StateRecord>() -> Self {
+        Self::of_type::<R>(R::TYPE)
+    }
+
+    fn of_type<P: schemars::JsonSchema>(event_type: &'static str) -> Self {
         let generator = schemars::generate::SchemaSettings::draft2020_12()
             .with(|settings| settings.inline_subschemas = true)
             .into_generator();
         let mut schema = generator.into_root_schema_for::<P>().to_value();
         normalize(&mut schema);
-        schema["title"] = P::TYPE.into();
+        schema["title"] = event_type.into();
         Self {
-            event_type: P::TYPE,
+            event_type,
             schema: sort_keys(schema),
         }
     }

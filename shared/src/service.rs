@@ -45,7 +45,7 @@ use crate::consumer::{ConsumerLoop, ConsumerPolicy, EventHandler};
 use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::progress::Progress;
 use crate::retention::{self, Rule};
-use crate::topics::{dead_letter_topic, Topic};
+use crate::topics::{dead_letter_topic, StateTopic, Topic};
 use crate::{db, http, kafka, topology};
 
 /// The task names in logs, errors and `checks.tasks` (extra workers bring their own).
@@ -111,6 +111,23 @@ impl Infrastructure {
         let dead_letters = dead_letter_topic(prefix, &format!("{service}-service"));
         topics.push((dead_letters, Some(kafka::DEAD_LETTER_RETENTION_MS)));
         kafka::ensure_topics_retained(&config.kafka, &topics).await?;
+        // The compacted state topics it publishes or replicates (an undeclared service: all).
+        let states: Vec<StateTopic> = match topology::by_name(service) {
+            Some(declared) => declared.state_topics().collect(),
+            None => StateTopic::ALL.to_vec(),
+        };
+        let states: Vec<(String, Vec<(String, String)>)> = states
+            .into_iter()
+            .map(|topic| {
+                let settings = topic
+                    .config()
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                    .collect();
+                (topic.name(prefix), settings)
+            })
+            .collect();
+        kafka::ensure_topics_configured(&config.kafka, &states).await?;
         retention::check_at_start_up(config, &producer, &events).await?;
         Ok(Self {
             outbox: OutboxSignal::new(pool.clone()),

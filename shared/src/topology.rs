@@ -2,7 +2,7 @@
 //! tests and the packaging checks read this list instead of keeping their own
 //! (`tests/tests/topology.rs` names every file that still misses a service).
 
-use crate::topics::{dead_letter_topic, Topic};
+use crate::topics::{dead_letter_topic, StateTopic, Topic};
 
 /// One service: its names, its port, its database and the topics it publishes and reads.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,12 +21,26 @@ pub struct Service {
     pub database: &'static str,
     /// Default Kafka consumer group (`KAFKA_GROUP_ID`); replicas share it.
     pub group_id: &'static str,
+    /// The compacted state topics it publishes (through its outbox, keyed by entity).
+    pub publishes_state: &'static [StateTopic],
+    /// The state topics it keeps a local replica of (`shared::replica`; no consumer group).
+    pub replicates: &'static [StateTopic],
 }
 
 impl Service {
     /// Its dead-letter topic, with the deployment's topic prefix.
     pub fn dead_letter_topic(&self, prefix: &str) -> String {
         dead_letter_topic(prefix, self.group_id)
+    }
+
+    /// Every state topic it uses (publishes or replicates), created at its start-up.
+    pub fn state_topics(&self) -> impl Iterator<Item = StateTopic> + '_ {
+        self.publishes_state
+            .iter()
+            .chain(self.replicates)
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
     }
 
     /// Whether its consumer reads `topic`.
@@ -60,6 +74,8 @@ pub const ORDER: Service = Service {
     consumes: &[Topic::Inventory, Topic::Payment, Topic::Shipping],
     database: "sagashop_order",
     group_id: "order-service",
+    publishes_state: &[],
+    replicates: &[StateTopic::Products],
 };
 
 pub const PAYMENT: Service = Service {
@@ -70,6 +86,8 @@ pub const PAYMENT: Service = Service {
     consumes: &[Topic::Inventory, Topic::Order],
     database: "sagashop_payment",
     group_id: "payment-service",
+    publishes_state: &[],
+    replicates: &[],
 };
 
 pub const INVENTORY: Service = Service {
@@ -80,6 +98,8 @@ pub const INVENTORY: Service = Service {
     consumes: &[Topic::Order],
     database: "sagashop_inventory",
     group_id: "inventory-service",
+    publishes_state: &[StateTopic::Products],
+    replicates: &[],
 };
 
 pub const SHIPPING: Service = Service {
@@ -90,6 +110,8 @@ pub const SHIPPING: Service = Service {
     consumes: &[Topic::Payment, Topic::Order],
     database: "sagashop_shipping",
     group_id: "shipping-service",
+    publishes_state: &[],
+    replicates: &[],
 };
 
 /// Every service, in the order tools list and start them.
@@ -116,6 +138,21 @@ pub fn owner_of(topic: Topic) -> &'static Service {
 /// The services that read `topic`, in [`SERVICES`] order.
 pub fn consumers_of(topic: Topic) -> impl Iterator<Item = &'static Service> {
     SERVICES.iter().filter(move |service| service.reads(topic))
+}
+
+/// The service that publishes the state topic `topic`.
+pub fn publisher_of(topic: StateTopic) -> &'static Service {
+    SERVICES
+        .iter()
+        .find(|service| service.publishes_state.contains(&topic))
+        .expect("every state topic has a publisher (tested)")
+}
+
+/// The services that keep a replica of `topic`, in [`SERVICES`] order.
+pub fn replicas_of(topic: StateTopic) -> impl Iterator<Item = &'static Service> {
+    SERVICES
+        .iter()
+        .filter(move |service| service.replicates.contains(&topic))
 }
 
 /// The short names, in [`SERVICES`] order.
@@ -198,6 +235,33 @@ mod tests {
                 dead_letter_topic("p.", &format!("{name}-service"))
             );
         }
+    }
+
+    #[test]
+    fn each_state_topic_has_one_publisher_that_does_not_replicate_it() {
+        for topic in StateTopic::ALL {
+            let publishers: Vec<&str> = SERVICES
+                .iter()
+                .filter(|s| s.publishes_state.contains(&topic))
+                .map(|s| s.name)
+                .collect();
+            assert_eq!(
+                publishers.len(),
+                1,
+                "{topic:?} is published by {publishers:?}"
+            );
+            assert!(!publisher_of(topic).replicates.contains(&topic));
+            assert!(
+                replicas_of(topic).next().is_some(),
+                "nobody replicates {topic:?}"
+            );
+        }
+        assert_eq!(publisher_of(StateTopic::Products).name, "inventory");
+        let replicas: Vec<&str> = replicas_of(StateTopic::Products).map(|s| s.name).collect();
+        assert_eq!(replicas, ["order"]);
+        let used: Vec<StateTopic> = ORDER.state_topics().collect();
+        assert_eq!(used, [StateTopic::Products]);
+        assert_eq!(PAYMENT.state_topics().count(), 0);
     }
 
     #[test]

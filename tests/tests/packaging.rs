@@ -471,15 +471,28 @@ fn kafka_init_creates_every_topic_the_services_use() {
             .iter()
             .map(|service| shared::topics::dead_letter_topic("", service.package)),
     );
+    topics.extend(
+        shared::topics::StateTopic::ALL
+            .iter()
+            .map(|topic| topic.base_name().to_owned()),
+    );
     for topic in topics {
         let quoted = [
             format!("({topic} "),
             format!(" {topic} "),
             format!(" {topic})"),
+            format!("({topic})"),
         ];
         assert!(
             quoted.iter().any(|form| script.contains(form)),
             "docker/kafka/create-topics.sh does not create {topic}"
+        );
+    }
+    // The state topics are created compacted, as the services create them.
+    for (key, value) in shared::topics::STATE_TOPIC_CONFIG {
+        assert!(
+            script.contains(&format!("--config {key}={value}")),
+            "docker/kafka/create-topics.sh does not create the state topics with {key}={value}"
         );
     }
     let properties = kafka_server_properties();

@@ -1,7 +1,7 @@
 //! The order saga end to end: the happy path and every cancellation path, with balances and
 //! stock restored exactly, against the real broker and PostgreSQL.
 
-use e2e::{eventually, unique, Api, Backdoor, SAGA_TIMEOUT};
+use e2e::{eventually, order_body, unique, Api, Backdoor, SAGA_TIMEOUT};
 use serde_json::json;
 use shared::topics::Topic;
 use uuid::Uuid;
@@ -117,21 +117,42 @@ async fn too_little_stock_cancels_with_out_of_stock_and_charges_nothing() {
     assert_eq!(api.shipment(order_id).await.0, 404);
 }
 
+/// The order service refuses a sku its catalog replica never saw (422) when the replica is
+/// current (tests/tests/catalog.rs); when it cannot tell, it accepts the order and the saga
+/// cancels it: either way the customer pays nothing and no order is confirmed.
 #[tokio::test]
-async fn an_unknown_product_cancels_with_unknown_product() {
+async fn an_unknown_product_is_refused_or_cancelled_with_unknown_product() {
     let api = Api::new();
     let customer = unique("customer");
     api.open_account(&customer, 5_000).await;
 
-    let order_id = api
-        .place_order(&customer, &[(&unique("missing"), 1)], "FR")
+    let (status, reply) = api
+        .post(
+            format!("{}/orders", api.system.order_url),
+            order_body(&customer, &[(&unique("missing"), 1)], "FR"),
+        )
         .await;
-    let order = api.wait_terminal(order_id).await;
-
-    assert_eq!(order["status"], "CANCELLED", "{order}");
-    assert_eq!(order["cancellation_reason"], "unknown_product");
+    match status {
+        422 => {
+            assert_eq!(reply["error"]["code"], "unknown_product", "{reply}");
+            let (_, orders) = api
+                .get(format!(
+                    "{}/orders?customer_id={customer}",
+                    api.system.order_url
+                ))
+                .await;
+            assert_eq!(orders["orders"], json!([]), "{orders}");
+        }
+        202 => {
+            let order_id = reply["order_id"].as_str().unwrap().parse().unwrap();
+            let order = api.wait_terminal(order_id).await;
+            assert_eq!(order["status"], "CANCELLED", "{order}");
+            assert_eq!(order["cancellation_reason"], "unknown_product");
+            assert_eq!(api.payment(order_id).await.0, 404);
+        }
+        _ => panic!("placing an order of an unknown sku: {status} {reply}"),
+    }
     assert_eq!(api.balance(&customer).await, 5_000);
-    assert_eq!(api.payment(order_id).await.0, 404);
 }
 
 #[tokio::test]

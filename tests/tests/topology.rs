@@ -272,15 +272,24 @@ fn kafka_users(text: &str, service: &Service) -> Vec<String> {
 /// The ACLs let the service write its own topic and dead-letter topic, and read what it
 /// consumes in its group: exactly the topology's lists.
 fn kafka_acls(text: &str, service: &Service) -> Vec<String> {
-    let writes = [
+    let writes: Vec<String> = [
         service.owns.base_name().to_owned(),
         service.dead_letter_topic(""),
     ]
-    .join(",");
+    .into_iter()
+    .chain(
+        service
+            .publishes_state
+            .iter()
+            .map(|topic| topic.base_name().to_owned()),
+    )
+    .collect();
+    let writes = writes.join(",");
     let reads: Vec<&str> = service
         .consumes
         .iter()
         .map(|topic| topic.base_name())
+        .chain(service.replicates.iter().map(|topic| topic.base_name()))
         .collect();
     let grant = format!(
         "grant_service {} {} {writes} {}",
@@ -301,10 +310,17 @@ fn kafka_acls(text: &str, service: &Service) -> Vec<String> {
 
 fn create_topics(text: &str, service: &Service) -> Vec<String> {
     let mut needs = Vec::new();
+    let states = service
+        .publishes_state
+        .iter()
+        .map(|topic| ("state_topics=(", topic.base_name().to_owned()));
     for (array, topic) in [
         ("event_topics=(", service.owns.base_name().to_owned()),
         ("dlq_topics=(", service.dead_letter_topic("")),
-    ] {
+    ]
+    .into_iter()
+    .chain(states)
+    {
         let listed = text
             .lines()
             .find_map(|line| line.trim().strip_prefix(array))
@@ -687,6 +703,8 @@ fn a_service_no_file_knows_is_missed_by_every_file() {
         consumes: &[Topic::Order],
         database: "sagashop_loyalty",
         group_id: "loyalty-service",
+        publishes_state: &[],
+        replicates: &[],
     };
     let misses = misses(&[UNKNOWN], &read_real);
     let mut files: Vec<&str> = misses.iter().map(|miss| miss.file.as_str()).collect();
@@ -765,6 +783,23 @@ fn a_service_taken_out_of_one_file_is_named_with_that_file() {
             ))
         ),
         ["docker/kafka/set-acls.sh: payment needs exactly one `grant_service payment-service payment-service payment.events,payment-service.dlq inventory.events,order.events`"]
+    );
+    assert_eq!(
+        misses_with(
+            "docker/kafka/set-acls.sh",
+            Some(real("docker/kafka/set-acls.sh").replace(
+                "shipping.events,inventory.products",
+                "shipping.events"
+            ))
+        ),
+        ["docker/kafka/set-acls.sh: order needs exactly one `grant_service order-service order-service order.events,order-service.dlq inventory.events,payment.events,shipping.events,inventory.products`"]
+    );
+    assert_eq!(
+        misses_with(
+            "docker/kafka/create-topics.sh",
+            without_lines("docker/kafka/create-topics.sh", "state_topics=(inventory.products)")
+        ),
+        ["docker/kafka/create-topics.sh: inventory needs inventory.products in state_topics=(...)"]
     );
     assert_eq!(
         misses_with(

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Deserialize};
 use shared::events::{Event, PricedLine, StockRejection, StockReleaseFailed};
+use shared::state::ProductState;
 use shared::{outbox, Envelope, EventHandler, HandlerError};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::catalog::{self, STATE_COLUMNS};
 use crate::domain::{
     decide, Decision, Emit, InventoryState, Reservation, ReservationStatus, SagaEvent, Stock,
 };
@@ -258,18 +260,23 @@ async fn save(
                 .map(|stock| of(stock))
                 .collect::<Vec<i32>>()
         };
-        sqlx::query(
+        let updated: Vec<catalog::ProductRow> = sqlx::query_as(&format!(
             "update products
-             set available = moved.available, reserved = moved.reserved, sold = moved.sold, updated_at = now()
+             set available = moved.available, reserved = moved.reserved, sold = moved.sold,
+                 version = products.version + 1, updated_at = now()
              from unnest($1::text[], $2::int[], $3::int[], $4::int[]) as moved (sku, available, reserved, sold)
-             where products.sku = moved.sku",
-        )
+             where products.sku = moved.sku
+             returning {}",
+            qualified_state_columns()
+        ))
         .bind(&skus)
         .bind(level(|stock| stock.available))
         .bind(level(|stock| stock.reserved))
         .bind(level(|stock| stock.sold))
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
+        let changed: Vec<ProductState> = updated.into_iter().map(ProductState::from).collect();
+        catalog::publish(conn, &changed).await?;
     }
     match (&state.reservation, &next.reservation) {
         (None, Some(reservation)) => {
@@ -305,6 +312,15 @@ async fn save(
         _ => {}
     }
     Ok(())
+}
+
+/// [`STATE_COLUMNS`] of `products` (`moved` has some of the same names).
+fn qualified_state_columns() -> String {
+    STATE_COLUMNS
+        .split(", ")
+        .map(|column| format!("products.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_reason<R: DeserializeOwned>(text: String) -> Result<R, sqlx::Error> {

@@ -1,6 +1,7 @@
 //! The inventory service: owns products and stock, reserves stock for orders, releases it when
 //! an order is cancelled and marks it sold when an order is confirmed.
 
+mod catalog;
 mod config;
 pub mod domain;
 mod handler;

@@ -1,6 +1,7 @@
-//! The inventory API: create, read, list and restock products.
+//! The inventory API: create, read, list and restock products. A creation or restock
+//! publishes the product's new state (`crate::catalog`) in its transaction.
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -9,14 +10,37 @@ use serde::{Deserialize, Serialize};
 use shared::http::{
     check_length, path_segment, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
 };
+use shared::outbox::OutboxSignal;
+use shared::state::ProductState;
 use sqlx::PgPool;
 
-pub fn router(pool: PgPool) -> Router {
+use crate::catalog::{self, ProductRow, STATE_COLUMNS};
+
+pub fn router(pool: PgPool, outbox: OutboxSignal) -> Router {
     Router::new()
         .route("/products", post(create_product).get(list_products))
         .route("/products/{sku}", get(get_product))
         .route("/products/{sku}/restock", post(restock))
-        .with_state(pool)
+        .with_state(AppState { pool, outbox })
+}
+
+/// The database, and the signal that wakes the outbox relay.
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    outbox: OutboxSignal,
+}
+
+impl FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
+impl FromRef<AppState> for OutboxSignal {
+    fn from_ref(state: &AppState) -> Self {
+        state.outbox.clone()
+    }
 }
 
 const MAX_SKU_CHARS: usize = 64;
@@ -37,6 +61,32 @@ struct Product {
 }
 
 const PRODUCT_COLUMNS: &str = "sku, name, price_cents, available, reserved, sold";
+
+impl From<&ProductState> for Product {
+    fn from(state: &ProductState) -> Self {
+        Product {
+            sku: state.sku.clone(),
+            name: state.name.clone(),
+            price_cents: state.price_cents,
+            available: state.available,
+            reserved: state.reserved,
+            sold: state.sold,
+        }
+    }
+}
+
+/// Publishes the product a change returned (in `tx`), commits, and wakes the relay.
+async fn publish_and_commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    outbox: &OutboxSignal,
+    row: ProductRow,
+) -> Result<Product, ApiError> {
+    let state = ProductState::from(row);
+    catalog::publish(&mut tx, std::slice::from_ref(&state)).await?;
+    tx.commit().await?;
+    outbox.committed();
+    Ok(Product::from(&state))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,17 +135,19 @@ impl Validate for NewProduct {
 
 async fn create_product(
     State(pool): State<PgPool>,
+    State(outbox): State<OutboxSignal>,
     ValidJson(product): ValidJson<NewProduct>,
 ) -> Result<Response, ApiError> {
-    let created: Option<Product> = sqlx::query_as(&format!(
+    let mut tx = pool.begin().await?;
+    let created: Option<ProductRow> = sqlx::query_as(&format!(
         "insert into products (sku, name, price_cents, available) values ($1, $2, $3, $4)
-         on conflict (sku) do nothing returning {PRODUCT_COLUMNS}"
+         on conflict (sku) do nothing returning {STATE_COLUMNS}"
     ))
     .bind(&product.sku)
     .bind(&product.name)
     .bind(product.price_cents)
     .bind(product.stock)
-    .fetch_optional(&pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let created = created.ok_or_else(|| {
         ApiError::conflict(
@@ -103,6 +155,7 @@ async fn create_product(
             format!("product {} already exists", product.sku),
         )
     })?;
+    let created = publish_and_commit(tx, &outbox, created).await?;
     let location = format!("/products/{}", path_segment(&created.sku));
     Ok((
         StatusCode::CREATED,
@@ -148,20 +201,23 @@ impl Validate for Restock {
 
 async fn restock(
     State(pool): State<PgPool>,
+    State(outbox): State<OutboxSignal>,
     ValidPath(sku): ValidPath<String>,
     ValidJson(restock): ValidJson<Restock>,
 ) -> Result<Json<Product>, ApiError> {
-    let updated: Option<Product> = sqlx::query_as(&format!(
-        "update products set available = available + $2, updated_at = now()
-         where sku = $1 and available + $2 <= {MAX_STOCK} returning {PRODUCT_COLUMNS}"
+    let mut tx = pool.begin().await?;
+    let updated: Option<ProductRow> = sqlx::query_as(&format!(
+        "update products set available = available + $2, version = version + 1, updated_at = now()
+         where sku = $1 and available + $2 <= {MAX_STOCK} returning {STATE_COLUMNS}"
     ))
     .bind(&sku)
     .bind(restock.quantity)
-    .fetch_optional(&pool)
+    .fetch_optional(&mut *tx)
     .await?;
     match updated {
-        Some(product) => Ok(Json(product)),
+        Some(product) => publish_and_commit(tx, &outbox, product).await.map(Json),
         None => {
+            drop(tx);
             find(&pool, &sku).await?;
             Err(ApiError::invalid(format!(
                 "available stock may not exceed {MAX_STOCK}"

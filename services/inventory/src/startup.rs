@@ -36,7 +36,9 @@ impl Application {
         let hold_timeout = Duration::from_millis(config.hold_timeout_ms);
         let sweep_every = Duration::from_millis(config.hold_sweep_ms.max(1));
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
-            .routes(|infrastructure| router(infrastructure.pool.clone()))
+            .routes(|infrastructure| {
+                routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
+            })
             .consumes(topology::INVENTORY.consumes, InventoryEventHandler)
             .retain(voided_retention(config.common.retention.inbox_retention_ms))
             .worker("hold-expiry", move |infrastructure, shutdown| {
@@ -70,9 +72,9 @@ impl Application {
     }
 }
 
-/// The HTTP API alone, for tests that need no broker.
+/// The HTTP API alone, for tests that need no broker (no relay publishes what it writes).
 pub fn router(pool: PgPool) -> Router {
-    routes::router(pool)
+    routes::router(pool.clone(), shared::outbox::OutboxSignal::new(pool))
 }
 
 /// Applies this service's migrations (for tests that build the router alone).

@@ -42,4 +42,15 @@ pub struct Config {
     /// How often the `PENDING` orders are counted for `MAX_PENDING_ORDERS`.
     #[arg(long, env = "PENDING_ORDERS_REFRESH_MS", default_value_t = 200)]
     pub pending_orders_refresh_ms: u64,
+
+    /// For a sku the catalog replica does not list, how long `POST /orders` waits before
+    /// reading the topic's high watermarks, so that a product inventory just committed is
+    /// published first (README, Catalog).
+    #[arg(long, env = "CATALOG_SETTLE_MS", default_value_t = 500)]
+    pub catalog_settle_ms: u64,
+
+    /// Then, how long it waits for the replica to reach those watermarks; if it does not, the
+    /// order is accepted and inventory's reservation decides.
+    #[arg(long, env = "CATALOG_CATCH_UP_MS", default_value_t = 1_000)]
+    pub catalog_catch_up_ms: u64,
 }

@@ -84,7 +84,7 @@ impl EventHandler for OrderEventHandler {
         };
         repository::record_timeline(conn, envelope).await?;
         if let (None, Some(items)) = (order.total_cents, &reported.reserved_items) {
-            repository::save_prices(conn, order.order_id, items).await?;
+            repository::save_prices(conn, &order, items).await?;
         }
         let age = chrono::Utc::now().signed_duration_since(order.created_at);
         let overdue = age.to_std().is_ok_and(|age| age > self.saga_deadline);

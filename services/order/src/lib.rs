@@ -2,6 +2,7 @@
 //! `CONFIRMED` or `CANCELLED` from the events of the other services.
 
 mod admission;
+pub mod catalog;
 mod config;
 pub mod deadline;
 pub mod domain;

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::events::{CancellationReason, OrderLine, PaymentMethod, PricedLine, ShippingAddress};
+use shared::events::{CancellationReason, PaymentMethod, PricedLine, ShippingAddress};
 use shared::Envelope;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
@@ -15,7 +15,15 @@ use crate::domain::{OrderState, OrderStatus};
 pub struct OrderItem {
     pub sku: String,
     pub quantity: i32,
+    /// The price inventory reserved the line at (what the order costs).
     pub unit_price_cents: Option<i64>,
+    /// The product's name in the catalog replica when the order was placed (`null`: the
+    /// replica did not know the sku yet).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The unit price the catalog replica listed when the order was placed.
+    #[serde(default)]
+    pub price_at_placement_cents: Option<i64>,
 }
 
 /// An order as the API shows it.
@@ -110,17 +118,9 @@ pub async fn insert_order(
     conn: &mut PgConnection,
     order_id: Uuid,
     customer_id: &str,
-    lines: &[OrderLine],
+    items: &[OrderItem],
     address: &ShippingAddress,
 ) -> Result<(), sqlx::Error> {
-    let items: Vec<OrderItem> = lines
-        .iter()
-        .map(|line| OrderItem {
-            sku: line.sku.clone(),
-            quantity: line.quantity,
-            unit_price_cents: None,
-        })
-        .collect();
     sqlx::query(
         "insert into orders (order_id, customer_id, status, items, shipping_address)
          values ($1, $2, 'PENDING', $3, $4)",
@@ -235,23 +235,34 @@ pub async fn lock_order_recording_payment(
 
 pub async fn save_prices(
     conn: &mut PgConnection,
-    order_id: Uuid,
+    order: &Order,
     lines: &[PricedLine],
 ) -> Result<(), sqlx::Error> {
-    let items: Vec<OrderItem> = lines
-        .iter()
-        .map(|line| OrderItem {
-            sku: line.sku.clone(),
-            quantity: line.quantity,
-            unit_price_cents: Some(line.unit_price_cents),
-        })
-        .collect();
     sqlx::query("update orders set items = $2 where order_id = $1")
-        .bind(order_id)
-        .bind(Json(items))
+        .bind(order.order_id)
+        .bind(Json(priced(&order.items, lines)))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The reserved `lines` (their prices), with what the order recorded at placement for each
+/// sku (name, price shown).
+fn priced(placed: &[OrderItem], lines: &[PricedLine]) -> Vec<OrderItem> {
+    lines
+        .iter()
+        .map(|line| {
+            let at_placement = placed.iter().find(|item| item.sku == line.sku);
+            OrderItem {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price_cents: Some(line.unit_price_cents),
+                name: at_placement.and_then(|item| item.name.clone()),
+                price_at_placement_cents: at_placement
+                    .and_then(|item| item.price_at_placement_cents),
+            }
+        })
+        .collect()
 }
 
 /// Stores a customer's Idempotency-Key; `false` means the key was already taken.
@@ -372,4 +383,50 @@ pub async fn record_orphan(
     .fetch_one(conn)
     .await?;
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserved_prices_keep_what_was_shown_at_placement() {
+        let placed = vec![
+            OrderItem {
+                sku: "LAMP".to_owned(),
+                quantity: 2,
+                unit_price_cents: None,
+                name: Some("Desk lamp".to_owned()),
+                price_at_placement_cents: Some(1_000),
+            },
+            OrderItem {
+                sku: "NEW".to_owned(),
+                quantity: 1,
+                unit_price_cents: None,
+                name: None,
+                price_at_placement_cents: None,
+            },
+        ];
+        let reserved = [
+            PricedLine {
+                sku: "LAMP".to_owned(),
+                quantity: 2,
+                unit_price_cents: 1_100,
+            },
+            PricedLine {
+                sku: "NEW".to_owned(),
+                quantity: 1,
+                unit_price_cents: 500,
+            },
+        ];
+        let items = priced(&placed, &reserved);
+        assert_eq!(items[0].unit_price_cents, Some(1_100));
+        assert_eq!(items[0].price_at_placement_cents, Some(1_000));
+        assert_eq!(items[0].name.as_deref(), Some("Desk lamp"));
+        assert_eq!(items[1].unit_price_cents, Some(500));
+        assert_eq!(
+            (items[1].name.as_deref(), items[1].price_at_placement_cents),
+            (None, None)
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! The order API: place, read, list and cancel orders, and read a saga's timeline.
+//! The order API: place, read, list and cancel orders, and read a saga's timeline. A new
+//! order's lines carry the name and price the catalog replica lists (`crate::catalog`).
 
 use std::collections::HashSet;
 
@@ -15,11 +16,17 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::admission::Admission;
+use crate::catalog::{Catalog, Decision};
 use crate::domain::{OrderStatus, SagaEvent};
 use crate::handler::{advance, emit};
-use crate::repository::{self, Order, OrderFilter};
+use crate::repository::{self, Order, OrderFilter, OrderItem};
 
-pub fn router(pool: PgPool, outbox: OutboxSignal, admission: Admission) -> Router {
+pub fn router(
+    pool: PgPool,
+    outbox: OutboxSignal,
+    admission: Admission,
+    catalog: Catalog,
+) -> Router {
     Router::new()
         .route("/orders", post(place_order).get(list_orders))
         .route("/orders/{order_id}", get(get_order))
@@ -29,16 +36,24 @@ pub fn router(pool: PgPool, outbox: OutboxSignal, admission: Admission) -> Route
             pool,
             outbox,
             admission,
+            catalog,
         })
 }
 
-/// What the handlers share: the database, the signal that wakes the outbox relay, and the
-/// bounds on new orders.
+/// What the handlers share: the database, the signal that wakes the outbox relay, the
+/// bounds on new orders and the catalog replica.
 #[derive(Clone)]
 struct AppState {
     pool: PgPool,
     outbox: OutboxSignal,
     admission: Admission,
+    catalog: Catalog,
+}
+
+impl FromRef<AppState> for Catalog {
+    fn from_ref(state: &AppState) -> Self {
+        state.catalog.clone()
+    }
 }
 
 impl FromRef<AppState> for Admission {
@@ -213,6 +228,7 @@ async fn place_order(
     State(pool): State<PgPool>,
     State(outbox): State<OutboxSignal>,
     State(admission): State<Admission>,
+    State(catalog): State<Catalog>,
     headers: HeaderMap,
     ValidJson(request): ValidJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
@@ -226,8 +242,31 @@ async fn place_order(
         }
     }
 
+    let skus: Vec<&str> = request.items.iter().map(|line| line.sku.as_str()).collect();
+    let (listings, decision) = catalog.check(&pool, &skus).await?;
+    if let Decision::RejectUnknown(unknown) = decision {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_product",
+            format!("no product {}", unknown.join(", ")),
+        ));
+    }
     let order_id = Uuid::now_v7();
     let address = request.shipping_address.to_address();
+    let items: Vec<OrderItem> = request
+        .items
+        .iter()
+        .map(|line| {
+            let listing = listings.get(&line.sku);
+            OrderItem {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price_cents: None,
+                name: listing.map(|listing| listing.name.clone()),
+                price_at_placement_cents: listing.map(|listing| listing.price_cents),
+            }
+        })
+        .collect();
     let lines: Vec<OrderLine> = request
         .items
         .into_iter()
@@ -237,7 +276,7 @@ async fn place_order(
         })
         .collect();
     let mut tx = pool.begin().await?;
-    repository::insert_order(&mut tx, order_id, &request.customer_id, &lines, &address).await?;
+    repository::insert_order(&mut tx, order_id, &request.customer_id, &items, &address).await?;
     if let Some(key) = &key {
         // Blocks while a concurrent request with the same key is in flight, then loses to it.
         if !repository::claim_idempotency_key(

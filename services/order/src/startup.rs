@@ -5,12 +5,15 @@
 use std::time::Duration;
 
 use axum::Router;
+use shared::replica::{Replica, ReplicaSettings};
 use shared::retention::{window_from_ms, Rule};
 use shared::service::{CancellationToken, Service};
+use shared::topics::StateTopic;
 use shared::topology;
 use sqlx::PgPool;
 
 use crate::admission::{self, Admission};
+use crate::catalog::{Catalog, CatalogStore};
 use crate::handler::OrderEventHandler;
 use crate::{deadline, routes, Config, SERVICE};
 
@@ -26,12 +29,24 @@ impl Application {
         let count_every = Duration::from_millis(config.pending_orders_refresh_ms.max(1));
         let admission = Admission::new(config.max_in_flight_orders, config.max_pending_orders);
         let backlog = admission.clone();
+        let replica = Replica::new(
+            &config.common.kafka,
+            SERVICE,
+            StateTopic::Products,
+            ReplicaSettings::default(),
+        )?;
+        let catalog = Catalog {
+            replica: Some(replica.clone()),
+            settle: Duration::from_millis(config.catalog_settle_ms),
+            catch_up: Duration::from_millis(config.catalog_catch_up_ms),
+        };
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| {
                 routes::router(
                     infrastructure.pool.clone(),
                     infrastructure.outbox.clone(),
                     admission,
+                    catalog,
                 )
             })
             .consumes(
@@ -49,6 +64,9 @@ impl Application {
                     sweep_every,
                     shutdown,
                 )
+            })
+            .worker("catalog-replica", move |infrastructure, shutdown| {
+                replica.run(infrastructure.pool.clone(), CatalogStore, shutdown)
             })
             .worker("pending-orders", move |infrastructure, shutdown| {
                 admission::watch_backlog(
@@ -88,13 +106,19 @@ pub fn idempotency_key_retention(retention_ms: u64) -> Rule {
 }
 
 /// The HTTP API alone, for tests that need no broker (no relay publishes what it writes), with
-/// no backlog bound (nothing recounts the backlog).
+/// no backlog bound (nothing recounts the backlog) and no catalog replica (no sku is refused).
 pub fn router(pool: PgPool) -> Router {
     let admission = Admission::new(64, i64::MAX);
+    let catalog = Catalog {
+        replica: None,
+        settle: Duration::ZERO,
+        catch_up: Duration::ZERO,
+    };
     routes::router(
         pool.clone(),
         shared::outbox::OutboxSignal::new(pool),
         admission,
+        catalog,
     )
 }
 

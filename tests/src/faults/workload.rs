@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 use super::{FaultSystem, Rng, Svc};
 
+/// The sku of no product: some orders carry it.
+pub const UNKNOWN_SKU: &str = "sku-unknown";
+
 /// Served destinations used by the workload (all in the shipping service's default list).
 const COUNTRIES: [&str; 6] = ["FR", "DE", "US", "GB", "JP", "IT"];
 /// A request is retried for this long before the client gives up on it.
@@ -129,7 +132,7 @@ impl Workload {
                     .map(|sku| (sku, rng.between(1, 3) as i32))
                     .collect();
                 if rng.chance(0.03) {
-                    items[0].0 = "sku-unknown".to_owned();
+                    items[0].0 = UNKNOWN_SKU.to_owned();
                 }
                 let country = if rng.chance(0.10) {
                     "AQ".to_owned()
@@ -239,6 +242,18 @@ impl Workload {
                         None => {}
                     }
                 }
+                // A sku the order service's catalog replica never saw, refused while it is
+                // current: expected for an order with the unknown sku, and only for it.
+                Placed::Rejected { n, status, body }
+                    if status == 422
+                        && body.contains(r#""code":"unknown_product""#)
+                        && self.orders[n]
+                            .items
+                            .iter()
+                            .any(|(sku, _)| sku == UNKNOWN_SKU) =>
+                {
+                    outcome.refused_unknown_product.push(n)
+                }
                 Placed::Rejected { n, status, body } => outcome
                     .anomalies
                     .push(format!("order #{n} rejected: {status} {body}")),
@@ -288,6 +303,9 @@ pub struct Outcome {
     pub cancelled_by_client: std::collections::BTreeSet<usize>,
     /// Customer cancellations answered 409 (the order was already terminal).
     pub cancels_too_late: usize,
+    /// Orders with the unknown sku refused with 422 `unknown_product` (the catalog replica was
+    /// current); the others with it are accepted and cancelled by the saga.
+    pub refused_unknown_product: Vec<usize>,
     /// Anything else unexpected (4xx on a valid order, 404 on a cancel, ...).
     pub anomalies: Vec<String>,
 }

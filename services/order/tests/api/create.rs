@@ -81,8 +81,10 @@ async fn a_placed_order_reads_back_pending_with_its_items_and_address() {
     assert_eq!(order["customer_id"], "alice");
     assert_eq!(order["status"], "PENDING");
     let items = json!([
-        {"sku": "MUG-01", "quantity": 2, "unit_price_cents": null},
-        {"sku": "TEA", "quantity": 1, "unit_price_cents": null},
+        {"sku": "MUG-01", "quantity": 2, "unit_price_cents": null, "name": null,
+         "price_at_placement_cents": null},
+        {"sku": "TEA", "quantity": 1, "unit_price_cents": null, "name": null,
+         "price_at_placement_cents": null},
     ]);
     assert_eq!(order["items"], items);
     assert_eq!(
@@ -148,4 +150,28 @@ async fn orders_at_the_limits_are_accepted() {
         place_ok(&app, body).await;
     }
     assert_eq!(app.count("select count(*) from orders").await, 5);
+}
+
+/// The lines of a new order carry the name and price the catalog replica lists; a sku it does
+/// not list is accepted (no replica runs here, so it cannot be known to be current).
+#[tokio::test]
+async fn a_placed_order_shows_the_catalog_name_and_price_of_its_lines() {
+    let app = start().await;
+    sqlx::query(
+        "insert into catalog (sku, name, price_cents, available, version, updated_at,
+                              source_partition, source_offset)
+         values ('MUG-01', 'Blue mug', 1250, 7, 3, now(), 0, 41)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let order_id = place_ok(&app, &order_body("alice")).await;
+    let (status, order) = app
+        .send(Method::GET, &format!("/orders/{order_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{order}");
+    assert_eq!(order["items"][0]["name"], "Blue mug", "{order}");
+    assert_eq!(order["items"][0]["price_at_placement_cents"], 1250);
+    assert_eq!(order["items"][0]["unit_price_cents"], Value::Null);
+    assert_eq!(order["items"][1]["name"], Value::Null, "TEA is not listed");
 }

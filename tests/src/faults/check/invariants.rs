@@ -25,6 +25,7 @@ pub(super) struct Found {
     pub(super) orphans: Violations,
     pub(super) outbox: Violations,
     pub(super) lag: Violations,
+    pub(super) replica: Violations,
     /// Terminal orders per status (`CONFIRMED`, `CANCELLED`, `FAILED`).
     pub(super) terminal: HashMap<String, usize>,
 }
@@ -52,6 +53,7 @@ impl Found {
             orphans: no_orphan_record(known, snap),
             outbox: outbox_drained(known, snap),
             lag: no_consumer_lag(known, snap),
+            replica: replica_matches_products(known, snap),
             terminal,
         }
     }
@@ -74,6 +76,7 @@ impl Found {
             self.orphans,
             self.outbox,
             self.lag,
+            self.replica,
         ]
     }
 }
@@ -625,6 +628,42 @@ fn no_consumer_lag(_: &Known, snap: &Snapshot) -> Violations {
     for (_, group, states) in &snap.groups {
         for state in states.iter().filter(|s| s.lag() > 0) {
             v.counted(state.lag(), format!("{group} has not consumed {state}"));
+        }
+    }
+    v
+}
+
+/// The fields of a product the order service's catalog replica holds, compared with
+/// inventory's `products` row.
+pub(super) const REPLICATED_FIELDS: [&str; 4] = ["name", "price_cents", "available", "version"];
+
+/// Whether the replica's row of a product equals inventory's (both `None`: equal).
+pub(super) fn same_replica(product: Option<&Value>, replica: Option<&Value>) -> bool {
+    match (product, replica) {
+        (Some(product), Some(replica)) => REPLICATED_FIELDS
+            .iter()
+            .all(|field| product[field] == replica[field]),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Once quiet, the order service's `catalog` replica holds every product of inventory, with
+/// the same name, price, available units and version, and nothing else.
+fn replica_matches_products(_: &Known, snap: &Snapshot) -> Violations {
+    let mut v = Violations::of("replica_matches_products");
+    let skus: BTreeSet<&String> = snap.products.keys().chain(snap.catalog.keys()).collect();
+    for sku in skus {
+        let (product, replica) = (snap.products.get(sku), snap.catalog.get(sku));
+        if !same_replica(product, replica) {
+            v.counted(
+                1,
+                format!(
+                    "product {sku}: inventory holds {} but the order service's catalog replica {}",
+                    product.map_or("nothing".to_owned(), Value::to_string),
+                    replica.map_or("nothing".to_owned(), Value::to_string)
+                ),
+            );
         }
     }
     v

@@ -139,6 +139,8 @@ pub(super) struct Snapshot {
     pub(super) ledgers: HashMap<String, Vec<Value>>,
     /// Inventory's `products` by sku.
     pub(super) products: HashMap<String, Value>,
+    /// The order service's `catalog` replica of them, by sku.
+    pub(super) catalog: HashMap<String, Value>,
     pub(super) outboxes: Outboxes,
     pub(super) groups: Groups,
     /// `GET /{path}/{order_id}` of every [`API_RECORDS`] path for every known order.
@@ -178,6 +180,7 @@ impl Snapshot {
             .into_iter()
             .map(|p| (text(&p["sku"]).to_owned(), p))
             .collect();
+        let catalog = replica_once_caught_up(system, &products).await?;
         let (outboxes, groups) = outboxes_and_groups(system).await?;
 
         let http = &system.http;
@@ -210,6 +213,7 @@ impl Snapshot {
             balances,
             ledgers,
             products,
+            catalog,
             outboxes,
             groups,
             api_records,
@@ -225,6 +229,30 @@ impl Snapshot {
             "payments" => &self.payments,
             _ => &self.shipments,
         }
+    }
+}
+
+/// The order service's `catalog` by sku, read again (for up to 15 s) until it equals
+/// `products`: the replica has no consumer group, so "quiet" does not wait for it.
+async fn replica_once_caught_up(
+    system: &FaultSystem,
+    products: &HashMap<String, Value>,
+) -> anyhow::Result<HashMap<String, Value>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let catalog: HashMap<String, Value> = rows(system, Svc::ORDER, "catalog")
+            .await?
+            .into_iter()
+            .map(|p| (text(&p["sku"]).to_owned(), p))
+            .collect();
+        let equal = products
+            .keys()
+            .chain(catalog.keys())
+            .all(|sku| super::invariants::same_replica(products.get(sku), catalog.get(sku)));
+        if equal || tokio::time::Instant::now() >= deadline {
+            return Ok(catalog);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

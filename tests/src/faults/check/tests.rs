@@ -114,7 +114,13 @@ fn world() -> World {
         ]),
         products: HashMap::from([(
             "sku-a".into(),
-            json!({"sku": "sku-a", "available": 8, "reserved": 0, "sold": 2}),
+            json!({"sku": "sku-a", "name": "Lamp", "price_cents": 500, "available": 8,
+                   "reserved": 0, "sold": 2, "version": 5}),
+        )]),
+        catalog: HashMap::from([(
+            "sku-a".into(),
+            json!({"sku": "sku-a", "name": "Lamp", "price_cents": 500, "available": 8,
+                   "version": 5, "source_offset": 4}),
         )]),
         outboxes: Svc::all().map(|svc| (svc, 0)).collect(),
         groups: vec![(
@@ -389,7 +395,10 @@ fn a_balance_that_is_not_the_fold_of_its_ledger_breaks_the_ledger() {
 fn units_sold_beyond_the_confirmed_orders_are_oversold() {
     let mut w = world();
     let sold_one_more = json!({"sku": "sku-a", "available": 7, "reserved": 0, "sold": 3});
-    w.snap.products.insert("sku-a".into(), sold_one_more);
+    w.snap
+        .products
+        .insert("sku-a".into(), sold_one_more.clone());
+    w.snap.catalog.insert("sku-a".into(), sold_one_more);
     w.snap.api_products[0].1 = ok(json!({"available": 7, "reserved": 0, "sold": 3}));
     let report = w.report();
     assert_eq!(report.broken(), ["no_oversell"]);
@@ -400,7 +409,8 @@ fn units_sold_beyond_the_confirmed_orders_are_oversold() {
 fn units_left_reserved_are_oversold() {
     let mut w = world();
     let reserved = json!({"sku": "sku-a", "available": 7, "reserved": 1, "sold": 2});
-    w.snap.products.insert("sku-a".into(), reserved);
+    w.snap.products.insert("sku-a".into(), reserved.clone());
+    w.snap.catalog.insert("sku-a".into(), reserved);
     w.snap.api_products[0].1 = ok(json!({"available": 7, "reserved": 1, "sold": 2}));
     assert_eq!(w.report().broken(), ["no_oversell"]);
 }
@@ -519,6 +529,23 @@ fn unpublished_events_and_lagging_groups_are_counted() {
         "{}",
         report.summary()
     );
+}
+
+#[test]
+fn a_replica_that_differs_from_the_products_is_named() {
+    let mut w = world();
+    assert!(w.report().broken().is_empty(), "{:?}", w.report().problems);
+    w.snap.catalog.get_mut("sku-a").unwrap()["available"] = json!(9);
+    w.snap.catalog.insert(
+        "sku-ghost".into(),
+        json!({"sku": "sku-ghost", "available": 1}),
+    );
+    let report = w.report();
+    assert_eq!(report.broken(), ["replica_matches_products"]);
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    let mut w = world();
+    w.snap.catalog.clear();
+    assert_eq!(w.report().broken(), ["replica_matches_products"]);
 }
 
 mod redelivery {

@@ -1,0 +1,195 @@
+//! The order service's replica of inventory's products (`catalog`, fed from the compacted topic
+//! `inventory.products` by `shared::replica`), and how `POST /orders` uses it: every line is
+//! enriched with the product's name and the unit price shown at placement, and a sku the
+//! replica has never seen is refused with 422 `unknown_product`, but only when the replica is
+//! known to be current (the saga, through inventory's reservation, stays authoritative).
+//!
+//! For a sku missing from the replica, [`Catalog::check`] waits `CATALOG_SETTLE_MS` (so that a
+//! product inventory committed just before reaches the topic: its relay publishes within
+//! milliseconds), then reads every partition's high watermark and waits up to
+//! `CATALOG_CATCH_UP_MS` for the replica to apply up to it, and looks again; [`decide`] then
+//! refuses only a sku still missing from a replica that did catch up. A known sku costs one
+//! indexed read and no broker round trip.
+//!
+//! The race that remains: a product whose state inventory committed but its relay had not yet
+//! published when the watermarks were read (`CATALOG_SETTLE_MS` after the order came in; the
+//! relay stalled, the broker slow to acknowledge, inventory's outbox backed up) is refused
+//! although it exists. The settle time bounds how stale the topic may be for a new sku: a
+//! product created more than `CATALOG_SETTLE_MS` before the order, with its relay healthy, is
+//! always found.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use shared::replica::{Position, Replica, ReplicaStore};
+use shared::state::ProductState;
+use sqlx::{PgConnection, PgPool};
+
+/// What the replica says about a product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub name: String,
+    pub price_cents: i64,
+}
+
+/// The outcome of the check of an order's skus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Place the order (the listings found, possibly not all of its skus).
+    Accept,
+    /// The replica is current and has never seen these skus: 422 `unknown_product`.
+    RejectUnknown(Vec<String>),
+}
+
+/// The rule: skus still missing once the wait is over are refused only if the replica reached
+/// the watermarks read after the settle; otherwise the saga decides.
+pub fn decide(still_missing: &[String], caught_up: bool) -> Decision {
+    if still_missing.is_empty() || !caught_up {
+        Decision::Accept
+    } else {
+        Decision::RejectUnknown(still_missing.to_vec())
+    }
+}
+
+/// The replica and the waits of the check (`CATALOG_SETTLE_MS`, `CATALOG_CATCH_UP_MS`).
+#[derive(Clone)]
+pub struct Catalog {
+    /// `None`: no replica runs (the router alone, in tests without a broker); never refuses.
+    pub replica: Option<Replica>,
+    pub settle: Duration,
+    pub catch_up: Duration,
+}
+
+impl Catalog {
+    /// Looks `skus` up; for any missing, waits as the module says and looks again. Returns
+    /// what the replica lists and the decision.
+    pub async fn check(
+        &self,
+        pool: &PgPool,
+        skus: &[&str],
+    ) -> Result<(BTreeMap<String, Listing>, Decision), sqlx::Error> {
+        let mut found = lookup(pool, skus).await?;
+        let missing = |found: &BTreeMap<String, Listing>| -> Vec<String> {
+            skus.iter()
+                .filter(|sku| !found.contains_key(**sku))
+                .map(|sku| (*sku).to_owned())
+                .collect()
+        };
+        if missing(&found).is_empty() {
+            return Ok((found, Decision::Accept));
+        }
+        let Some(replica) = &self.replica else {
+            return Ok((found, Decision::Accept));
+        };
+        tokio::time::sleep(self.settle).await;
+        let caught_up = replica.wait_current(self.catch_up).await;
+        let again: Vec<String> = missing(&found);
+        let again: Vec<&str> = again.iter().map(String::as_str).collect();
+        found.extend(lookup(pool, &again).await?);
+        let decision = decide(&missing(&found), caught_up);
+        metrics::counter!("sagashop_catalog_checks_total", "outcome" => match (&decision, caught_up) {
+            (Decision::RejectUnknown(_), _) => "unknown_product",
+            (Decision::Accept, true) => "found_after_catch_up",
+            (Decision::Accept, false) => "not_current",
+        })
+        .increment(1);
+        Ok((found, decision))
+    }
+}
+
+async fn lookup(pool: &PgPool, skus: &[&str]) -> Result<BTreeMap<String, Listing>, sqlx::Error> {
+    let unique: BTreeSet<&str> = skus.iter().copied().collect();
+    let unique: Vec<&str> = unique.into_iter().collect();
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("select sku, name, price_cents from catalog where sku = any($1)")
+            .bind(&unique)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sku, name, price_cents)| (sku, Listing { name, price_cents }))
+        .collect())
+}
+
+/// Applies `inventory.products` to the `catalog` table, keeping the highest version per sku.
+pub struct CatalogStore;
+
+impl ReplicaStore for CatalogStore {
+    type Record = ProductState;
+
+    async fn upsert(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        product: ProductState,
+        at: Position,
+    ) -> Result<(), sqlx::Error> {
+        if product.sku != key {
+            tracing::error!(key, sku = %product.sku, "a product record under another sku's key; skipped");
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into catalog (sku, name, price_cents, available, version, updated_at,
+                                  source_partition, source_offset)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)
+             on conflict (sku) do update set
+                 name = excluded.name, price_cents = excluded.price_cents,
+                 available = excluded.available, version = excluded.version,
+                 updated_at = excluded.updated_at, source_partition = excluded.source_partition,
+                 source_offset = excluded.source_offset, replicated_at = now()
+             where catalog.version < excluded.version",
+        )
+        .bind(&product.sku)
+        .bind(&product.name)
+        .bind(product.price_cents)
+        .bind(product.available)
+        .bind(product.version)
+        .bind(product.updated_at)
+        .bind(at.partition)
+        .bind(at.offset)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        _at: Position,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("delete from catalog where sku = $1")
+            .bind(key)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skus(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    #[test]
+    fn every_sku_found_is_accepted_whether_or_not_the_replica_is_current() {
+        assert_eq!(decide(&[], true), Decision::Accept);
+        assert_eq!(decide(&[], false), Decision::Accept);
+    }
+
+    #[test]
+    fn a_sku_missing_from_a_current_replica_is_refused() {
+        assert_eq!(
+            decide(&skus(&["GHOST", "NOPE"]), true),
+            Decision::RejectUnknown(skus(&["GHOST", "NOPE"]))
+        );
+    }
+
+    #[test]
+    fn a_sku_missing_from_a_replica_that_did_not_catch_up_goes_to_the_saga() {
+        assert_eq!(decide(&skus(&["NEW-1"]), false), Decision::Accept);
+    }
+}

@@ -62,7 +62,12 @@ impl Default for WindowConfig {
 impl WindowConfig {
     /// The start (epoch milliseconds) of the window holding `at`.
     pub fn window_of(&self, at: DateTime<Utc>) -> i64 {
-        at.timestamp_millis().div_euclid(self.window_ms) * self.window_ms
+        self.window_of_ms(at.timestamp_millis())
+    }
+
+    /// The start of the window holding the instant `ms` (epoch milliseconds).
+    pub fn window_of_ms(&self, ms: i64) -> i64 {
+        ms.div_euclid(self.window_ms) * self.window_ms
     }
 
     /// The watermark given the latest event time seen.

@@ -9,6 +9,8 @@
 #   payment-service     payment.events, payment-service.dlq  inventory.events, order.events  payment-service
 #   inventory-service   inventory.events, inventory-service.dlq  order.events              inventory-service
 #   shipping-service    shipping.events, shipping-service.dlq  payment.events, order.events  shipping-service
+#   query-service       query-service.dlq (owns no topic)  order.events, inventory.events,  query-service
+#                                                          payment.events, shipping.events
 #   kafka-ui            nothing                            every topic (and describes every group and the cluster)
 #
 # Each may also read its own dead-letter topic (`sagashop-dlq list`). Create is granted on a
@@ -51,6 +53,7 @@ grant_service order-service order-service order.events,order-service.dlq invento
 grant_service payment-service payment-service payment.events,payment-service.dlq inventory.events,order.events
 grant_service inventory-service inventory-service inventory.events,inventory-service.dlq order.events
 grant_service shipping-service shipping-service shipping.events,shipping-service.dlq payment.events,order.events
+grant_service query-service query-service query-service.dlq order.events,inventory.events,payment.events,shipping.events
 
 # The web UI sees everything and changes nothing.
 acl --allow-principal User:kafka-ui --operation Read --operation Describe --operation DescribeConfigs --topic '*'

@@ -9,6 +9,9 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
 
+    #[command(flatten)]
+    pub analytics: crate::analytics::AnalyticsConfig,
+
     /// HTTP port (0 picks a free one).
     #[arg(long, env = "HTTP_PORT", default_value_t = 8085)]
     pub http_port: u16,

@@ -4,9 +4,12 @@ use shared::events::Event;
 use shared::{Envelope, EventHandler, HandlerError};
 use sqlx::PgConnection;
 
+use crate::analytics::Analytics;
 use crate::views::{self, Table};
 
-pub struct QueryEventHandler;
+pub struct QueryEventHandler {
+    pub analytics: Analytics,
+}
 
 impl EventHandler for QueryEventHandler {
     type Input = Event;
@@ -20,12 +23,13 @@ impl EventHandler for QueryEventHandler {
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
-        _event: &Event,
+        event: &Event,
     ) -> Result<(), HandlerError> {
         // Shared with every other live transaction; a rebuild takes it exclusively for its
         // catch-up and swap (src/rebuild.rs).
         views::hold_live_lock(conn).await?;
         views::apply(conn, Table::Live, envelope).await?;
+        self.analytics.apply(conn, envelope, event).await?;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! databases. It owns no topic and publishes nothing. The views can be rebuilt from the topics
 //! alone ([`rebuild`]).
 
+pub mod analytics;
 mod config;
 mod handler;
 pub mod projection;

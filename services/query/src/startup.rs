@@ -8,6 +8,7 @@ use shared::service::{CancellationToken, Service};
 use shared::topology;
 use sqlx::PgPool;
 
+use crate::analytics::{self, Analytics};
 use crate::handler::QueryEventHandler;
 use crate::{routes, Config, SERVICE};
 
@@ -18,9 +19,14 @@ pub struct Application(Service);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let analytics = Analytics::new(&config.analytics);
+        let (served, folded) = (analytics.clone(), analytics.clone());
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
-            .routes(|infrastructure| router(infrastructure.pool.clone()))
-            .consumes(topology::QUERY.consumes, QueryEventHandler)
+            .routes(move |infrastructure| router_with(infrastructure.pool.clone(), served))
+            .consumes(topology::QUERY.consumes, QueryEventHandler { analytics })
+            .worker("analytics", move |infrastructure, shutdown| {
+                folded.run(infrastructure.pool.clone(), shutdown)
+            })
             .records_offsets()
             .build()
             .await
@@ -42,7 +48,11 @@ impl Application {
 
 /// The HTTP API alone, for tests that need no broker.
 pub fn router(pool: PgPool) -> Router {
-    routes::router(pool)
+    router_with(pool, Analytics::default())
+}
+
+fn router_with(pool: PgPool, analytics: Analytics) -> Router {
+    routes::router(pool.clone()).merge(analytics::router(pool, analytics))
 }
 
 /// Applies this service's migrations (for tests that build the router alone).

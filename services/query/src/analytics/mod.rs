@@ -63,13 +63,27 @@ pub struct Analytics {
     pub(crate) updates: broadcast::Sender<Arc<str>>,
 }
 
+impl Default for Analytics {
+    /// The default settings.
+    fn default() -> Self {
+        Self::with(WindowConfig::default(), Duration::from_millis(250))
+    }
+}
+
 impl Analytics {
-    pub fn new(config: &AnalyticsConfig) -> Self {
+    fn with(config: WindowConfig, tick: Duration) -> Self {
         Self {
-            config: config.windows(),
-            tick: Duration::from_millis(config.analytics_tick_ms),
+            config,
+            tick,
             updates: broadcast::channel(1_024).0,
         }
+    }
+
+    pub fn new(config: &AnalyticsConfig) -> Self {
+        Self::with(
+            config.windows(),
+            Duration::from_millis(config.analytics_tick_ms),
+        )
     }
 
     /// Applies `event` to the windows in the consumer's transaction (the one holding its inbox

@@ -101,7 +101,7 @@ impl Analytics {
             conn,
             &self.config,
             envelope.order_id,
-            envelope.occurred_at,
+            window::event_time(envelope.occurred_at),
             &observation,
         )
         .await?;

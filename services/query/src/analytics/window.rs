@@ -82,6 +82,12 @@ impl WindowConfig {
     }
 }
 
+/// An event's time as PostgreSQL stores it (whole microseconds, truncated as the services
+/// write it), so windows and durations agree with the write side's `order_timeline`.
+pub fn event_time(occurred_at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(occurred_at.timestamp_micros()).unwrap_or(occurred_at)
+}
+
 /// What analytics reads from one saga event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {

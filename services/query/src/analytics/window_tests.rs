@@ -169,6 +169,14 @@ fn windows_close_on_the_watermark_and_late_events_are_counted_not_lost() {
 }
 
 #[test]
+fn event_times_are_whole_microseconds_as_postgresql_stores_them() {
+    let at = Utc.timestamp_nanos(1_700_000_000_123_456_789);
+    assert_eq!(event_time(at), Utc.timestamp_nanos(1_700_000_000_123_456_000));
+    let before_epoch = Utc.timestamp_nanos(-1_500);
+    assert_eq!(event_time(before_epoch).timestamp_micros(), -2);
+}
+
+#[test]
 fn percentiles_are_exact_nearest_rank() {
     let mut window = WindowMetrics::default();
     assert_eq!(

@@ -5,9 +5,9 @@
 #
 #   docker build --build-arg SERVICE=order-service -t sagashop/order-service .
 #
-# (docker-compose.yml passes SERVICE=order-service, payment-service, inventory-service and
-# shipping-service.) The build stages do not depend on SERVICE: they compile all four binaries
-# once, so the four images share one cached build, and only the last stage differs.
+# (docker-compose.yml passes SERVICE=order-service, payment-service, inventory-service,
+# shipping-service and query-service.) The build stages do not depend on SERVICE: they compile
+# every binary once, so the images share one cached build, and only the last stage differs.
 #
 # Stages:
 #   chef     Rust toolchain + cargo-chef + what librdkafka's bundled C build needs
@@ -56,6 +56,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
         -p payment-service \
         -p inventory-service \
         -p shipping-service \
+        -p query-service \
         -p healthcheck \
         -p shared
 COPY . .
@@ -65,6 +66,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
         -p payment-service \
         -p inventory-service \
         -p shipping-service \
+        -p query-service \
         -p healthcheck \
         -p shared \
     && mkdir -p /out \
@@ -72,12 +74,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
           target/release/payment-service \
           target/release/inventory-service \
           target/release/shipping-service \
+          target/release/query-service \
           target/release/healthcheck \
           target/release/sagashop-dlq \
           /out/
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-# order-service | payment-service | inventory-service | shipping-service
+# order-service | payment-service | inventory-service | shipping-service | query-service
 ARG SERVICE
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The binaries link libc, libm, libgcc_s (all in the base image), libz (zlib1g) and libssl and
@@ -85,7 +88,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # drops. No curl: see `healthcheck`.
 # hadolint ignore=DL3008
 RUN if [ -z "${SERVICE}" ]; then \
-        echo "build with --build-arg SERVICE=<order-service|payment-service|inventory-service|shipping-service>" >&2; \
+        echo "build with --build-arg SERVICE=<order-service|payment-service|inventory-service|shipping-service|query-service>" >&2; \
         exit 1; \
     fi \
     && apt-get update \

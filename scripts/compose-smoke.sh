@@ -12,8 +12,8 @@
 #                                                                   # already listening (e.g. cargo xtask up)
 # Other settings: COMPOSE_PROJECT_NAME (default sagashop-smoke), SMOKE_WAIT_TIMEOUT (seconds for
 # the stack to become healthy once built, default 300), SMOKE_SAGA_TIMEOUT (seconds for each saga
-# to settle, default 60), ORDER_URL PAYMENT_URL INVENTORY_URL SHIPPING_URL (default
-# http://127.0.0.1:8081 ... :8084). Needs bash, curl, and docker with the compose plugin (v2.20+).
+# to settle, default 60), ORDER_URL PAYMENT_URL INVENTORY_URL SHIPPING_URL QUERY_URL (default
+# http://127.0.0.1:8081 ... :8085). Needs bash, curl, and docker with the compose plugin (v2.20+).
 # The secrets come from .env when there is one, else from .env.example (its demo passwords).
 set -euo pipefail
 
@@ -23,6 +23,7 @@ ORDER_URL="${ORDER_URL:-http://127.0.0.1:8081}"
 PAYMENT_URL="${PAYMENT_URL:-http://127.0.0.1:8082}"
 INVENTORY_URL="${INVENTORY_URL:-http://127.0.0.1:8083}"
 SHIPPING_URL="${SHIPPING_URL:-http://127.0.0.1:8084}"
+QUERY_URL="${QUERY_URL:-http://127.0.0.1:8085}"
 KAFKA_UI_URL="${KAFKA_UI_URL:-http://127.0.0.1:8080}"
 SAGA_TIMEOUT="${SMOKE_SAGA_TIMEOUT:-60}"
 WAIT_TIMEOUT="${SMOKE_WAIT_TIMEOUT:-300}"
@@ -145,7 +146,8 @@ if [ "$use_compose" = true ]; then
     say "topics (kafka-init)"
     topics="$("${compose[@]}" exec -T kafka /opt/kafka/bin/kafka-topics.sh --bootstrap-server localhost:9092 "${kafka_admin[@]}" --list)"
     for topic in order.events inventory.events payment.events shipping.events \
-        order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq; do
+        order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq \
+        query-service.dlq; do
         grep -qx "$topic" <<< "$topics" || die "topic $topic is missing"
     done
     info "all topics exist"
@@ -155,7 +157,7 @@ if [ "$use_compose" = true ]; then
     info "Kafka UI answers at $KAFKA_UI_URL"
 fi
 
-for url in "$ORDER_URL" "$PAYMENT_URL" "$INVENTORY_URL" "$SHIPPING_URL"; do
+for url in "$ORDER_URL" "$PAYMENT_URL" "$INVENTORY_URL" "$SHIPPING_URL" "$QUERY_URL"; do
     request GET "$url/health/ready"
     expect_status 200 "$url/health/ready"
 done

@@ -32,7 +32,7 @@ if [ -n "${ADMIN_CONFIG:-}" ]; then
 fi
 
 event_topics=(order.events inventory.events payment.events shipping.events)
-dlq_topics=(order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq)
+dlq_topics=(order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq query-service.dlq)
 state_topics=(inventory.products)
 
 # The broker is healthy before this job starts, but give it a little slack anyway.

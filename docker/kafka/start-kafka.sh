@@ -14,6 +14,7 @@
 #   payment-service     PAYMENT_KAFKA_PASSWORD      "
 #   inventory-service   INVENTORY_KAFKA_PASSWORD    "
 #   shipping-service    SHIPPING_KAFKA_PASSWORD     "
+#   query-service       QUERY_KAFKA_PASSWORD      read every event topic, write its dead letters
 #   kafka-ui            KAFKA_UI_KAFKA_PASSWORD   describe and read everything (the web UI)
 set -euo pipefail
 
@@ -49,6 +50,7 @@ PROPERTIES
     --add-scram "$(scram payment-service "${PAYMENT_KAFKA_PASSWORD:?}")" \
     --add-scram "$(scram inventory-service "${INVENTORY_KAFKA_PASSWORD:?}")" \
     --add-scram "$(scram shipping-service "${SHIPPING_KAFKA_PASSWORD:?}")" \
+    --add-scram "$(scram query-service "${QUERY_KAFKA_PASSWORD:?}")" \
     --add-scram "$(scram kafka-ui "${KAFKA_UI_KAFKA_PASSWORD:?}")"
 
 exec "$kafka_bin/kafka-server-start.sh" "$config"

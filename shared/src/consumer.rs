@@ -174,6 +174,9 @@ pub(crate) struct ConsumerLoop<H> {
     pub progress: Progress,
     /// Messages handed back to the broker while they fail transiently, by (topic, partition).
     pub deferred: Mutex<HashMap<(String, i32), Deferral>>,
+    /// Upsert `consumer_offsets` in each transaction that applies messages
+    /// (`ServiceBuilder::records_offsets`).
+    pub records_offsets: bool,
 }
 
 /// A message handed back to the broker: when it comes again it is not tried before
@@ -401,7 +404,15 @@ impl<H: EventHandler> ConsumerLoop<H> {
             .map_err(|error| stopped(&error))?;
             outcomes.push(outcome);
         }
-        if let Some(tx) = tx {
+        if let Some(mut tx) = tx {
+            if let Some(last) = messages.last().filter(|_| self.records_offsets) {
+                record_offset(&mut tx, &Origin::of(last))
+                    .await
+                    .map_err(|error| {
+                        tracing::debug!(%error, "recording the offset failed");
+                        0usize
+                    })?;
+            }
             // A failed commit: the first message takes the one-message path, which retries.
             tx.commit().await.map_err(|error| {
                 tracing::debug!(%error, "batch commit failed");
@@ -659,6 +670,9 @@ impl<H: EventHandler> ConsumerLoop<H> {
             return Ok("duplicate");
         }
         self.handler.handle(&mut tx, envelope, input).await?;
+        if self.records_offsets {
+            record_offset(&mut tx, origin).await?;
+        }
         tx.commit().await?;
         self.outbox.committed();
         tracing::debug!("event applied");
@@ -878,6 +892,23 @@ impl<H: EventHandler> ConsumerLoop<H> {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Records that the consumer reads `origin`'s partition from the offset after it on (never
+/// moving back: a message sought back and applied again leaves it where it is).
+async fn record_offset(conn: &mut PgConnection, origin: &Origin) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into consumer_offsets (topic, kafka_partition, next_offset) values ($1, $2, $3)
+         on conflict (topic, kafka_partition) do update
+         set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset),
+             updated_at = now()",
+    )
+    .bind(&origin.topic)
+    .bind(origin.partition)
+    .bind(origin.offset + 1)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Room left for a record's framing and header lengths when fitting a dead letter.

@@ -93,7 +93,9 @@ impl Infrastructure {
         // A declared service creates only the topics it uses: under ACLs it may create no other
         // (docker/kafka/set-acls.sh).
         let used: Vec<Topic> = match topology::by_name(service) {
-            Some(declared) => std::iter::once(declared.owns)
+            Some(declared) => declared
+                .owns
+                .into_iter()
                 .chain(declared.consumes.iter().copied())
                 .collect(),
             None => Topic::ALL.to_vec(),
@@ -140,7 +142,8 @@ impl Infrastructure {
 
 type BuildRoutes = Box<dyn FnOnce(&Infrastructure) -> Router + Send>;
 type BuildConsumer = Box<
-    dyn FnOnce(&Infrastructure, &CommonConfig, CancellationToken) -> anyhow::Result<Task> + Send,
+    dyn FnOnce(&Infrastructure, &CommonConfig, CancellationToken, bool) -> anyhow::Result<Task>
+        + Send,
 >;
 type BuildWorker = Box<dyn FnOnce(&Infrastructure, CancellationToken) -> Task + Send>;
 /// A background task, not started yet; it returns once its token is cancelled.
@@ -157,6 +160,8 @@ pub struct ServiceBuilder {
     workers: Vec<(&'static str, BuildWorker)>,
     /// The service's own retention rules, pruned beside the outbox's and the inbox's.
     retention_rules: Vec<Rule>,
+    /// Whether the consumer records its offsets in `consumer_offsets`.
+    records_offsets: bool,
 }
 
 impl ServiceBuilder {
@@ -179,10 +184,20 @@ impl ServiceBuilder {
     pub fn consumes<H: EventHandler>(mut self, topics: &[Topic], handler: H) -> Self {
         let topics = topics.to_vec();
         let service = self.service;
-        self.consumer = Some(Box::new(move |infrastructure, config, shutdown| {
-            let consumer = consumer_loop(infrastructure, config, service, &topics, handler)?;
+        self.consumer = Some(Box::new(move |infrastructure, config, shutdown, records| {
+            let mut consumer = consumer_loop(infrastructure, config, service, &topics, handler)?;
+            consumer.records_offsets = records;
             Ok(Box::pin(consumer.run(shutdown)))
         }));
+        self
+    }
+
+    /// Makes the consumer upsert `consumer_offsets (topic, kafka_partition, next_offset,
+    /// updated_at)` (a table the service creates) in the transaction that applies each batch,
+    /// so the service's state says which offsets it reflects (a read model reports them and
+    /// rebuilds up to them). Off by default: it costs a write per batch.
+    pub fn records_offsets(mut self) -> Self {
+        self.records_offsets = true;
         self
     }
 
@@ -212,6 +227,7 @@ impl ServiceBuilder {
             consumer,
             workers,
             retention_rules,
+            records_offsets,
         } = self;
         let infrastructure = Infrastructure::start(service, &config, migrator).await?;
         let address = format!("{}:{}", config.http_host, http_port);
@@ -232,7 +248,7 @@ impl ServiceBuilder {
         if let Some(consumer) = consumer {
             tasks.push((
                 EVENT_CONSUMER,
-                consumer(&infrastructure, &config, shutdown.clone())?,
+                consumer(&infrastructure, &config, shutdown.clone(), records_offsets)?,
             ));
         }
         for (name, worker) in workers {
@@ -319,6 +335,7 @@ fn consumer_loop<H: EventHandler>(
             concurrency: config.consumer_concurrency.max(1),
         },
         deferred: Default::default(),
+        records_offsets: false,
     })
 }
 
@@ -352,6 +369,7 @@ impl Service {
             consumer: None,
             workers: Vec::new(),
             retention_rules: Vec::new(),
+            records_offsets: false,
         }
     }
 

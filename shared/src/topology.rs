@@ -13,8 +13,9 @@ pub struct Service {
     pub package: &'static str,
     /// Default `HTTP_PORT`.
     pub http_port: u16,
-    /// The topic it owns: the only one it publishes to.
-    pub owns: Topic,
+    /// The topic it owns: the only one it publishes to. `None`: it publishes nothing (a read
+    /// side such as `query`, which only consumes).
+    pub owns: Option<Topic>,
     /// The topics its consumer subscribes to.
     pub consumes: &'static [Topic],
     /// Its database in the compose stack and under `cargo xtask up`.
@@ -70,7 +71,7 @@ pub const ORDER: Service = Service {
     name: "order",
     package: "order-service",
     http_port: 8081,
-    owns: Topic::Order,
+    owns: Some(Topic::Order),
     consumes: &[Topic::Inventory, Topic::Payment, Topic::Shipping],
     database: "sagashop_order",
     group_id: "order-service",
@@ -82,7 +83,7 @@ pub const PAYMENT: Service = Service {
     name: "payment",
     package: "payment-service",
     http_port: 8082,
-    owns: Topic::Payment,
+    owns: Some(Topic::Payment),
     consumes: &[Topic::Inventory, Topic::Order],
     database: "sagashop_payment",
     group_id: "payment-service",
@@ -94,7 +95,7 @@ pub const INVENTORY: Service = Service {
     name: "inventory",
     package: "inventory-service",
     http_port: 8083,
-    owns: Topic::Inventory,
+    owns: Some(Topic::Inventory),
     consumes: &[Topic::Order],
     database: "sagashop_inventory",
     group_id: "inventory-service",
@@ -106,7 +107,7 @@ pub const SHIPPING: Service = Service {
     name: "shipping",
     package: "shipping-service",
     http_port: 8084,
-    owns: Topic::Shipping,
+    owns: Some(Topic::Shipping),
     consumes: &[Topic::Payment, Topic::Order],
     database: "sagashop_shipping",
     group_id: "shipping-service",
@@ -114,8 +115,21 @@ pub const SHIPPING: Service = Service {
     replicates: &[],
 };
 
+/// The read side (CQRS): denormalized views built from every event topic; publishes nothing.
+pub const QUERY: Service = Service {
+    name: "query",
+    package: "query-service",
+    http_port: 8085,
+    owns: None,
+    consumes: &Topic::ALL,
+    database: "sagashop_query",
+    group_id: "query-service",
+    publishes_state: &[],
+    replicates: &[StateTopic::Products],
+};
+
 /// Every service, in the order tools list and start them.
-pub const SERVICES: &[Service] = &[ORDER, PAYMENT, INVENTORY, SHIPPING];
+pub const SERVICES: &[Service] = &[ORDER, PAYMENT, INVENTORY, SHIPPING, QUERY];
 
 /// The service called `name` (`order`, ...).
 pub fn by_name(name: &str) -> Option<&'static Service> {
@@ -131,7 +145,7 @@ pub fn by_package(package: &str) -> Option<&'static Service> {
 pub fn owner_of(topic: Topic) -> &'static Service {
     SERVICES
         .iter()
-        .find(|service| service.owns == topic)
+        .find(|service| service.owns == Some(topic))
         .expect("every topic has an owner (tested)")
 }
 
@@ -193,10 +207,22 @@ mod tests {
         for topic in Topic::ALL {
             let owners: Vec<&str> = SERVICES
                 .iter()
-                .filter(|s| s.owns == topic)
+                .filter(|s| s.owns == Some(topic))
                 .map(|s| s.name)
                 .collect();
             assert_eq!(owners.len(), 1, "{topic:?} is owned by {owners:?}");
+        }
+    }
+
+    /// A service that publishes nothing is there to read: it consumes at least one topic.
+    #[test]
+    fn a_service_that_owns_no_topic_reads_some() {
+        for service in SERVICES.iter().filter(|s| s.owns.is_none()) {
+            assert!(!service.consumes.is_empty(), "{} neither publishes nor reads", service.name);
+        }
+        assert!(QUERY.owns.is_none());
+        for topic in Topic::ALL {
+            assert!(QUERY.reads(topic), "query reads {topic:?}");
         }
     }
 
@@ -210,7 +236,7 @@ mod tests {
         }
         for topic in Topic::ALL {
             assert!(
-                consumers_of(topic).any(|s| s.owns != topic),
+                consumers_of(topic).any(|s| s.owns != Some(topic)),
                 "nobody but its owner reads {topic:?}"
             );
         }
@@ -269,12 +295,14 @@ mod tests {
         for service in SERVICES {
             assert_eq!(by_name(service.name), Some(service));
             assert_eq!(by_package(service.package), Some(service));
-            assert_eq!(owner_of(service.owns), service);
+            if let Some(topic) = service.owns {
+                assert_eq!(owner_of(topic), service);
+            }
         }
         assert_eq!(by_name("order-service"), None);
         assert_eq!(by_package("order"), None);
         let readers: Vec<&str> = consumers_of(Topic::Order).map(|s| s.name).collect();
-        assert_eq!(readers, ["payment", "inventory", "shipping"]);
+        assert_eq!(readers, ["payment", "inventory", "shipping", "query"]);
         assert_eq!(ORDER.dead_letter_topic("e2e."), "e2e.order-service.dlq");
     }
 }

@@ -1,4 +1,4 @@
-//! The end-to-end harness: starts the four services once per test process, against the real
+//! The end-to-end harness: starts the services of the topology once per test process, against the real
 //! broker at `KAFKA_BROKERS` and fresh, uniquely named databases on the PostgreSQL server at
 //! `DATABASE_URL` (both set by `cargo xtask test`), with a unique topic prefix and consumer
 //! groups so runs never share state. Tests talk to the services over HTTP like a user would.
@@ -16,7 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use shared::topics::Topic;
-use shared::topology::{self, Service, INVENTORY, ORDER, PAYMENT, SHIPPING};
+use shared::topology::{self, Service, INVENTORY, ORDER, PAYMENT, QUERY, SHIPPING};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -26,6 +26,8 @@ pub struct System {
     pub payment_url: String,
     pub inventory_url: String,
     pub shipping_url: String,
+    /// The query service (read views built from every topic).
+    pub query_url: String,
     pub brokers: String,
     pub topic_prefix: String,
     pub database_urls: Databases,
@@ -37,6 +39,7 @@ pub struct Databases {
     pub payment: String,
     pub inventory: String,
     pub shipping: String,
+    pub query: String,
 }
 
 /// Countries the test system's shipping service serves (`AQ` is not one of them).
@@ -134,6 +137,7 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
         payment: fresh_database(&admin_url, &PAYMENT).await?,
         inventory: fresh_database(&admin_url, &INVENTORY).await?,
         shipping: fresh_database(&admin_url, &SHIPPING).await?,
+        query: fresh_database(&admin_url, &QUERY).await?,
     };
     let args = |service: &Service, database_url: &str| -> Vec<String> {
         [
@@ -156,7 +160,7 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
         .chain(
             settings
                 .hold_timeout_ms
-                .filter(|_| service.name != ORDER.name)
+                .filter(|_| service.name != ORDER.name && service.name != QUERY.name)
                 .map(|ms| ["--hold-timeout-ms".to_owned(), ms.to_string()])
                 .into_iter()
                 .flatten(),
@@ -185,12 +189,18 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
         shipping_args,
     )?)
     .await?;
+    let query = query_service::Application::build(query_service::Config::try_parse_from(args(
+        &QUERY,
+        &database_urls.query,
+    ))?)
+    .await?;
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let system = System {
         order_url: url(order.port()),
         payment_url: url(payment.port()),
         inventory_url: url(inventory.port()),
         shipping_url: url(shipping.port()),
+        query_url: url(query.port()),
         brokers,
         topic_prefix,
         database_urls,
@@ -200,6 +210,7 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
         tokio::spawn(payment.run_until_stopped()),
         tokio::spawn(inventory.run_until_stopped()),
         tokio::spawn(shipping.run_until_stopped()),
+        tokio::spawn(query.run_until_stopped()),
     ];
     Ok((system, running))
 }
@@ -539,6 +550,7 @@ impl Backdoor {
             &databases.payment,
             &databases.inventory,
             &databases.shipping,
+            &databases.query,
         ] {
             pools.push(self.database(url).await);
         }

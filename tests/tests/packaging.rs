@@ -42,6 +42,7 @@ fn services() -> Vec<Service> {
                 "payment-service" => payment_service::Config::command(),
                 "inventory-service" => inventory_service::Config::command(),
                 "shipping-service" => shipping_service::Config::command(),
+                "query-service" => query_service::Config::command(),
                 other => panic!("tests/tests/packaging.rs has no Config command for {other}"),
             },
         })

@@ -12,7 +12,7 @@ use std::path::Path;
 use clap::CommandFactory;
 use serde_norway::Value;
 use shared::topics::Topic;
-use shared::topology::{Service, INVENTORY, ORDER, PAYMENT, SERVICES, SHIPPING};
+use shared::topology::{Service, INVENTORY, ORDER, PAYMENT, QUERY, SERVICES, SHIPPING};
 
 /// What one file lacks for one service.
 #[derive(Debug)]
@@ -272,19 +272,16 @@ fn kafka_users(text: &str, service: &Service) -> Vec<String> {
 /// The ACLs let the service write its own topic and dead-letter topic, and read what it
 /// consumes in its group: exactly the topology's lists.
 fn kafka_acls(text: &str, service: &Service) -> Vec<String> {
-    let writes: Vec<String> = [
-        service.owns.base_name().to_owned(),
-        service.dead_letter_topic(""),
-    ]
-    .into_iter()
-    .chain(
-        service
-            .publishes_state
-            .iter()
-            .map(|topic| topic.base_name().to_owned()),
-    )
-    .collect();
-    let writes = writes.join(",");
+    let writes = owned_topics(service)
+        .into_iter()
+        .chain(
+            service
+                .publishes_state
+                .iter()
+                .map(|topic| topic.base_name().to_owned()),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
     let reads: Vec<&str> = service
         .consumes
         .iter()
@@ -310,17 +307,15 @@ fn kafka_acls(text: &str, service: &Service) -> Vec<String> {
 
 fn create_topics(text: &str, service: &Service) -> Vec<String> {
     let mut needs = Vec::new();
+    let event_topic = service
+        .owns
+        .map(|topic| ("event_topics=(", topic.base_name().to_owned()));
+    let dead_letters = ("dlq_topics=(", service.dead_letter_topic(""));
     let states = service
         .publishes_state
         .iter()
         .map(|topic| ("state_topics=(", topic.base_name().to_owned()));
-    for (array, topic) in [
-        ("event_topics=(", service.owns.base_name().to_owned()),
-        ("dlq_topics=(", service.dead_letter_topic("")),
-    ]
-    .into_iter()
-    .chain(states)
-    {
+    for (array, topic) in event_topic.into_iter().chain([dead_letters]).chain(states) {
         let listed = text
             .lines()
             .find_map(|line| line.trim().strip_prefix(array))
@@ -510,10 +505,7 @@ fn smoke_script(text: &str, service: &Service) -> Vec<String> {
         ));
     }
     let topics = words_of("for topic in ");
-    for topic in [
-        service.owns.base_name().to_owned(),
-        service.dead_letter_topic(""),
-    ] {
+    for topic in owned_topics(service) {
         if !topics.contains(&topic) {
             needs.push(format!("{topic} in `for topic in ...`"));
         }
@@ -537,12 +529,14 @@ fn readme(text: &str, service: &Service) -> Vec<String> {
             "{database} among the databases `cargo xtask up` creates"
         ));
     }
-    let topic = format!("`{}`", service.owns.base_name());
+    let topic = service
+        .owns
+        .map(|topic| format!("`{}`", topic.base_name()));
     let owner_row = text.lines().any(|line| {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        cells.len() > 2 && cells[1] == topic && cells[2] == service.name
+        cells.len() > 2 && topic.as_deref() == Some(cells[1]) && cells[2] == service.name
     });
-    if !owner_row {
+    if let Some(topic) = topic.filter(|_| !owner_row) {
         needs.push(format!(
             "a topic table row `| {topic} | {} |`",
             service.name
@@ -575,15 +569,22 @@ fn docker_docs(text: &str, service: &Service) -> Vec<String> {
     if !rows.iter().any(|row| row.starts_with(&database_row)) {
         needs.push(format!("the Databases row `{database_row} ...`"));
     }
-    for topic in [
-        service.owns.base_name().to_owned(),
-        service.dead_letter_topic(""),
-    ] {
+    for topic in owned_topics(service) {
         if !rows.iter().any(|row| row.contains(&format!("`{topic}`"))) {
             needs.push(format!("`{topic}` in the Topics table"));
         }
     }
     needs
+}
+
+/// The topics a service writes: the one it owns (if any) and its dead-letter topic.
+fn owned_topics(service: &Service) -> Vec<String> {
+    service
+        .owns
+        .map(|topic| topic.base_name().to_owned())
+        .into_iter()
+        .chain([service.dead_letter_topic("")])
+        .collect()
 }
 
 /// The quoted strings of the list that starts on the line beginning with `start`.
@@ -699,7 +700,7 @@ fn a_service_no_file_knows_is_missed_by_every_file() {
         name: "loyalty",
         package: "loyalty-service",
         http_port: 8089,
-        owns: Topic::Order,
+        owns: Some(Topic::Order),
         consumes: &[Topic::Order],
         database: "sagashop_loyalty",
         group_id: "loyalty-service",
@@ -871,11 +872,11 @@ fn a_service_missing_from_a_dashboard_selector_or_the_readme_is_named() {
         misses_with(
             "docker/grafana/dashboards/sagashop.json",
             Some(real("docker/grafana/dashboards/sagashop.json").replace(
-                "job=~\\\"order|payment|inventory|shipping\\\"}[1h]",
-                "job=~\\\"order|payment|inventory\\\"}[1h]"
+                "job=~\\\"order|payment|inventory|shipping|query\\\"}[1h]",
+                "job=~\\\"order|payment|inventory|query\\\"}[1h]"
             ))
         ),
-        ["docker/grafana/dashboards/sagashop.json: shipping needs `shipping` in job=~\"order|payment|inventory\""]
+        ["docker/grafana/dashboards/sagashop.json: shipping needs `shipping` in job=~\"order|payment|inventory|query\""]
     );
     assert_eq!(
         misses_with(
@@ -911,6 +912,11 @@ fn the_service_crates_agree_with_the_topology() {
             &SHIPPING,
             shipping_service::SERVICE,
             shipping_service::Config::command(),
+        ),
+        (
+            &QUERY,
+            query_service::SERVICE,
+            query_service::Config::command(),
         ),
     ];
     let names: Vec<&str> = crates.iter().map(|(service, ..)| service.name).collect();

@@ -9,6 +9,7 @@
 #   sagashop_payment    payment_owner     payment_service    PAYMENT_DB_OWNER_PASSWORD, PAYMENT_DB_PASSWORD
 #   sagashop_inventory  inventory_owner   inventory_service  INVENTORY_DB_OWNER_PASSWORD, INVENTORY_DB_PASSWORD
 #   sagashop_shipping   shipping_owner    shipping_service   SHIPPING_DB_OWNER_PASSWORD, SHIPPING_DB_PASSWORD
+#   sagashop_query      query_owner       query_service      QUERY_DB_OWNER_PASSWORD, QUERY_DB_PASSWORD
 #
 # CONNECT is revoked from PUBLIC on every database, so no role reaches another service's data.
 set -eo pipefail
@@ -32,6 +33,8 @@ create_service_database sagashop_inventory inventory_owner "${INVENTORY_DB_OWNER
     inventory_service "${INVENTORY_DB_PASSWORD:?}"
 create_service_database sagashop_shipping shipping_owner "${SHIPPING_DB_OWNER_PASSWORD:?}" \
     shipping_service "${SHIPPING_DB_PASSWORD:?}"
+create_service_database sagashop_query query_owner "${QUERY_DB_OWNER_PASSWORD:?}" \
+    query_service "${QUERY_DB_PASSWORD:?}"
 
 # Nor may the service roles open the maintenance databases.
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres <<'SQL'

@@ -195,6 +195,7 @@ impl Bed {
             },
             progress: Progress::default(),
             deferred: Default::default(),
+            records_offsets: false,
         }
     }
 

@@ -15,6 +15,7 @@ impl Svc {
     pub const PAYMENT: Svc = Svc(&topology::PAYMENT);
     pub const INVENTORY: Svc = Svc(&topology::INVENTORY);
     pub const SHIPPING: Svc = Svc(&topology::SHIPPING);
+    pub const QUERY: Svc = Svc(&topology::QUERY);
 
     /// Every service, in the topology's order.
     pub fn all() -> impl Iterator<Item = Svc> {
@@ -84,10 +85,11 @@ impl Ord for Svc {
     }
 }
 
-/// The saga topics (base names): the one each service owns.
+/// The saga topics (base names): the one each service owns (a read side owns none).
 pub fn saga_topics() -> Vec<&'static str> {
     topology::SERVICES
         .iter()
-        .map(|service| service.owns.base_name())
+        .filter_map(|service| service.owns)
+        .map(|topic| topic.base_name())
         .collect()
 }

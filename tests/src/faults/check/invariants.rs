@@ -59,7 +59,7 @@ impl Found {
     }
 
     /// Every invariant's violations, in the order they are reported.
-    pub(super) fn into_all(self) -> [Violations; 15] {
+    pub(super) fn into_all(self) -> [Violations; 16] {
         [
             self.lost,
             self.stuck,

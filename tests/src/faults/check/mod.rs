@@ -35,6 +35,8 @@
 //!   `no_orphan_record`: no active payment, shipment or reservation of an order the order
 //!   service does not know.
 //! - `outbox_drained` (`outbox`), `no_consumer_lag` (`lag`).
+//! - `windows_match_orders`: the query service's analytics windows equal a recomputation from
+//!   the order database ([`windows`]).
 //!
 //! And around the snapshot: `no_order_given_up` (`gave_up`), `no_client_anomaly`,
 //! `quiet_in_time`, `no_unexpected_exit` (no service process exited on its own), and
@@ -45,6 +47,7 @@ pub mod rewind;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+pub mod windows;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::{Display, Write as _};
@@ -438,6 +441,8 @@ async fn check(
             orders
         })
         .collect();
+    let (orders, cells, window_ms) = windows::take(system).await?;
+    report.record(windows::windows_match_orders(&orders, &cells, window_ms));
     // Context for the offending orders: every service's record and the timeline.
     for order_id in offending.iter().take(8) {
         report

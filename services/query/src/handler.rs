@@ -1,0 +1,35 @@
+//! Applies every event of every topic to the views, in the consumer's transaction.
+
+use shared::events::Event;
+use shared::{Envelope, EventHandler, HandlerError};
+use sqlx::PgConnection;
+
+use crate::analytics::Analytics;
+use crate::views::{self, Table};
+
+pub struct QueryEventHandler {
+    pub analytics: Analytics,
+}
+
+impl EventHandler for QueryEventHandler {
+    type Input = Event;
+
+    /// Every event is part of some view: none is ignored.
+    fn select(&self, event: Event) -> Option<Event> {
+        Some(event)
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        event: &Event,
+    ) -> Result<(), HandlerError> {
+        // Shared with every other live transaction; a rebuild takes it exclusively for its
+        // catch-up and swap (src/rebuild.rs).
+        views::hold_live_lock(conn).await?;
+        views::apply(conn, Table::Live, envelope).await?;
+        self.analytics.apply(conn, envelope, event).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! Wiring: the query service's migrations, read API and event handler, run by
+//! `shared::service::Service` (which documents start-up, readiness and shutdown). The consumer
+//! records its offsets with the views it applies (`records_offsets`), which every response
+//! reports and a rebuild catches up to.
+
+use axum::Router;
+use shared::service::{CancellationToken, Service};
+use shared::topology;
+use sqlx::PgPool;
+
+use crate::analytics::{self, Analytics};
+use crate::handler::QueryEventHandler;
+use crate::{routes, Config, SERVICE};
+
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The query service, built and bound to its port.
+pub struct Application(Service);
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let analytics = Analytics::new(&config.analytics);
+        let (served, folded) = (analytics.clone(), analytics.clone());
+        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+            .routes(move |infrastructure| router_with(infrastructure.pool.clone(), served))
+            .consumes(topology::QUERY.consumes, QueryEventHandler { analytics })
+            .worker("analytics", move |infrastructure, shutdown| {
+                folded.run(infrastructure.pool.clone(), shutdown)
+            })
+            .records_offsets()
+            .build()
+            .await
+            .map(Self)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.0.shutdown_token()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.0.run_until_stopped().await
+    }
+}
+
+/// The HTTP API alone, for tests that need no broker.
+pub fn router(pool: PgPool) -> Router {
+    router_with(pool, Analytics::default())
+}
+
+fn router_with(pool: PgPool, analytics: Analytics) -> Router {
+    routes::router(pool.clone()).merge(analytics::router(pool, analytics))
+}
+
+/// Applies this service's migrations (for tests that build the router alone).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    shared::db::prepare(pool, &MIGRATOR).await
+}

@@ -1,0 +1,180 @@
+//! Real-time analytics end to end: orders placed through the order service show up in the
+//! query service's windows (`GET /analytics/windows`) and on its live stream
+//! (`GET /analytics/stream`), and once quiet the windows equal a recomputation from the order
+//! database.
+
+use std::time::Duration;
+
+use e2e::faults::check::windows::{mismatches, read};
+use e2e::{eventually, unique, Api, Backdoor, SAGA_TIMEOUT};
+use serde_json::Value;
+
+/// Sums `field[key]` over every window of the last hour.
+async fn units_of(api: &Api, sku: &str) -> i64 {
+    let (status, body) = api
+        .get(format!("{}/analytics/windows", api.system.query_url))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .filter_map(|window| window["units_by_sku"][sku].as_i64())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_windows_count_orders_and_agree_with_the_order_database() {
+    let api = Api::new();
+    let (sku, customer, stranger) = (unique("sku"), unique("customer"), unique("stranger"));
+    api.create_product(&sku, 700, 10).await;
+    api.open_account(&customer, 10_000).await;
+    let confirmed = api.place_order(&customer, &[(&sku, 3)], "FR").await;
+    // No account: declined, hence cancelled.
+    let declined = api.place_order(&stranger, &[(&sku, 1)], "FR").await;
+    assert_eq!(api.wait_terminal(confirmed).await["status"], "CONFIRMED");
+    let declined = api.wait_terminal(declined).await;
+    assert_eq!(declined["status"], "CANCELLED");
+    assert_eq!(declined["cancellation_reason"], "payment_declined");
+
+    eventually("the confirmed units in the windows", SAGA_TIMEOUT, || async {
+        (units_of(&api, &sku).await == 3).then_some(())
+    })
+    .await;
+    let (status, body) = api
+        .get(format!("{}/analytics/windows", api.system.query_url))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["window_ms"], 60_000);
+    assert!(body["watermark"].is_string(), "{body}");
+    let windows = body["windows"].as_array().expect("windows");
+    let sum = |f: &dyn Fn(&Value) -> i64| windows.iter().map(f).sum::<i64>();
+    assert!(sum(&|w| w["orders_placed"].as_i64().unwrap_or(0)) >= 2);
+    assert!(sum(&|w| w["orders_confirmed"].as_i64().unwrap_or(0)) >= 1);
+    assert!(sum(&|w| w["orders_cancelled"]["payment_declined"].as_i64().unwrap_or(0)) >= 1);
+    assert!(sum(&|w| w["revenue_cents"].as_i64().unwrap_or(0)) >= 2_100);
+    assert!(sum(&|w| w["saga_duration_ms"]["count"].as_i64().unwrap_or(0)) >= 2);
+    for window in windows {
+        assert!(["open", "closed"].contains(&window["state"].as_str().unwrap_or("")));
+        assert!(window["saga_duration_ms"]["p95_ms"].as_i64() >= window["saga_duration_ms"]["p50_ms"].as_i64());
+    }
+
+    // Once quiet, every window equals the recomputation from the order database.
+    let backdoor = Backdoor::new();
+    backdoor.wait_quiet().await;
+    let databases = &api.system.database_urls;
+    let (order_db, query_db) = (
+        backdoor.database(&databases.order).await,
+        backdoor.database(&databases.query).await,
+    );
+    let (orders, cells) = read(&order_db, &query_db).await.expect("reading both databases");
+    assert!(orders.len() >= 2);
+    let problems = mismatches(&orders, &cells, 60_000);
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[tokio::test]
+async fn bad_window_queries_are_answered_400_in_json() {
+    let api = Api::new();
+    let url = |query: &str| format!("{}/analytics/windows?{query}", api.system.query_url);
+    for query in [
+        "from=yesterday",
+        "to=2026-13-01T00:00:00Z",
+        "from=2026-12-06T12:00:00Z&to=2026-12-06T12:00:00Z",
+        "from=2026-12-06T13:00:00Z&to=2026-12-06T12:00:00Z",
+        "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z",
+        "from=1900-01-01T00:00:00Z&to=1900-01-01T01:00:00Z",
+        "since=2026-12-06T12:00:00Z",
+    ] {
+        let (status, body) = api.get(url(query)).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"]["code"].is_string(), "{query}: {body}");
+        assert!(body["error"]["message"].is_string(), "{query}: {body}");
+    }
+    let (status, body) = api
+        .get(url("from=2026-12-06T10:00:00Z&to=2026-12-06T11:00:00%2B01:00"))
+        .await;
+    assert_eq!(status, 400, "an offset that makes to = from: {body}");
+    let (status, body) = api
+        .get(url("from=2020-01-01T00:00:00Z&to=2020-01-01T01:00:00Z"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["windows"], serde_json::json!([]));
+}
+
+/// One server-sent event: (event name, data).
+type SseEvent = (String, String);
+
+/// Reads the next complete event off the stream (skipping keep-alive comments).
+async fn next_event(response: &mut reqwest::Response, buffer: &mut String) -> SseEvent {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut name, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    name = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                }
+            }
+            if !name.is_empty() || !data.is_empty() {
+                return (name, data);
+            }
+            continue;
+        }
+        let chunk = response
+            .chunk()
+            .await
+            .expect("reading the stream")
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn the_stream_sends_a_snapshot_then_the_window_updates_of_a_new_order() {
+    let api = Api::new();
+    let mut response = api
+        .http
+        .get(format!("{}/analytics/stream", api.system.query_url))
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut buffer = String::new();
+    let (name, data) = next_event(&mut response, &mut buffer).await;
+    assert_eq!(name, "snapshot");
+    let snapshot: Value = serde_json::from_str(&data).expect("a JSON snapshot");
+    assert!(snapshot["windows"].is_array(), "{snapshot}");
+
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 400, 10).await;
+    api.open_account(&customer, 10_000).await;
+    let order_id = api.place_order(&customer, &[(&sku, 2)], "DE").await;
+    let mut placed_seen = false;
+    let streamed = tokio::time::timeout(SAGA_TIMEOUT, async {
+        loop {
+            let (name, data) = next_event(&mut response, &mut buffer).await;
+            assert_eq!(name, "window", "{data}");
+            let window: Value = serde_json::from_str(&data).expect("a JSON window");
+            placed_seen |= window["orders_placed"].as_i64().unwrap_or(0) >= 1;
+            if window["units_by_sku"][&sku] == 2 {
+                return window;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no window update with {sku} within {SAGA_TIMEOUT:?}"));
+    assert!(placed_seen || streamed["orders_placed"].as_i64().unwrap_or(0) >= 1);
+    assert!(streamed["orders_confirmed"].as_i64().unwrap_or(0) >= 1, "{streamed}");
+    assert!(streamed["revenue_cents"].as_i64().unwrap_or(0) >= 800, "{streamed}");
+    assert!(streamed["start"].is_string() && streamed["end"].is_string());
+    assert_eq!(api.wait_terminal(order_id).await["status"], "CONFIRMED");
+    // The stream stays open; its keep-alive is a comment, so nothing else is due.
+    let _ = tokio::time::timeout(Duration::from_millis(100), response.chunk()).await;
+}

@@ -11,7 +11,8 @@
 #                       inventory.products
 #   shipping-service    shipping.events, shipping-service.dlq  payment.events, order.events  shipping-service
 #   query-service       query-service.dlq (owns no topic)  order.events, inventory.events,  query-service
-#                                                          payment.events, shipping.events
+#                                                          payment.events, shipping.events,
+#                                                          inventory.products
 #   kafka-ui            nothing                            every topic (and describes every group and the cluster)
 #
 # A state topic (inventory.products) is written by its publisher and read by its replicas, who
@@ -55,7 +56,7 @@ grant_service order-service order-service order.events,order-service.dlq invento
 grant_service payment-service payment-service payment.events,payment-service.dlq inventory.events,order.events
 grant_service inventory-service inventory-service inventory.events,inventory-service.dlq,inventory.products order.events
 grant_service shipping-service shipping-service shipping.events,shipping-service.dlq payment.events,order.events
-grant_service query-service query-service query-service.dlq order.events,inventory.events,payment.events,shipping.events
+grant_service query-service query-service query-service.dlq order.events,inventory.events,payment.events,shipping.events,inventory.products
 
 # The web UI sees everything and changes nothing.
 acl --allow-principal User:kafka-ui --operation Read --operation Describe --operation DescribeConfigs --topic '*'

@@ -1,6 +1,7 @@
 //! The replicated catalog end to end: inventory publishes every product's state to the
 //! compacted topic `inventory.products`, the order service keeps a replica of it and uses it
-//! to enrich order lines and to refuse skus it has never seen, only when it is current.
+//! to enrich order lines and to refuse skus it has never seen, only when it is current; the
+//! query service keeps one too and serves it at `GET /catalog`.
 
 use std::time::Duration;
 
@@ -188,5 +189,66 @@ async fn the_replica_equals_inventorys_products_after_a_mixed_batch() {
     for (sku, _, _, available, _) in &products {
         let shown: Value = api.product(sku).await;
         assert_eq!(shown["available"], *available);
+    }
+    let served = eventually(
+        "the query service's GET /catalog to equal the products",
+        REPLICATION,
+        || async {
+            let served = query_catalog(&api, &skus).await;
+            (served == products).then_some(served)
+        },
+    )
+    .await;
+    assert_eq!(served, products);
+}
+
+/// `skus` as the query service's `GET /catalog` lists them (paging from just before the
+/// first), in the shape of [`listed`].
+async fn query_catalog(api: &Api, skus: &[String]) -> Vec<(String, String, i64, i32, i64)> {
+    let mut wanted = skus.to_vec();
+    wanted.sort();
+    let mut cursor = wanted[0][..wanted[0].len() - 1].to_owned();
+    let mut found = Vec::new();
+    loop {
+        let (status, page) = api
+            .get(format!(
+                "{}/catalog?limit=100&cursor={cursor}",
+                api.system.query_url
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page["replica"]["current"].is_boolean(), "{page}");
+        let products = page["products"].as_array().expect("products").clone();
+        for product in &products {
+            let sku = product["sku"].as_str().expect("a sku").to_owned();
+            if wanted.contains(&sku) {
+                found.push((
+                    sku,
+                    product["name"].as_str().expect("a name").to_owned(),
+                    product["price_cents"].as_i64().expect("a price"),
+                    product["available"].as_i64().expect("available") as i32,
+                    product["version"].as_i64().expect("a version"),
+                ));
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) if found.len() < wanted.len() => cursor = next.to_owned(),
+            _ => {
+                found.sort();
+                return found;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_query_catalog_refuses_bad_queries_with_400() {
+    let api = Api::new();
+    for query in ["limit=0", "limit=501", "limit=x", "cursor=", "colour=red"] {
+        let (status, reply) = api
+            .get(format!("{}/catalog?{query}", api.system.query_url))
+            .await;
+        assert_eq!(status, 400, "{query}: {reply}");
+        assert!(reply["error"]["code"].is_string(), "{query}: {reply}");
     }
 }

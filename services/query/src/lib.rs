@@ -4,11 +4,12 @@
 //! alone ([`rebuild`]).
 
 pub mod analytics;
+pub mod catalog;
 mod config;
 mod handler;
 pub mod projection;
-mod routes;
 pub mod rebuild;
+mod routes;
 mod startup;
 pub mod views;
 

@@ -1,14 +1,17 @@
-//! Wiring: the query service's migrations, read API and event handler, run by
+//! Wiring: the query service's migrations, read API, event handler and catalog replica, run by
 //! `shared::service::Service` (which documents start-up, readiness and shutdown). The consumer
 //! records its offsets with the views it applies (`records_offsets`), which every response
 //! reports and a rebuild catches up to.
 
 use axum::Router;
+use shared::replica::{Replica, ReplicaSettings};
 use shared::service::{CancellationToken, Service};
+use shared::topics::StateTopic;
 use shared::topology;
 use sqlx::PgPool;
 
 use crate::analytics::{self, Analytics};
+use crate::catalog::{self, CatalogStore};
 use crate::handler::QueryEventHandler;
 use crate::{routes, Config, SERVICE};
 
@@ -21,11 +24,23 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let analytics = Analytics::new(&config.analytics);
         let (served, folded) = (analytics.clone(), analytics.clone());
+        let replica = Replica::new(
+            &config.common.kafka,
+            SERVICE,
+            StateTopic::Products,
+            ReplicaSettings::default(),
+        )?;
+        let shown = replica.clone();
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
-            .routes(move |infrastructure| router_with(infrastructure.pool.clone(), served))
+            .routes(move |infrastructure| {
+                router_with(infrastructure.pool.clone(), served, Some(shown))
+            })
             .consumes(topology::QUERY.consumes, QueryEventHandler { analytics })
             .worker("analytics", move |infrastructure, shutdown| {
                 folded.run(infrastructure.pool.clone(), shutdown)
+            })
+            .worker("catalog-replica", move |infrastructure, shutdown| {
+                replica.run(infrastructure.pool.clone(), CatalogStore, shutdown)
             })
             .records_offsets()
             .build()
@@ -48,11 +63,13 @@ impl Application {
 
 /// The HTTP API alone, for tests that need no broker.
 pub fn router(pool: PgPool) -> Router {
-    router_with(pool, Analytics::default())
+    router_with(pool, Analytics::default(), None)
 }
 
-fn router_with(pool: PgPool, analytics: Analytics) -> Router {
-    routes::router(pool.clone()).merge(analytics::router(pool, analytics))
+fn router_with(pool: PgPool, analytics: Analytics, replica: Option<Replica>) -> Router {
+    routes::router(pool.clone())
+        .merge(analytics::router(pool.clone(), analytics))
+        .merge(catalog::router(pool, replica))
 }
 
 /// Applies this service's migrations (for tests that build the router alone).

@@ -1,0 +1,183 @@
+//! The query service's replica of inventory's products (`catalog`, fed from the compacted
+//! topic `inventory.products` by `shared::replica`), and `GET /catalog`: every product with its
+//! live availability, as inventory last published it. Order views take their lines' product
+//! names from the same table.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::http::{ApiError, ValidQuery};
+use shared::replica::{Position, Replica, ReplicaStore};
+use shared::state::ProductState;
+use sqlx::{PgConnection, PgPool};
+
+const DEFAULT_PAGE_SIZE: i64 = 100;
+const MAX_PAGE_SIZE: i64 = 500;
+const MAX_SKU_CHARS: usize = 64;
+
+/// Applies `inventory.products` to the `catalog` table, keeping the highest version per sku.
+pub struct CatalogStore;
+
+impl ReplicaStore for CatalogStore {
+    type Record = ProductState;
+
+    async fn upsert(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        product: ProductState,
+        at: Position,
+    ) -> Result<(), sqlx::Error> {
+        if product.sku != key {
+            tracing::error!(key, sku = %product.sku, "a product record under another sku's key; skipped");
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into catalog (sku, name, price_cents, available, reserved, sold, version,
+                                  updated_at, source_partition, source_offset)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             on conflict (sku) do update set
+                 name = excluded.name, price_cents = excluded.price_cents,
+                 available = excluded.available, reserved = excluded.reserved,
+                 sold = excluded.sold, version = excluded.version,
+                 updated_at = excluded.updated_at, source_partition = excluded.source_partition,
+                 source_offset = excluded.source_offset, replicated_at = now()
+             where catalog.version < excluded.version",
+        )
+        .bind(&product.sku)
+        .bind(&product.name)
+        .bind(product.price_cents)
+        .bind(product.available)
+        .bind(product.reserved)
+        .bind(product.sold)
+        .bind(product.version)
+        .bind(product.updated_at)
+        .bind(at.partition)
+        .bind(at.offset)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        _at: Position,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("delete from catalog where sku = $1")
+            .bind(key)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// `GET /catalog`, reading the replica's table; `replica` (absent in tests without a broker)
+/// says how current it is.
+pub fn router(pool: PgPool, replica: Option<Replica>) -> Router {
+    Router::new()
+        .route("/catalog", get(list))
+        .with_state(CatalogState { pool, replica })
+}
+
+#[derive(Clone)]
+struct CatalogState {
+    pool: PgPool,
+    replica: Option<Replica>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    /// The last sku of the previous page.
+    cursor: Option<String>,
+}
+
+/// A product as the replica holds it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub available: i32,
+    pub reserved: i32,
+    pub sold: i32,
+    /// Inventory's version of the product: increases with every change.
+    pub version: i64,
+    /// When inventory changed it.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the page reflects: whether the replica had reached the topic's high watermarks at its
+/// last refresh, and the next offset it applied per partition.
+#[derive(Debug, Serialize)]
+struct ReplicaStatus {
+    current: bool,
+    offsets: BTreeMap<i32, i64>,
+}
+
+#[derive(Serialize)]
+struct Page {
+    products: Vec<Product>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<String>,
+    replica: ReplicaStatus,
+}
+
+async fn list(
+    State(state): State<CatalogState>,
+    ValidQuery(query): ValidQuery<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    if let Some(cursor) = &query.cursor {
+        let chars = cursor.chars().count();
+        if chars == 0 || chars > MAX_SKU_CHARS {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("cursor must be a sku of 1 to {MAX_SKU_CHARS} characters"),
+            ));
+        }
+    }
+    // Offsets first: the rows read after them are at least as new.
+    let replica = match &state.replica {
+        Some(replica) => ReplicaStatus {
+            current: replica.is_current(),
+            offsets: replica.stored_offsets(),
+        },
+        None => ReplicaStatus {
+            current: false,
+            offsets: BTreeMap::new(),
+        },
+    };
+    let mut products: Vec<Product> = sqlx::query_as(
+        "select sku, name, price_cents, available, reserved, sold, version, updated_at
+         from catalog where $1::text is null or sku > $1 order by sku limit $2",
+    )
+    .bind(&query.cursor)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let next_cursor = if products.len() as i64 > limit {
+        products.truncate(limit as usize);
+        products.last().map(|product| product.sku.clone())
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        products,
+        next_cursor,
+        replica,
+    }))
+}

@@ -459,6 +459,14 @@ async fn the_balance_as_of_a_moment_is_the_running_balance_of_the_last_entry_by_
 
     let before = as_of(rfc3339(at(0) - micro)).await;
     assert_error(&before, StatusCode::NOT_FOUND, "account_not_open");
+    let message = before.1["error"]["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(&format!(
+            "its ledger starts at {}",
+            at(0).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        )),
+        "{message}"
+    );
     let nobody = app
         .send(
             Method::GET,
@@ -619,7 +627,7 @@ async fn verify_passes_a_consistent_database_and_reports_each_account_that_does_
             "MISMATCH customer=\"jon\": the account holds 2008 cents but its ledger folds to 2001 cents",
             "MISMATCH customer=\"kim\": version 3 follows version 1 (expected 2); the account holds 0 cents but its ledger folds to 5 cents; the account is at version 1 but its ledger at version 3",
             "MISMATCH customer=\"max\": the account holds 10 cents (version 1) but has no ledger entry",
-            "verified 5 accounts and 7 ledger entries: 3 do not add up",
+            "verified 5 accounts and 7 ledger entries: 3 accounts do not add up",
         ],
         "{stdout}"
     );

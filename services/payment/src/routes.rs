@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use shared::http::{
     check_length, path_segment, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
@@ -153,15 +153,12 @@ async fn get_account(
     let Some(entry) = accounts::entry_as_of(&mut *tx, &customer_id, as_of).await? else {
         let opened = accounts::entry(&mut *tx, &customer_id, 1)
             .await?
-            .map_or_else(
-                || "later".to_owned(),
-                |entry| entry.occurred_at.to_rfc3339(),
-            );
+            .map_or_else(|| "later".to_owned(), |entry| utc(entry.occurred_at));
         return Err(ApiError::not_found(
             "account_not_open",
             format!(
                 "customer {customer_id} had no account at {}: its ledger starts at {opened}",
-                as_of.to_rfc3339()
+                utc(as_of)
             ),
         ));
     };
@@ -172,6 +169,10 @@ async fn get_account(
         version: entry.version,
     })
     .into_response())
+}
+
+fn utc(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 #[derive(Debug, Serialize, Deserialize)]

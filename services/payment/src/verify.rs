@@ -48,12 +48,14 @@ impl fmt::Display for Verification {
         }
         write!(
             f,
-            "verified {} accounts and {} ledger entries: ",
-            self.accounts, self.entries
+            "verified {} and {}: ",
+            counted(self.accounts, "account"),
+            counted(self.entries, "ledger entry")
         )?;
         match self.findings.len() {
             0 => write!(f, "every balance is the fold of its ledger"),
-            n => write!(f, "{n} do not add up"),
+            1 => write!(f, "1 account does not add up"),
+            n => write!(f, "{n} accounts do not add up"),
         }
     }
 }
@@ -64,6 +66,15 @@ struct OwnedRow {
     customer_id: String,
     #[sqlx(flatten)]
     row: LedgerRow,
+}
+
+/// `n` and `what`, in the plural unless `n` is 1.
+fn counted(n: u64, what: &str) -> String {
+    match (n, what.strip_suffix('y')) {
+        (1, _) => format!("1 {what}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {what}s"),
+    }
 }
 
 /// Replays every ledger in the database of `pool` against the accounts.

@@ -459,6 +459,14 @@ async fn the_balance_as_of_a_moment_is_the_running_balance_of_the_last_entry_by_
 
     let before = as_of(rfc3339(at(0) - micro)).await;
     assert_error(&before, StatusCode::NOT_FOUND, "account_not_open");
+    let message = before.1["error"]["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(&format!(
+            "its ledger starts at {}",
+            at(0).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        )),
+        "{message}"
+    );
     let nobody = app
         .send(
             Method::GET,
@@ -619,7 +627,7 @@ async fn verify_passes_a_consistent_database_and_reports_each_account_that_does_
             "MISMATCH customer=\"jon\": the account holds 2008 cents but its ledger folds to 2001 cents",
             "MISMATCH customer=\"kim\": version 3 follows version 1 (expected 2); the account holds 0 cents but its ledger folds to 5 cents; the account is at version 1 but its ledger at version 3",
             "MISMATCH customer=\"max\": the account holds 10 cents (version 1) but has no ledger entry",
-            "verified 5 accounts and 7 ledger entries: 3 do not add up",
+            "verified 5 accounts and 7 ledger entries: 3 accounts do not add up",
         ],
         "{stdout}"
     );
@@ -703,4 +711,48 @@ async fn the_migration_gives_existing_accounts_a_ledger_that_folds_to_their_bala
         kinds_and_balances(&ledger(&app, "old-b").await),
         [(1, "OPENED", 0, 0), (2, "DEPOSITED", 5, 5)]
     );
+}
+
+#[tokio::test]
+async fn a_deposit_key_older_than_its_window_is_pruned_and_a_retry_deposits_again() {
+    let app = start().await;
+    open(&app, "nia", 0).await;
+    let body = json!({"amount_cents": 100});
+    let old = deposit(&app, "nia", body.clone(), Some("old-key")).await;
+    let young = deposit(&app, "nia", body.clone(), Some("young-key")).await;
+    assert_eq!(
+        (old.status, young.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    sqlx::query(
+        "update deposit_idempotency_keys set created_at = now() - interval '2 hours'
+         where idempotency_key = 'old-key'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let rule = payment_service::deposit_key_retention(3_600_000);
+    let pruned = shared::retention::prune(&app.pool, &rule, 100, &Default::default())
+        .await
+        .expect("pruning deposit keys");
+    assert_eq!(pruned.rows, 1);
+    let keys: Vec<String> =
+        sqlx::query_scalar("select idempotency_key from deposit_idempotency_keys")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, ["young-key"]);
+
+    let retry_of_young = deposit(&app, "nia", body.clone(), Some("young-key")).await;
+    assert_eq!(
+        (retry_of_young.status, &retry_of_young.body),
+        (StatusCode::CREATED, &young.body)
+    );
+    let retry_of_old = deposit(&app, "nia", body, Some("old-key")).await;
+    assert_eq!(retry_of_old.status, StatusCode::CREATED);
+    assert_eq!(retry_of_old.body["version"], 4, "{}", retry_of_old.body);
+    assert_eq!(balance(&app, "nia").await, 300);
+    // The ledger keeps every entry whatever happens to the keys.
+    assert_eq!(ledger(&app, "nia").await.len(), 4);
 }

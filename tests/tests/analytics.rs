@@ -37,9 +37,11 @@ async fn the_windows_count_orders_and_agree_with_the_order_database() {
     assert_eq!(declined["status"], "CANCELLED");
     assert_eq!(declined["cancellation_reason"], "payment_declined");
 
-    eventually("the confirmed units in the windows", SAGA_TIMEOUT, || async {
-        (units_of(&api, &sku).await == 3).then_some(())
-    })
+    eventually(
+        "the confirmed units in the windows",
+        SAGA_TIMEOUT,
+        || async { (units_of(&api, &sku).await == 3).then_some(()) },
+    )
     .await;
     let (status, body) = api
         .get(format!("{}/analytics/windows", api.system.query_url))
@@ -51,12 +53,20 @@ async fn the_windows_count_orders_and_agree_with_the_order_database() {
     let sum = |f: &dyn Fn(&Value) -> i64| windows.iter().map(f).sum::<i64>();
     assert!(sum(&|w| w["orders_placed"].as_i64().unwrap_or(0)) >= 2);
     assert!(sum(&|w| w["orders_confirmed"].as_i64().unwrap_or(0)) >= 1);
-    assert!(sum(&|w| w["orders_cancelled"]["payment_declined"].as_i64().unwrap_or(0)) >= 1);
+    assert!(
+        sum(&|w| w["orders_cancelled"]["payment_declined"]
+            .as_i64()
+            .unwrap_or(0))
+            >= 1
+    );
     assert!(sum(&|w| w["revenue_cents"].as_i64().unwrap_or(0)) >= 2_100);
     assert!(sum(&|w| w["saga_duration_ms"]["count"].as_i64().unwrap_or(0)) >= 2);
     for window in windows {
         assert!(["open", "closed"].contains(&window["state"].as_str().unwrap_or("")));
-        assert!(window["saga_duration_ms"]["p95_ms"].as_i64() >= window["saga_duration_ms"]["p50_ms"].as_i64());
+        assert!(
+            window["saga_duration_ms"]["p95_ms"].as_i64()
+                >= window["saga_duration_ms"]["p50_ms"].as_i64()
+        );
     }
 
     // Once quiet, every window equals the recomputation from the order database.
@@ -67,7 +77,9 @@ async fn the_windows_count_orders_and_agree_with_the_order_database() {
         backdoor.database(&databases.order).await,
         backdoor.database(&databases.query).await,
     );
-    let (orders, cells) = read(&order_db, &query_db).await.expect("reading both databases");
+    let (orders, cells) = read(&order_db, &query_db)
+        .await
+        .expect("reading both databases");
     assert!(orders.len() >= 2);
     let problems = mismatches(&orders, &cells, 60_000);
     assert!(problems.is_empty(), "{problems:#?}");
@@ -92,7 +104,9 @@ async fn bad_window_queries_are_answered_400_in_json() {
         assert!(body["error"]["message"].is_string(), "{query}: {body}");
     }
     let (status, body) = api
-        .get(url("from=2026-12-06T10:00:00Z&to=2026-12-06T11:00:00%2B01:00"))
+        .get(url(
+            "from=2026-12-06T10:00:00Z&to=2026-12-06T11:00:00%2B01:00",
+        ))
         .await;
     assert_eq!(status, 400, "an offset that makes to = from: {body}");
     let (status, body) = api
@@ -171,8 +185,14 @@ async fn the_stream_sends_a_snapshot_then_the_window_updates_of_a_new_order() {
     .await
     .unwrap_or_else(|_| panic!("no window update with {sku} within {SAGA_TIMEOUT:?}"));
     assert!(placed_seen || streamed["orders_placed"].as_i64().unwrap_or(0) >= 1);
-    assert!(streamed["orders_confirmed"].as_i64().unwrap_or(0) >= 1, "{streamed}");
-    assert!(streamed["revenue_cents"].as_i64().unwrap_or(0) >= 800, "{streamed}");
+    assert!(
+        streamed["orders_confirmed"].as_i64().unwrap_or(0) >= 1,
+        "{streamed}"
+    );
+    assert!(
+        streamed["revenue_cents"].as_i64().unwrap_or(0) >= 800,
+        "{streamed}"
+    );
     assert!(streamed["start"].is_string() && streamed["end"].is_string());
     assert_eq!(api.wait_terminal(order_id).await["status"], "CONFIRMED");
     // The stream stays open; its keep-alive is a comment, so nothing else is due.

@@ -23,7 +23,10 @@ async fn kill_query(f: Faults<'_>) -> u64 {
     let mut kills = 0;
     for fraction in [0.15, 0.45, 0.75] {
         tokio::time::sleep_until(clock.at(fraction)).await;
-        let process = system.services.get_mut(&Svc::QUERY).expect("the query service");
+        let process = system
+            .services
+            .get_mut(&Svc::QUERY)
+            .expect("the query service");
         clock.log(format_args!(
             "SIGKILL {} (pid {:?}) mid-stream",
             process.label(),

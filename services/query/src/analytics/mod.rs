@@ -137,9 +137,7 @@ impl Analytics {
         last_watermark: &mut Option<Option<i64>>,
     ) -> Result<(), sqlx::Error> {
         store::fold(pool).await?;
-        let watermark = self
-            .config
-            .watermark(store::watermark_source(pool).await?);
+        let watermark = self.config.watermark(store::watermark_source(pool).await?);
         let (Some(after), Some(previous)) = (*last_revision, *last_watermark) else {
             // Start from now: history is what the snapshot and the windows API are for.
             *last_revision = Some(store::revision(pool).await?);
@@ -158,7 +156,8 @@ impl Analytics {
         if let (Some(before), Some(now)) = (previous, watermark) {
             let span = self.config.window_ms + self.config.allowed_lateness_ms;
             if now > before {
-                windows.extend(store::windows_between(pool, before - span + 1, now - span + 1).await?);
+                windows
+                    .extend(store::windows_between(pool, before - span + 1, now - span + 1).await?);
             }
         }
         for (start, metrics) in windows {

@@ -110,7 +110,10 @@ struct WindowsBody {
 }
 
 /// Checks a requested span; defaults to the last hour.
-fn span(query: &WindowsQuery, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+fn span(
+    query: &WindowsQuery,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
     let to = query.to.unwrap_or(now);
     let from = query.from.unwrap_or(to - Duration::hours(1));
     for (name, at) in [("from", from), ("to", to)] {
@@ -179,9 +182,10 @@ async fn stream(
     let now = Utc::now();
     let snapshot = body(&state, now - Duration::hours(1), now).await?;
     let snapshot = serde_json::to_string(&snapshot).unwrap_or_default();
-    let first = futures::stream::once(async move {
-        Ok(SseEvent::default().event("snapshot").data(snapshot))
-    });
+    let first =
+        futures::stream::once(
+            async move { Ok(SseEvent::default().event("snapshot").data(snapshot)) },
+        );
     let updates = futures::stream::unfold(updates, |mut updates| async move {
         loop {
             match updates.recv().await {
@@ -214,9 +218,21 @@ mod tests {
         let now: DateTime<Utc> = "2026-12-06T12:00:00Z".parse().unwrap();
         let (from, to) = span(&query(None, None), now).unwrap();
         assert_eq!((to - from, to), (Duration::hours(1), now));
-        assert!(span(&query(Some("2026-12-06T12:00:00Z"), Some("2026-12-06T12:00:00Z")), now).is_err());
-        assert!(span(&query(Some("2026-12-01T00:00:00Z"), Some("2026-12-09T00:00:00Z")), now).is_err());
-        assert!(span(&query(Some("1900-01-01T00:00:00Z"), Some("1900-01-01T01:00:00Z")), now).is_err());
+        assert!(span(
+            &query(Some("2026-12-06T12:00:00Z"), Some("2026-12-06T12:00:00Z")),
+            now
+        )
+        .is_err());
+        assert!(span(
+            &query(Some("2026-12-01T00:00:00Z"), Some("2026-12-09T00:00:00Z")),
+            now
+        )
+        .is_err());
+        assert!(span(
+            &query(Some("1900-01-01T00:00:00Z"), Some("1900-01-01T01:00:00Z")),
+            now
+        )
+        .is_err());
         assert!(span(&query(Some("2026-12-06T13:00:00+00:00"), None), now).is_err());
         assert!(span(&query(Some("2026-12-06T11:30:00+00:00"), None), now).is_ok());
     }

@@ -7,8 +7,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::window::{fold_cells, observe, Cell, Metric, Observation, OrderFacts, WindowConfig};
 use super::window::WindowMetrics;
+use super::window::{fold_cells, observe, Cell, Metric, Observation, OrderFacts, WindowConfig};
 
 fn millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms)
@@ -78,9 +78,7 @@ pub async fn apply(
 }
 
 /// The latest event time applied (folded or pending).
-pub async fn max_event_time(
-    conn: &mut PgConnection,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+pub async fn max_event_time(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar(
         "select greatest((select max_event_time from analytics_watermark),
                          (select max(event_time) from analytics_deltas))",
@@ -126,12 +124,11 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
 
 /// Windows whose revision is above `after`, with the highest revision seen.
 pub async fn changed_since(pool: &PgPool, after: i64) -> Result<(Vec<i64>, i64), sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(
-        "select window_start, revision from analytics_windows where revision > $1",
-    )
-    .bind(after)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(DateTime<Utc>, i64)> =
+        sqlx::query_as("select window_start, revision from analytics_windows where revision > $1")
+            .bind(after)
+            .fetch_all(pool)
+            .await?;
     let last = rows.iter().map(|(_, r)| *r).max().unwrap_or(after);
     Ok((
         rows.iter().map(|(s, _)| s.timestamp_millis()).collect(),

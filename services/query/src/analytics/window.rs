@@ -77,8 +77,7 @@ impl WindowConfig {
 
     /// Whether the window starting at `window_start` is closed at `watermark`.
     pub fn is_closed(&self, window_start: i64, watermark: Option<i64>) -> bool {
-        watermark
-            .is_some_and(|wm| wm >= window_start + self.window_ms + self.allowed_lateness_ms)
+        watermark.is_some_and(|wm| wm >= window_start + self.window_ms + self.allowed_lateness_ms)
     }
 }
 
@@ -286,11 +285,7 @@ pub fn contributions(facts: &OrderFacts, config: &WindowConfig) -> Deltas {
         }
     }
     if let Some(cancelled) = &facts.cancelled {
-        add(
-            cancelled.at,
-            Metric::Cancelled(cancelled.value.clone()),
-            1,
-        );
+        add(cancelled.at, Metric::Cancelled(cancelled.value.clone()), 1);
     }
     if let Some(failed_at) = facts.failed_at() {
         add(failed_at, Metric::Failed, 1);

@@ -71,9 +71,7 @@ fn the_total_arriving_after_the_confirmation_still_lands_in_its_window() {
     engine.apply(
         order,
         at(2_000),
-        &Observation::Charged {
-            amount_cents: 900,
-        },
+        &Observation::Charged { amount_cents: 900 },
     );
     assert_eq!(engine.windows()[&60_000].revenue_cents, 900);
     // The reservation's total is the order's total when both are known.
@@ -171,7 +169,10 @@ fn windows_close_on_the_watermark_and_late_events_are_counted_not_lost() {
 #[test]
 fn event_times_are_whole_microseconds_as_postgresql_stores_them() {
     let at = Utc.timestamp_nanos(1_700_000_000_123_456_789);
-    assert_eq!(event_time(at), Utc.timestamp_nanos(1_700_000_000_123_456_000));
+    assert_eq!(
+        event_time(at),
+        Utc.timestamp_nanos(1_700_000_000_123_456_000)
+    );
     let before_epoch = Utc.timestamp_nanos(-1_500);
     assert_eq!(event_time(before_epoch).timestamp_micros(), -2);
 }
@@ -239,9 +240,8 @@ fn facts_survive_their_stored_form() {
 
 fn observation() -> impl Strategy<Value = Observation> {
     prop_oneof![
-        prop::collection::vec(("[A-C]", 1..4i64), 1..3).prop_map(|lines| Observation::Created {
-            lines
-        }),
+        prop::collection::vec(("[A-C]", 1..4i64), 1..3)
+            .prop_map(|lines| Observation::Created { lines }),
         (1..5_000i64).prop_map(|total_cents| Observation::Reserved { total_cents }),
         (1..5_000i64).prop_map(|amount_cents| Observation::Charged { amount_cents }),
         Just(Observation::Confirmed),
@@ -253,9 +253,13 @@ fn observation() -> impl Strategy<Value = Observation> {
     ]
 }
 
-/// Orders, each a list of (event time, observation), with a sort key per event giving an
-/// arbitrary arrival order.
-fn orders() -> impl Strategy<Value = Vec<(Uuid, Vec<(DateTime<Utc>, Observation, u32)>)>> {
+/// An event of an order: its time, what it says and a sort key giving its arrival order.
+type Timed = (DateTime<Utc>, Observation, u32);
+/// Orders, each with its events.
+type Orders = Vec<(Uuid, Vec<Timed>)>;
+
+/// Orders whose events arrive in an arbitrary order.
+fn orders() -> impl Strategy<Value = Orders> {
     let event = (0..300_000i64, observation(), any::<u32>()).prop_map(|(ms, o, k)| (at(ms), o, k));
     prop::collection::vec(
         (
@@ -266,9 +270,7 @@ fn orders() -> impl Strategy<Value = Vec<(Uuid, Vec<(DateTime<Utc>, Observation,
     )
 }
 
-fn arrivals(
-    orders: &[(Uuid, Vec<(DateTime<Utc>, Observation, u32)>)],
-) -> Vec<(u32, Uuid, DateTime<Utc>, Observation)> {
+fn arrivals(orders: &[(Uuid, Vec<Timed>)]) -> Vec<(u32, Uuid, DateTime<Utc>, Observation)> {
     let mut all: Vec<_> = orders
         .iter()
         .flat_map(|(id, events)| events.iter().map(|(t, o, k)| (*k, *id, *t, o.clone())))

@@ -135,7 +135,11 @@ pub(super) fn windows_match_orders(
             let start = DateTime::<Utc>::from_timestamp_millis(*start).unwrap_or_default();
             problems.push(format!(
                 "window {start} {metric}{}: the order database gives {want}, analytics {got}",
-                if key.is_empty() { String::new() } else { format!("[{key}]") }
+                if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("[{key}]")
+                }
             ));
         }
     }
@@ -194,25 +198,27 @@ pub async fn read(
     }
     let orders = rows
         .into_iter()
-        .map(|(order_id, status, reason, total_cents, items)| OrderRecord {
-            order_id,
-            status,
-            reason,
-            total_cents,
-            items: items
-                .0
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|line| {
-                    (
-                        line["sku"].as_str().unwrap_or_default().to_owned(),
-                        line["quantity"].as_i64().unwrap_or_default(),
-                    )
-                })
-                .collect(),
-            timeline: timelines.remove(&order_id).unwrap_or_default(),
-        })
+        .map(
+            |(order_id, status, reason, total_cents, items)| OrderRecord {
+                order_id,
+                status,
+                reason,
+                total_cents,
+                items: items
+                    .0
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|line| {
+                        (
+                            line["sku"].as_str().unwrap_or_default().to_owned(),
+                            line["quantity"].as_i64().unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+                timeline: timelines.remove(&order_id).unwrap_or_default(),
+            },
+        )
         .collect();
     let rows: Vec<(DateTime<Utc>, String, String, i64)> = sqlx::query_as(
         "select window_start, metric, key, sum(value)::bigint from (
@@ -324,7 +330,9 @@ mod tests {
     #[test]
     fn a_failed_order_the_timeline_cannot_place_breaks_it() {
         let (mut orders, cells) = world();
-        orders[2].timeline.retain(|(subject, _)| subject != "payment.refund_failed");
+        orders[2]
+            .timeline
+            .retain(|(subject, _)| subject != "payment.refund_failed");
         let found = windows_match_orders(&orders, &cells, 60_000);
         assert!(found
             .problems

@@ -17,11 +17,13 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
     let batch = mixed_batch(&api, &backdoor).await;
     // The catalog replica (fed by the lead's wiring) names the products; here by hand.
     let query = backdoor.database(&api.system.database_urls.query).await;
-    sqlx::query("insert into catalog (sku, name, price_cents, available) values ($1, 'Blue mug', 1250, 97)")
-        .bind(&batch.sku)
-        .execute(&query)
-        .await
-        .unwrap();
+    sqlx::query(
+        "insert into catalog (sku, name, price_cents, available) values ($1, 'Blue mug', 1250, 97)",
+    )
+    .bind(&batch.sku)
+    .execute(&query)
+    .await
+    .unwrap();
 
     for placed in &batch.orders {
         let view = settled_view(&api, placed.order_id).await;
@@ -29,7 +31,10 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
         let what = placed.what;
         assert_eq!(view["order_id"], order["order_id"], "{what}");
         assert_eq!(view["customer_id"], json!(placed.customer), "{what}");
-        assert_eq!(view["reason"], order["cancellation_reason"], "{what}: {view}");
+        assert_eq!(
+            view["reason"], order["cancellation_reason"],
+            "{what}: {view}"
+        );
         let payment = api.payment(placed.order_id).await;
         assert_eq!(
             fields_of(&view["payment"], &["status"]),
@@ -56,7 +61,9 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
         steps.sort();
         timeline.sort();
         assert_eq!(steps, timeline, "{what}");
-        let duration = view["duration_ms"].as_i64().expect("a terminal order has a duration");
+        let duration = view["duration_ms"]
+            .as_i64()
+            .expect("a terminal order has a duration");
         assert!((0..60_000).contains(&duration), "{what}: {view}");
         assert!(view["as_of"]["last_event_at"].is_string(), "{view}");
     }
@@ -74,7 +81,12 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
     assert_eq!(view["payment"]["method"], "account_balance");
     // What the view reflects: every topic the service reads.
     let offsets = view["as_of"]["offsets"].as_object().expect("offsets");
-    for topic in ["order.events", "inventory.events", "payment.events", "shipping.events"] {
+    for topic in [
+        "order.events",
+        "inventory.events",
+        "payment.events",
+        "shipping.events",
+    ] {
         let name = format!("{}{topic}", api.system.topic_prefix);
         assert!(offsets.contains_key(&name), "{name} in {offsets:?}");
     }
@@ -85,14 +97,23 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
         (cancelled, "cancelled_by_customer"),
     ] {
         let view = settled_view(&api, placed.order_id).await;
-        assert_eq!((&view["status"], &view["reason"]), (&json!("CANCELLED"), &json!(reason)));
+        assert_eq!(
+            (&view["status"], &view["reason"]),
+            (&json!("CANCELLED"), &json!(reason))
+        );
     }
     assert!(view_of(&api, out_of_stock.order_id).await["lines"][0]["unit_price_cents"].is_null());
-    assert_eq!(view_of(&api, declined.order_id).await["payment"]["reason"], "insufficient_funds");
+    assert_eq!(
+        view_of(&api, declined.order_id).await["payment"]["reason"],
+        "insufficient_funds"
+    );
 
     // The customer: four orders, one confirmed, what it cost.
     let (status, customer) = api
-        .get(format!("{}/views/customers/{}", api.system.query_url, batch.rich))
+        .get(format!(
+            "{}/views/customers/{}",
+            api.system.query_url, batch.rich
+        ))
         .await;
     assert_eq!(status, 200, "{customer}");
     assert_eq!(customer["orders"], 4);
@@ -102,9 +123,15 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
     );
     assert_eq!(customer["total_spent_cents"], 2_500);
     let (_, poor) = api
-        .get(format!("{}/views/customers/{}", api.system.query_url, batch.poor))
+        .get(format!(
+            "{}/views/customers/{}",
+            api.system.query_url, batch.poor
+        ))
         .await;
-    assert_eq!((&poor["orders"], &poor["total_spent_cents"]), (&json!(1), &json!(0)));
+    assert_eq!(
+        (&poor["orders"], &poor["total_spent_cents"]),
+        (&json!(1), &json!(0))
+    );
 
     // Lists: newest first, in pages, filtered.
     let page = |query: String| {
@@ -126,8 +153,15 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
             .collect()
     };
     let first = page(format!("customer_id={}&limit=3", batch.rich)).await;
-    let cursor = first["next_cursor"].as_str().expect("a next page").to_owned();
-    let second = page(format!("customer_id={}&limit=3&cursor={cursor}", batch.rich)).await;
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let second = page(format!(
+        "customer_id={}&limit=3&cursor={cursor}",
+        batch.rich
+    ))
+    .await;
     assert_eq!(second["next_cursor"], Value::Null);
     let mut listed = ids(&first);
     listed.extend(ids(&second));
@@ -161,22 +195,70 @@ async fn unknown_ids_are_404_and_bad_input_400_always_as_json() {
     let api = Api::new();
     let base = &api.system.query_url;
     let cases = [
-        (format!("{base}/views/orders/{}", Uuid::now_v7()), 404, "order_not_found"),
-        (format!("{base}/views/customers/nobody-{}", Uuid::new_v4()), 404, "customer_not_found"),
-        (format!("{base}/views/orders/not-a-uuid"), 400, "invalid_path"),
+        (
+            format!("{base}/views/orders/{}", Uuid::now_v7()),
+            404,
+            "order_not_found",
+        ),
+        (
+            format!("{base}/views/customers/nobody-{}", Uuid::new_v4()),
+            404,
+            "customer_not_found",
+        ),
+        (
+            format!("{base}/views/orders/not-a-uuid"),
+            400,
+            "invalid_path",
+        ),
         (format!("{base}/views/orders?limit=0"), 400, "invalid_query"),
-        (format!("{base}/views/orders?limit=501"), 400, "invalid_query"),
-        (format!("{base}/views/orders?limit=ten"), 400, "invalid_query"),
-        (format!("{base}/views/orders?status=SHIPPED"), 400, "invalid_query"),
-        (format!("{base}/views/orders?cursor=yesterday"), 400, "invalid_query"),
-        (format!("{base}/views/orders?colour=blue"), 400, "invalid_query"),
-        (format!("{base}/views/orders?customer_id={}", "x".repeat(65)), 400, "invalid_query"),
-        (format!("{base}/views/orders?customer_id=a%00b"), 400, "invalid_characters"),
-        (format!("{base}/views/customers/{}", "x".repeat(65)), 400, "invalid_path"),
+        (
+            format!("{base}/views/orders?limit=501"),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/views/orders?limit=ten"),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/views/orders?status=SHIPPED"),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/views/orders?cursor=yesterday"),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/views/orders?colour=blue"),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/views/orders?customer_id={}", "x".repeat(65)),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/views/orders?customer_id=a%00b"),
+            400,
+            "invalid_characters",
+        ),
+        (
+            format!("{base}/views/customers/{}", "x".repeat(65)),
+            400,
+            "invalid_path",
+        ),
     ];
     for (url, status, code) in cases {
         let (got, body) = api.get(url.clone()).await;
-        assert_eq!((got, &body["error"]["code"]), (status, &json!(code)), "{url}: {body}");
+        assert_eq!(
+            (got, &body["error"]["code"]),
+            (status, &json!(code)),
+            "{url}: {body}"
+        );
         assert!(body["error"]["message"].is_string(), "{url}: {body}");
     }
 }

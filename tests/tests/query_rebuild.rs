@@ -92,7 +92,10 @@ async fn views_rebuilt_from_the_topics_while_the_service_runs_equal_the_live_one
         "every read during the rebuild answered 200: {answers:?}"
     );
     assert!(!during.is_empty(), "orders were placed during the rebuild");
-    assert!(report.events_applied as usize >= event_count(&live), "{report:?}");
+    assert!(
+        report.events_applied as usize >= event_count(&live),
+        "{report:?}"
+    );
 
     // Nothing the live consumer applied before or during the rebuild is lost, and it goes on
     // applying to the swapped-in tables.
@@ -110,7 +113,10 @@ async fn views_rebuilt_from_the_topics_while_the_service_runs_equal_the_live_one
             .iter()
             .find(|candidate| candidate["order_id"] == row["order_id"])
             .unwrap_or_else(|| panic!("{} is missing after the rebuild", row["order_id"]));
-        assert_eq!(again, row, "the rebuilt view of an order settled before the rebuild");
+        assert_eq!(
+            again, row,
+            "the rebuilt view of an order settled before the rebuild"
+        );
     }
     assert_eq!(rebuilt.len(), live.len() + during.len());
 
@@ -119,9 +125,7 @@ async fn views_rebuilt_from_the_topics_while_the_service_runs_equal_the_live_one
         .await
         .expect("a second rebuild");
     assert_eq!(view_rows(&backdoor, &api).await, rebuilt, "{report:?}");
-    let one_more = api
-        .place_order(&batch.rich, &[(&batch.sku, 1)], "FR")
-        .await;
+    let one_more = api.place_order(&batch.rich, &[(&batch.sku, 1)], "FR").await;
     api.wait_terminal(one_more).await;
     assert_eq!(settled_view(&api, one_more).await["status"], "CONFIRMED");
 }

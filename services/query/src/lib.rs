@@ -6,8 +6,8 @@
 mod config;
 mod handler;
 pub mod projection;
-mod routes;
 pub mod rebuild;
+mod routes;
 mod startup;
 pub mod views;
 

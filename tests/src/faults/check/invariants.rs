@@ -636,7 +636,11 @@ fn views_match_write_side(_: &Known, snap: &Snapshot) -> Violations {
         match announced(&snap.payments) {
             None => compare("payment", &view["payment"], &Value::Null),
             Some(payment) => {
-                compare("payment status", &view["payment"]["status"], &payment["status"]);
+                compare(
+                    "payment status",
+                    &view["payment"]["status"],
+                    &payment["status"],
+                );
                 if matches!(
                     text(&payment["status"]),
                     "CHARGED" | "REFUNDED" | "REFUND_FAILED"
@@ -652,8 +656,16 @@ fn views_match_write_side(_: &Known, snap: &Snapshot) -> Violations {
         match announced(&snap.shipments) {
             None => compare("shipment", &view["shipment"], &Value::Null),
             Some(shipment) => {
-                compare("shipment status", &view["shipment"]["status"], &shipment["status"]);
-                compare("shipment country", &view["shipment"]["country"], &shipment["country"]);
+                compare(
+                    "shipment status",
+                    &view["shipment"]["status"],
+                    &shipment["status"],
+                );
+                compare(
+                    "shipment country",
+                    &view["shipment"]["country"],
+                    &shipment["country"],
+                );
             }
         }
         if !differences.is_empty() {

@@ -463,8 +463,10 @@ fn world_with_views() -> World {
         ),
         (
             cancelled,
-            ok(json!({"status": "CANCELLED", "reason": "cancelled_by_customer",
-                      "payment": null, "shipment": null})),
+            ok(
+                json!({"status": "CANCELLED", "reason": "cancelled_by_customer",
+                      "payment": null, "shipment": null}),
+            ),
         ),
     ];
     w
@@ -502,7 +504,9 @@ fn a_view_that_disagrees_with_the_write_side_is_named() {
     assert_eq!(report.broken(), ["views_match_write_side"]);
     assert_eq!(report.disagree, 2);
     assert_eq!(report.problems.len(), 2);
-    assert!(report.problems[0].1.contains("status \"PENDING\" (write side \"CONFIRMED\")"));
+    assert!(report.problems[0]
+        .1
+        .contains("status \"PENDING\" (write side \"CONFIRMED\")"));
     assert!(report.problems[0].1.contains("shipment country"));
     assert!(report.problems[1].1.contains("payment"));
 }
@@ -523,7 +527,11 @@ fn a_terminal_order_without_a_view_breaks_views_match_write_side() {
         json!({"customer_id": "bob", "status": "REFUNDED", "amount_cents": 500}),
     );
     let report = w.report();
-    assert!(report.broken().contains(&"views_match_write_side"), "{:?}", report.problems);
+    assert!(
+        report.broken().contains(&"views_match_write_side"),
+        "{:?}",
+        report.problems
+    );
 }
 
 mod redelivery {

@@ -167,11 +167,14 @@ impl ServiceBuilder {
     pub fn consumes<H: EventHandler>(mut self, topics: &[Topic], handler: H) -> Self {
         let topics = topics.to_vec();
         let service = self.service;
-        self.consumer = Some(Box::new(move |infrastructure, config, shutdown, records| {
-            let mut consumer = consumer_loop(infrastructure, config, service, &topics, handler)?;
-            consumer.records_offsets = records;
-            Ok(Box::pin(consumer.run(shutdown)))
-        }));
+        self.consumer = Some(Box::new(
+            move |infrastructure, config, shutdown, records| {
+                let mut consumer =
+                    consumer_loop(infrastructure, config, service, &topics, handler)?;
+                consumer.records_offsets = records;
+                Ok(Box::pin(consumer.run(shutdown)))
+            },
+        ));
         self
     }
 

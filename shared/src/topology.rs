@@ -179,7 +179,11 @@ mod tests {
     #[test]
     fn a_service_that_owns_no_topic_reads_some() {
         for service in SERVICES.iter().filter(|s| s.owns.is_none()) {
-            assert!(!service.consumes.is_empty(), "{} neither publishes nor reads", service.name);
+            assert!(
+                !service.consumes.is_empty(),
+                "{} neither publishes nor reads",
+                service.name
+            );
         }
         assert!(QUERY.owns.is_none());
         for topic in Topic::ALL {

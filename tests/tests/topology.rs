@@ -515,9 +515,7 @@ fn readme(text: &str, service: &Service) -> Vec<String> {
             "{database} among the databases `cargo xtask up` creates"
         ));
     }
-    let topic = service
-        .owns
-        .map(|topic| format!("`{}`", topic.base_name()));
+    let topic = service.owns.map(|topic| format!("`{}`", topic.base_name()));
     let owner_row = text.lines().any(|line| {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         cells.len() > 2 && topic.as_deref() == Some(cells[1]) && cells[2] == service.name

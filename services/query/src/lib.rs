@@ -7,8 +7,8 @@ pub mod analytics;
 mod config;
 mod handler;
 pub mod projection;
-mod routes;
 pub mod rebuild;
+mod routes;
 mod startup;
 pub mod views;
 

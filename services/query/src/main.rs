@@ -7,7 +7,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     if let Some(Command::Rebuild) = config.command {
         let report = query_service::rebuild::run(&config).await?;
-        tracing::info!(?report, "views rebuilt from the event topics and swapped in");
+        tracing::info!(
+            ?report,
+            "views rebuilt from the event topics and swapped in"
+        );
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }

@@ -92,7 +92,10 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         .set("group.id", format!("{group}-rebuild"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", common.kafka.fetch_wait_max_ms.to_string())
+        .set(
+            "fetch.wait.max.ms",
+            common.kafka.fetch_wait_max_ms.to_string(),
+        )
         .create()
         .context("creating the replay consumer")?;
     let (consumer, ends) = tokio::task::spawn_blocking(move || {
@@ -105,7 +108,9 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     for (topic, partition) in ends.keys() {
         assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
     }
-    consumer.assign(&assignment).context("assigning the partitions")?;
+    consumer
+        .assign(&assignment)
+        .context("assigning the partitions")?;
 
     let mut replay = Replay {
         pool: pool.clone(),
@@ -255,7 +260,11 @@ impl Replay {
                     self.pause_at(key, offset)?;
                     continue;
                 }
-                if self.positions.get(&key).is_some_and(|at| message.offset() < *at) {
+                if self
+                    .positions
+                    .get(&key)
+                    .is_some_and(|at| message.offset() < *at)
+                {
                     continue;
                 }
                 match self.envelope(&message) {
@@ -283,8 +292,12 @@ impl Replay {
         let mut partition = TopicPartitionList::new();
         partition.add_partition(&key.0, key.1);
         self.consumer.pause(&partition)?;
-        self.consumer
-            .seek(&key.0, key.1, Offset::Offset(offset), Duration::from_secs(1))?;
+        self.consumer.seek(
+            &key.0,
+            key.1,
+            Offset::Offset(offset),
+            Duration::from_secs(1),
+        )?;
         self.paused.push(key);
         Ok(())
     }

@@ -119,14 +119,12 @@ async fn get_customer(
         ApiError::bad_request("invalid_path", "customer_id must be 1 to 64 characters")
     })?;
     let as_of = views::as_of(&pool).await?;
-    let customer = views::customer(&pool, &customer_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "customer_not_found",
-                format!("no order of customer {customer_id} has been seen (yet)"),
-            )
-        })?;
+    let customer = views::customer(&pool, &customer_id).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "customer_not_found",
+            format!("no order of customer {customer_id} has been seen (yet)"),
+        )
+    })?;
     Ok(Json(CustomerBody { customer, as_of }))
 }
 

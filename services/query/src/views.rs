@@ -170,14 +170,12 @@ async fn with_names(
     let names: BTreeMap<String, String> = if skus.is_empty() {
         BTreeMap::new()
     } else {
-        sqlx::query_as::<_, (String, String)>(
-            "select sku, name from catalog where sku = any($1)",
-        )
-        .bind(&skus)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .collect()
+        sqlx::query_as::<_, (String, String)>("select sku, name from catalog where sku = any($1)")
+            .bind(&skus)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect()
     };
     Ok(views
         .into_iter()

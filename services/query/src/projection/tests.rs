@@ -119,7 +119,13 @@ fn confirmed_saga() -> Vec<Envelope> {
                 country: "FR".to_owned(),
             },
         ),
-        event("order", 4, &OrderConfirmed { order_id: order_id() }),
+        event(
+            "order",
+            4,
+            &OrderConfirmed {
+                order_id: order_id(),
+            },
+        ),
     ]
 }
 
@@ -303,7 +309,10 @@ fn an_out_of_stock_order_has_no_prices() {
     ]);
     assert_eq!(view.status, Status::Cancelled);
     assert_eq!(view.reason, Some("out_of_stock"));
-    assert!(view.lines.iter().all(|line| line.unit_price_cents.is_none()));
+    assert!(view
+        .lines
+        .iter()
+        .all(|line| line.unit_price_cents.is_none()));
     assert_eq!(view.total_cents, None);
 }
 
@@ -323,13 +332,22 @@ fn a_failed_refund_makes_the_order_failed_at_that_step() {
     assert_eq!(view.status, Status::Failed);
     assert_eq!(view.failed_step, Some("payment.refund"));
     assert_eq!(view.reason, Some("shipping_unavailable"));
-    assert_eq!(view.payment.as_ref().map(|p| p.status), Some("REFUND_FAILED"));
+    assert_eq!(
+        view.payment.as_ref().map(|p| p.status),
+        Some("REFUND_FAILED")
+    );
 }
 
 #[test]
 fn a_compensation_after_the_confirmation_fails_the_order_at_hold_expired() {
     let mut events = confirmed_saga();
-    events.push(event("shipping", 9, &ShipmentCancelled { order_id: order_id() }));
+    events.push(event(
+        "shipping",
+        9,
+        &ShipmentCancelled {
+            order_id: order_id(),
+        },
+    ));
     let view = view_of(&events);
     assert_eq!(view.status, Status::Failed);
     assert_eq!(view.failed_step, Some(HOLD_EXPIRED_STEP));

@@ -32,6 +32,9 @@
 //!   `no_orphan_record`: no active payment, shipment or reservation of an order the order
 //!   service does not know.
 //! - `outbox_drained` (`outbox`), `no_consumer_lag` (`lag`).
+//! - `views_match_write_side` (`disagree`): the query service's view of every terminal order
+//!   shows the status, reason, payment (status, amount) and shipment (status, country) the
+//!   order, payment and shipping databases hold.
 //! - `windows_match_orders`: the query service's analytics windows equal a recomputation from
 //!   the order database ([`windows`]).
 //!
@@ -189,7 +192,14 @@ impl Report {
             found.double_charged.orders.len() + found.double_charged.count as usize;
         self.money_delta = found.money.count;
         self.oversold = (found.oversold.count + found.api_stock.count) as usize;
-        self.disagree = found.agree.orders.union(&found.api_orders.orders).count();
+        self.disagree = found
+            .agree
+            .orders
+            .iter()
+            .chain(&found.api_orders.orders)
+            .chain(&found.views.orders)
+            .collect::<BTreeSet<_>>()
+            .len();
         self.unexpected = found.unexpected.count as usize;
         self.outbox_pending = found.outbox.count;
         self.lag = found.lag.count;

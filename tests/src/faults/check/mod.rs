@@ -449,6 +449,7 @@ async fn check(
         })
         .collect();
     let (orders, cells, window_ms) = windows::take(system).await?;
+    report.note("analytics_cells", cells.len());
     report.record(windows::windows_match_orders(&orders, &cells, window_ms));
     // Context for the offending orders: every service's record and the timeline.
     for order_id in offending.iter().take(8) {

@@ -259,3 +259,53 @@ async fn the_stream_sends_a_snapshot_then_the_window_updates_of_a_new_order() {
     // The stream stays open; its keep-alive is a comment, so nothing else is due.
     let _ = tokio::time::timeout(Duration::from_millis(100), response.chunk()).await;
 }
+
+/// An event whose window closed long ago (its `occurred_at` two hours back) is applied to that
+/// window and counted there as late, not dropped.
+#[tokio::test]
+async fn a_late_event_is_counted_in_its_closed_window() {
+    let (api, backdoor) = (Api::new(), Backdoor::new());
+    // Some event of now, so the watermark is about now.
+    let (sku, customer) = (unique("sku"), unique("customer"));
+    api.create_product(&sku, 100, 5).await;
+    api.open_account(&customer, 1_000).await;
+    let order_id = api.place_order(&customer, &[(&sku, 1)], "FR").await;
+    api.wait_terminal(order_id).await;
+
+    let late_order = uuid::Uuid::now_v7();
+    let occurred_at = chrono::Utc::now() - chrono::Duration::hours(2)
+        + chrono::Duration::milliseconds(i64::from(late_order.as_u128() as u16));
+    let envelope = serde_json::json!({
+        "id": uuid::Uuid::now_v7(), "type": "shipment.scheduled.v1", "source": "shipping",
+        "occurred_at": occurred_at, "order_id": late_order, "causation_id": null,
+        "payload": {"order_id": late_order, "country": "FR"},
+    });
+    backdoor
+        .produce(
+            shared::topics::Topic::Shipping,
+            &late_order.to_string(),
+            envelope.to_string().as_bytes(),
+            Some("shipment.scheduled.v1"),
+        )
+        .await;
+    let minute = chrono::Duration::minutes(1);
+    let url = format!(
+        "{}/analytics/windows?from={}&to={}",
+        api.system.query_url,
+        (occurred_at - minute).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        (occurred_at + minute).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    let window = eventually("the late event in its window", SAGA_TIMEOUT, || async {
+        let (_, body) = api.get(url.clone()).await;
+        body["windows"]
+            .as_array()?
+            .iter()
+            .find(|w| w["late_events"].as_i64() > Some(0))
+            .cloned()
+    })
+    .await;
+    assert_eq!(window["state"], "closed", "{window}");
+    assert_eq!(window["late_events"], 1, "{window}");
+    assert_eq!(window["events"], 1, "{window}");
+    assert_eq!(window["orders_placed"], 0, "{window}");
+}

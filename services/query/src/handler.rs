@@ -1,4 +1,5 @@
-//! Applies every event of every topic to the views, in the consumer's transaction.
+//! Applies every event of every topic to the views and to the analytics windows, in the
+//! consumer's transaction.
 
 use shared::events::Event;
 use shared::{Envelope, EventHandler, HandlerError};

@@ -255,20 +255,7 @@ pub struct AsOf {
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
-impl AsOf {
-    /// Whether these offsets are at or past every one of `wanted`.
-    pub fn reaches(&self, wanted: &BTreeMap<String, BTreeMap<i32, i64>>) -> bool {
-        wanted.iter().all(|(topic, partitions)| {
-            partitions.iter().all(|(partition, offset)| {
-                self.offsets
-                    .get(topic)
-                    .and_then(|seen| seen.get(partition))
-                    .is_some_and(|seen| seen >= offset)
-            })
-        })
-    }
-}
-
+/// What the views reflect now.
 pub async fn as_of(pool: &PgPool) -> Result<AsOf, sqlx::Error> {
     let rows: Vec<(String, i32, i64)> =
         sqlx::query_as("select topic, kafka_partition, next_offset from consumer_offsets")

@@ -13,6 +13,7 @@
 //! `FAULTS_SEED`, `FAULTS_ORDERS`, `FAULTS_SOAK=1` and `FAULTS_KEEP_LOGS=1` are described in
 //! RELIABILITY.md.
 
+mod analytics_restart;
 mod duplicate_rewind;
 mod idempotency;
 mod join_leave;

@@ -253,9 +253,13 @@ fn observation() -> impl Strategy<Value = Observation> {
     ]
 }
 
-/// Orders, each a list of (event time, observation), with a sort key per event giving an
-/// arbitrary arrival order.
-fn orders() -> impl Strategy<Value = Vec<(Uuid, Vec<(DateTime<Utc>, Observation, u32)>)>> {
+/// An event of an order: its time, what it says and a sort key giving its arrival order.
+type Timed = (DateTime<Utc>, Observation, u32);
+/// Orders, each with its events.
+type Orders = Vec<(Uuid, Vec<Timed>)>;
+
+/// Orders whose events arrive in an arbitrary order.
+fn orders() -> impl Strategy<Value = Orders> {
     let event = (0..300_000i64, observation(), any::<u32>()).prop_map(|(ms, o, k)| (at(ms), o, k));
     prop::collection::vec(
         (
@@ -266,9 +270,7 @@ fn orders() -> impl Strategy<Value = Vec<(Uuid, Vec<(DateTime<Utc>, Observation,
     )
 }
 
-fn arrivals(
-    orders: &[(Uuid, Vec<(DateTime<Utc>, Observation, u32)>)],
-) -> Vec<(u32, Uuid, DateTime<Utc>, Observation)> {
+fn arrivals(orders: &[(Uuid, Vec<Timed>)]) -> Vec<(u32, Uuid, DateTime<Utc>, Observation)> {
     let mut all: Vec<_> = orders
         .iter()
         .flat_map(|(id, events)| events.iter().map(|(t, o, k)| (*k, *id, *t, o.clone())))

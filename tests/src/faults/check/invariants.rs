@@ -26,6 +26,7 @@ pub(super) struct Found {
     pub(super) outbox: Violations,
     pub(super) lag: Violations,
     pub(super) replica: Violations,
+    pub(super) views: Violations,
     /// Terminal orders per status (`CONFIRMED`, `CANCELLED`, `FAILED`).
     pub(super) terminal: HashMap<String, usize>,
 }
@@ -54,12 +55,13 @@ impl Found {
             outbox: outbox_drained(known, snap),
             lag: no_consumer_lag(known, snap),
             replica: replica_matches_products(known, snap),
+            views: views_match_write_side(known, snap),
             terminal,
         }
     }
 
     /// Every invariant's violations, in the order they are reported.
-    pub(super) fn into_all(self) -> [Violations; 16] {
+    pub(super) fn into_all(self) -> [Violations; 17] {
         [
             self.lost,
             self.stuck,
@@ -77,6 +79,7 @@ impl Found {
             self.outbox,
             self.lag,
             self.replica,
+            self.views,
         ]
     }
 }
@@ -662,6 +665,95 @@ fn replica_matches_products(_: &Known, snap: &Snapshot) -> Violations {
                     "product {sku}: inventory holds {} but the order service's catalog replica {}",
                     product.map_or("nothing".to_owned(), Value::to_string),
                     replica.map_or("nothing".to_owned(), Value::to_string)
+                ),
+            );
+        }
+    }
+    v
+}
+
+/// Once quiet, the query service's view of every terminal order (`GET /views/orders/{id}`)
+/// agrees with the write side: the order's status and cancellation reason, the payment's
+/// status and amount, the shipment's status and country. A record no event announced (none,
+/// or `VOIDED`: a cancellation seen before the step) shows as `null`.
+fn views_match_write_side(_: &Known, snap: &Snapshot) -> Violations {
+    let mut v = Violations::of("views_match_write_side");
+    for (order_id, reply) in &snap.api_views {
+        // An order the order service lacks or did not end is reported by its own invariants.
+        let Some(order) = snap.orders.get(order_id) else {
+            continue;
+        };
+        if !TERMINAL.contains(&text(&order["status"])) {
+            continue;
+        }
+        let view = match reply {
+            Ok((200, view)) => view,
+            other => {
+                v.order(
+                    *order_id,
+                    format!(
+                        "GET /views/orders/{order_id}: {other:?}, but the order is {}",
+                        order["status"]
+                    ),
+                );
+                continue;
+            }
+        };
+        let mut differences = Vec::new();
+        let mut compare = |what: &str, shown: &Value, held: &Value| {
+            if shown != held {
+                differences.push(format!("{what} {shown} (write side {held})"));
+            }
+        };
+        compare("status", &view["status"], &order["status"]);
+        compare("reason", &view["reason"], &order["cancellation_reason"]);
+        let announced = |records: &HashMap<Uuid, Value>| {
+            records
+                .get(order_id)
+                .filter(|record| record["status"] != "VOIDED")
+                .cloned()
+        };
+        match announced(&snap.payments) {
+            None => compare("payment", &view["payment"], &Value::Null),
+            Some(payment) => {
+                compare(
+                    "payment status",
+                    &view["payment"]["status"],
+                    &payment["status"],
+                );
+                if matches!(
+                    text(&payment["status"]),
+                    "CHARGED" | "REFUNDED" | "REFUND_FAILED"
+                ) {
+                    compare(
+                        "payment amount",
+                        &view["payment"]["amount_cents"],
+                        &payment["amount_cents"],
+                    );
+                }
+            }
+        }
+        match announced(&snap.shipments) {
+            None => compare("shipment", &view["shipment"], &Value::Null),
+            Some(shipment) => {
+                compare(
+                    "shipment status",
+                    &view["shipment"]["status"],
+                    &shipment["status"],
+                );
+                compare(
+                    "shipment country",
+                    &view["shipment"]["country"],
+                    &shipment["country"],
+                );
+            }
+        }
+        if !differences.is_empty() {
+            v.order(
+                *order_id,
+                format!(
+                    "the view of {order_id} differs from the write side: {}",
+                    differences.join(", ")
                 ),
             );
         }

@@ -35,6 +35,9 @@
 //!   `no_orphan_record`: no active payment, shipment or reservation of an order the order
 //!   service does not know.
 //! - `outbox_drained` (`outbox`), `no_consumer_lag` (`lag`).
+//! - `views_match_write_side` (`disagree`): the query service's view of every terminal order
+//!   shows the status, reason, payment (status, amount) and shipment (status, country) the
+//!   order, payment and shipping databases hold.
 //! - `windows_match_orders`: the query service's analytics windows equal a recomputation from
 //!   the order database ([`windows`]).
 //!
@@ -192,7 +195,14 @@ impl Report {
             found.double_charged.orders.len() + found.double_charged.count as usize;
         self.money_delta = found.money.count;
         self.oversold = (found.oversold.count + found.api_stock.count) as usize;
-        self.disagree = found.agree.orders.union(&found.api_orders.orders).count();
+        self.disagree = found
+            .agree
+            .orders
+            .iter()
+            .chain(&found.api_orders.orders)
+            .chain(&found.views.orders)
+            .collect::<BTreeSet<_>>()
+            .len();
         self.unexpected = found.unexpected.count as usize;
         self.outbox_pending = found.outbox.count;
         self.lag = found.lag.count;
@@ -442,6 +452,7 @@ async fn check(
         })
         .collect();
     let (orders, cells, window_ms) = windows::take(system).await?;
+    report.note("analytics_cells", cells.len());
     report.record(windows::windows_match_orders(&orders, &cells, window_ms));
     // Context for the offending orders: every service's record and the timeline.
     for order_id in offending.iter().take(8) {

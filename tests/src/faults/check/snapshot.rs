@@ -149,6 +149,8 @@ pub(super) struct Snapshot {
     pub(super) api_accounts: Vec<(String, Reply)>,
     /// `GET /products/{sku}` of every product created.
     pub(super) api_products: Vec<(String, Reply)>,
+    /// The query service's `GET /views/orders/{order_id}` of every known order.
+    pub(super) api_views: Vec<(Uuid, Reply)>,
 }
 
 impl Snapshot {
@@ -205,6 +207,14 @@ impl Snapshot {
             let url = format!("{}/products/{}", system.url(Svc::INVENTORY), product.sku);
             api_products.push((product.sku.clone(), get_json(http, &url).await));
         }
+        let api_views = futures::stream::iter(known.orders.keys().copied())
+            .map(|order_id| async move {
+                let url = format!("{}/views/orders/{order_id}", system.url(Svc::QUERY));
+                (order_id, get_json(http, &url).await)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
         Ok(Self {
             orders,
             payments,
@@ -219,6 +229,7 @@ impl Snapshot {
             api_records,
             api_accounts,
             api_products,
+            api_views,
         })
     }
 

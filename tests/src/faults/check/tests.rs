@@ -162,6 +162,7 @@ fn world() -> World {
             "sku-a".into(),
             ok(json!({"available": 8, "reserved": 0, "sold": 2})),
         )],
+        api_views: Vec::new(),
     };
     World {
         catalog,
@@ -548,6 +549,93 @@ fn a_replica_that_differs_from_the_products_is_named() {
     assert_eq!(w.report().broken(), ["replica_matches_products"]);
 }
 
+/// `world()` with the query service's views of both orders, as they should be.
+fn world_with_views() -> World {
+    let mut w = world();
+    let (confirmed, cancelled) = (w.confirmed, w.cancelled);
+    w.snap
+        .shipments
+        .insert(confirmed, json!({"status": "SCHEDULED", "country": "FR"}));
+    w.snap.api_views = vec![
+        (
+            confirmed,
+            ok(json!({"status": "CONFIRMED", "reason": null,
+                      "payment": {"status": "CHARGED", "amount_cents": 1000},
+                      "shipment": {"status": "SCHEDULED", "country": "FR"}})),
+        ),
+        (
+            cancelled,
+            ok(
+                json!({"status": "CANCELLED", "reason": "cancelled_by_customer",
+                      "payment": null, "shipment": null}),
+            ),
+        ),
+    ];
+    w
+}
+
+fn view(w: &mut World, id: Uuid) -> &mut anyhow::Result<(u16, Value)> {
+    let (_, reply) = w
+        .snap
+        .api_views
+        .iter_mut()
+        .find(|(i, _)| *i == id)
+        .expect("a view");
+    reply
+}
+
+#[test]
+fn views_that_show_the_write_side_break_nothing() {
+    let report = world_with_views().report();
+    assert_eq!(report.problems, Vec::new());
+}
+
+#[test]
+fn a_view_that_disagrees_with_the_write_side_is_named() {
+    let mut w = world_with_views();
+    let (confirmed, cancelled) = (w.confirmed, w.cancelled);
+    // Behind (still pending), and a voided payment shown as charged.
+    if let Ok((_, body)) = view(&mut w, confirmed) {
+        body["status"] = json!("PENDING");
+        body["shipment"]["country"] = json!("DE");
+    }
+    if let Ok((_, body)) = view(&mut w, cancelled) {
+        body["payment"] = json!({"status": "CHARGED", "amount_cents": 500});
+    }
+    let report = w.report();
+    assert_eq!(report.broken(), ["views_match_write_side"]);
+    assert_eq!(report.disagree, 2);
+    assert_eq!(report.problems.len(), 2);
+    assert!(report.problems[0]
+        .1
+        .contains("status \"PENDING\" (write side \"CONFIRMED\")"));
+    assert!(report.problems[0].1.contains("shipment country"));
+    assert!(report.problems[1].1.contains("payment"));
+}
+
+#[test]
+fn a_terminal_order_without_a_view_breaks_views_match_write_side() {
+    let mut w = world_with_views();
+    let (confirmed, cancelled) = (w.confirmed, w.cancelled);
+    *view(&mut w, confirmed) = not_found();
+    *view(&mut w, cancelled) = Err(anyhow::anyhow!("connection refused"));
+    let report = w.report();
+    assert_eq!(report.broken(), ["views_match_write_side"]);
+    assert_eq!(report.problems.len(), 2);
+    // A refund recorded on the write side but not in the view.
+    let mut w = world_with_views();
+    w.snap.payments.insert(
+        w.cancelled,
+        json!({"customer_id": "bob", "status": "REFUNDED", "amount_cents": 500}),
+    );
+    let report = w.report();
+    assert!(
+        report.broken().contains(&"views_match_write_side"),
+        "{:?}",
+        report.problems
+    );
+}
+
 mod redelivery {
     use super::super::rewind::{redelivery_problems, Effects};
     use crate::faults::Svc;
@@ -571,6 +659,7 @@ mod redelivery {
                 ("payment.outbox rows", "1"),
                 ("inventory.inbox rows", "2"),
                 ("shipping.inbox rows", "2"),
+                ("query.inbox rows", "3"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .into(),

@@ -159,7 +159,13 @@ async fn rewind_each_service(f: Faults<'_>) -> (Vec<Rewind>, Vec<(&'static str, 
     let mut rewinds = Vec::new();
     let mut problems = Vec::new();
     let brokers = system.broker.address();
-    let order = [Svc::PAYMENT, Svc::INVENTORY, Svc::SHIPPING, Svc::ORDER];
+    // The saga's services in this order, then every other service of the topology (a read
+    // side such as query).
+    let saga = [Svc::PAYMENT, Svc::INVENTORY, Svc::SHIPPING, Svc::ORDER];
+    let order: Vec<Svc> = saga
+        .into_iter()
+        .chain(Svc::all().filter(|svc| !saga.contains(svc)))
+        .collect();
     for svc in order.into_iter().cycle() {
         if clock.pause(rng.millis(4_000, 6_000)).await {
             break;

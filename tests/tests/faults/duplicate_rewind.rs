@@ -144,8 +144,7 @@ struct Rewind {
     inbox_below: BTreeMap<(String, i32), i64>,
 }
 
-/// Every 4-6 s, each service in turn (the topology's, the order service last; again and again
-/// in soak mode) while orders flow: stopped
+/// Every 4-6 s, each service in turn (again and again in soak mode) while orders flow: stopped
 /// with SIGTERM, its group's committed offsets set to 0 from outside the (now empty) group and
 /// read back, restarted. Returns the rewinds and (invariant, problem) of what went wrong.
 async fn rewind_each_service(f: Faults<'_>) -> (Vec<Rewind>, Vec<(&'static str, String)>) {
@@ -160,10 +159,12 @@ async fn rewind_each_service(f: Faults<'_>) -> (Vec<Rewind>, Vec<(&'static str, 
     let mut rewinds = Vec::new();
     let mut problems = Vec::new();
     let brokers = system.broker.address();
-    // Every service of the topology, the order service last.
-    let order: Vec<Svc> = Svc::all()
-        .filter(|svc| *svc != Svc::ORDER)
-        .chain([Svc::ORDER])
+    // The saga's services in this order, then every other service of the topology (a read
+    // side such as query).
+    let saga = [Svc::PAYMENT, Svc::INVENTORY, Svc::SHIPPING, Svc::ORDER];
+    let order: Vec<Svc> = saga
+        .into_iter()
+        .chain(Svc::all().filter(|svc| !saga.contains(svc)))
         .collect();
     for svc in order.into_iter().cycle() {
         if clock.pause(rng.millis(4_000, 6_000)).await {

@@ -189,6 +189,10 @@ pub async fn ensure_topics_configured(
     config: &KafkaConfig,
     topics: &[(String, Vec<(String, String)>)],
 ) -> anyhow::Result<()> {
+    if topics.is_empty() {
+        // librdkafka refuses an empty request (InvalidArgument).
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = base_config(config)?
         .create()
         .context("creating the Kafka admin client")?;

@@ -545,7 +545,16 @@ mod tests {
 
     #[test]
     fn every_version_with_a_schema_is_readable() {
+        // The records of the state topics are not events (`crate::state`).
+        let states: Vec<&str> = crate::schemas::state_schemas()
+            .iter()
+            .map(|schema| schema.event_type)
+            .collect();
+        assert!(!states.is_empty());
         for schema in crate::schemas::generated() {
+            if states.contains(&schema.event_type) {
+                continue;
+            }
             // An empty payload matches no schema, but the type must be known.
             let decoded = Event::decode(schema.event_type, &serde_json::json!({}));
             assert!(

@@ -189,8 +189,8 @@ pub async fn ensure_topics_configured(
     config: &KafkaConfig,
     topics: &[(String, Vec<(String, String)>)],
 ) -> anyhow::Result<()> {
-    // librdkafka refuses an empty request (Local: Invalid argument).
     if topics.is_empty() {
+        // librdkafka refuses an empty request (InvalidArgument).
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = base_config(config)?

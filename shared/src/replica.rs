@@ -3,8 +3,9 @@
 //! a [`ReplicaStore`] the service implements (its own table: upsert by key, delete on a
 //! tombstone).
 //!
-//! - **No consumer group**: the reader assigns itself every partition of the topic, so every
-//!   instance reads everything and no rebalance ever pauses it.
+//! - **No consumer group membership**: the reader assigns itself every partition of the
+//!   topic, so every instance reads everything and no rebalance ever pauses it (librdkafka
+//!   wants a `group.id` to assign: the service's own, never joined, never committed to).
 //! - **Offsets in the database**: `replica_offsets (topic, kafka_partition, next_offset)` is
 //!   written in the transaction that applies the records before it, so a restart resumes
 //!   exactly where the database is. A partition with no stored offset is read from the earliest
@@ -268,7 +269,17 @@ impl Replica {
                 .add_partition_offset(&self.0.topic, partition, offset)
                 .context("building the assignment")?;
         }
+        // librdkafka assigns partitions only to a consumer with a group id; it never joins the
+        // group (no subscribe) nor commits to it (offsets live in the database). The service's
+        // own group, which its Kafka user may already use (docker/kafka/set-acls.sh).
+        let group_id = self
+            .0
+            .kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-service", self.0.service));
         let consumer: StreamConsumer = kafka::base_config(&self.0.kafka)?
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")

@@ -20,7 +20,7 @@ use crate::events::*;
 use crate::state::{ProductState, StateRecord};
 
 /// Every record type of the state topics, at every version still read.
-fn state_schemas() -> Vec<EventSchema> {
+pub(crate) fn state_schemas() -> Vec<EventSchema> {
     vec![EventSchema::of_state::<ProductState>()]
 }
 

@@ -566,25 +566,33 @@ fn cargo_selection(stages: &[Vec<String>], subcommand: &str) -> (String, BTreeSe
 }
 
 /// Binaries of the workspace packages under services/, from `cargo metadata`.
-fn service_binaries() -> BTreeSet<String> {
+/// The binaries of the crates under services/: (the service binaries, named as their package;
+/// the tools beside them, such as `sagashop-ledger`).
+fn service_binaries() -> (BTreeSet<String>, BTreeSet<String>) {
     let metadata = workspace_metadata();
     let services_dir = root().join("services");
-    metadata["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .filter(|package| {
-            Path::new(package["manifest_path"].as_str().unwrap_or_default())
-                .starts_with(&services_dir)
-        })
-        .flat_map(|package| package["targets"].as_array().cloned().unwrap_or_default())
-        .filter(|target| {
-            target["kind"]
+    let mut services = BTreeSet::new();
+    let mut tools = BTreeSet::new();
+    for package in metadata["packages"].as_array().expect("packages") {
+        if !Path::new(package["manifest_path"].as_str().unwrap_or_default())
+            .starts_with(&services_dir)
+        {
+            continue;
+        }
+        let name = package["name"].as_str().unwrap_or_default();
+        for target in package["targets"].as_array().cloned().unwrap_or_default() {
+            let is_bin = target["kind"]
                 .as_array()
-                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
-        })
-        .map(|target| target["name"].as_str().unwrap_or_default().to_owned())
-        .collect()
+                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"));
+            let binary = target["name"].as_str().unwrap_or_default().to_owned();
+            match (is_bin, binary == name) {
+                (true, true) => services.insert(binary),
+                (true, false) => tools.insert(binary),
+                (false, _) => false,
+            };
+        }
+    }
+    (services, tools)
 }
 
 fn workspace_metadata() -> serde_json::Value {
@@ -610,7 +618,7 @@ fn workspace_metadata() -> serde_json::Value {
 
 #[test]
 fn the_dockerfile_builds_every_service_binary_and_compose_runs_each() {
-    let binaries = service_binaries();
+    let (binaries, tools) = service_binaries();
     let expected: BTreeSet<String> = services()
         .iter()
         .map(|service| service.package.to_owned())
@@ -626,11 +634,20 @@ fn the_dockerfile_builds_every_service_binary_and_compose_runs_each() {
         build.contains("--release") && build.contains("--locked"),
         "{build}"
     );
+    // Every service binary is built (a tool comes with its service's package) and every binary
+    // under services/ is copied out.
     for binary in binaries.iter().map(String::as_str).chain(["healthcheck"]) {
         assert!(
             built.contains(binary),
             "the Dockerfile's `{build}` does not build {binary}"
         );
+    }
+    for binary in binaries
+        .iter()
+        .chain(&tools)
+        .map(String::as_str)
+        .chain(["healthcheck"])
+    {
         assert!(
             stages
                 .iter()

@@ -111,7 +111,17 @@ async fn holds_no_decision_reaches_are_compensated_after_the_hold_timeout() {
     // cancels the order; a confirmation that raced the expiries ends it FAILED at hold.expired.
     // Either way nothing is held and nothing is charged or sold.
     stall_order.rollback().await.unwrap();
-    let order = api.wait_terminal(order_id).await;
+    // A confirmation that raced the expiries is terminal for a moment: the order is CONFIRMED
+    // until the compensations behind it are read, then FAILED. Wait for where it ends.
+    let order = eventually(
+        "the order to end CANCELLED or FAILED",
+        SAGA_TIMEOUT,
+        || async {
+            let order = api.order(order_id).await;
+            matches!(order["status"].as_str(), Some("CANCELLED" | "FAILED")).then_some(order)
+        },
+    )
+    .await;
     eprintln!("the order ended {}", order["status"]);
     match order["status"].as_str() {
         Some("CANCELLED") => assert_eq!(order["cancellation_reason"], "timeout", "{order}"),

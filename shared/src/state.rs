@@ -59,6 +59,68 @@ impl StateRecord for ProductState {
     }
 }
 
+/// The replica of `inventory.products` that a service keeps in its own database, the same in
+/// every service that keeps one: a `catalog` table (`sku` primary key, `name`, `price_cents`,
+/// `available`, `reserved`, `sold`, `version`, `updated_at`, `source_partition`,
+/// `source_offset`, `replicated_at`) that the service's migrations create. A record replaces
+/// the row of its sku only over an older version; a tombstone deletes it.
+pub struct ProductCatalog;
+
+impl crate::replica::ReplicaStore for ProductCatalog {
+    type Record = ProductState;
+
+    async fn upsert(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        key: &str,
+        product: ProductState,
+        at: crate::replica::Position,
+    ) -> Result<(), sqlx::Error> {
+        if product.sku != key {
+            tracing::error!(key, sku = %product.sku, "a product record under another sku's key; skipped");
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into catalog (sku, name, price_cents, available, reserved, sold, version,
+                                  updated_at, source_partition, source_offset)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             on conflict (sku) do update set
+                 name = excluded.name, price_cents = excluded.price_cents,
+                 available = excluded.available, reserved = excluded.reserved,
+                 sold = excluded.sold, version = excluded.version,
+                 updated_at = excluded.updated_at, source_partition = excluded.source_partition,
+                 source_offset = excluded.source_offset, replicated_at = now()
+             where catalog.version < excluded.version",
+        )
+        .bind(&product.sku)
+        .bind(&product.name)
+        .bind(product.price_cents)
+        .bind(product.available)
+        .bind(product.reserved)
+        .bind(product.sold)
+        .bind(product.version)
+        .bind(product.updated_at)
+        .bind(at.partition)
+        .bind(at.offset)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        key: &str,
+        _at: crate::replica::Position,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("delete from catalog where sku = $1")
+            .bind(key)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

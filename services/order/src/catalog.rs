@@ -21,9 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use shared::replica::{Position, Replica, ReplicaStore};
-use shared::state::ProductState;
-use sqlx::{PgConnection, PgPool};
+use shared::replica::Replica;
+use sqlx::PgPool;
 
 /// What the replica says about a product.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,61 +108,6 @@ async fn lookup(pool: &PgPool, skus: &[&str]) -> Result<BTreeMap<String, Listing
         .into_iter()
         .map(|(sku, name, price_cents)| (sku, Listing { name, price_cents }))
         .collect())
-}
-
-/// Applies `inventory.products` to the `catalog` table, keeping the highest version per sku.
-pub struct CatalogStore;
-
-impl ReplicaStore for CatalogStore {
-    type Record = ProductState;
-
-    async fn upsert(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        product: ProductState,
-        at: Position,
-    ) -> Result<(), sqlx::Error> {
-        if product.sku != key {
-            tracing::error!(key, sku = %product.sku, "a product record under another sku's key; skipped");
-            return Ok(());
-        }
-        sqlx::query(
-            "insert into catalog (sku, name, price_cents, available, version, updated_at,
-                                  source_partition, source_offset)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)
-             on conflict (sku) do update set
-                 name = excluded.name, price_cents = excluded.price_cents,
-                 available = excluded.available, version = excluded.version,
-                 updated_at = excluded.updated_at, source_partition = excluded.source_partition,
-                 source_offset = excluded.source_offset, replicated_at = now()
-             where catalog.version < excluded.version",
-        )
-        .bind(&product.sku)
-        .bind(&product.name)
-        .bind(product.price_cents)
-        .bind(product.available)
-        .bind(product.version)
-        .bind(product.updated_at)
-        .bind(at.partition)
-        .bind(at.offset)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn delete(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        _at: Position,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("delete from catalog where sku = $1")
-            .bind(key)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

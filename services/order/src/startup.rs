@@ -8,12 +8,13 @@ use axum::Router;
 use shared::replica::{Replica, ReplicaSettings};
 use shared::retention::{window_from_ms, Rule};
 use shared::service::{CancellationToken, Service};
+use shared::state::ProductCatalog;
 use shared::topics::StateTopic;
 use shared::topology;
 use sqlx::PgPool;
 
 use crate::admission::{self, Admission};
-use crate::catalog::{Catalog, CatalogStore};
+use crate::catalog::Catalog;
 use crate::handler::OrderEventHandler;
 use crate::{deadline, routes, Config, SERVICE};
 
@@ -66,7 +67,7 @@ impl Application {
                 )
             })
             .worker("catalog-replica", move |infrastructure, shutdown| {
-                replica.run(infrastructure.pool.clone(), CatalogStore, shutdown)
+                replica.run(infrastructure.pool.clone(), ProductCatalog, shutdown)
             })
             .worker("pending-orders", move |infrastructure, shutdown| {
                 admission::watch_backlog(

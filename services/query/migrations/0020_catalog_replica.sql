@@ -1,5 +1,6 @@
 -- The catalog replica: every product as inventory last published it to `inventory.products`
--- (shared::replica; offsets in `replica_offsets`), with live availability for GET /catalog.
+-- (shared::replica into shared::state::ProductCatalog; offsets in `replica_offsets`), with
+-- live availability for GET /catalog.
 -- A record applies only over an older version of the same sku.
 alter table catalog
     add column reserved         integer not null default 0,

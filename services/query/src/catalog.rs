@@ -1,5 +1,6 @@
 //! The query service's replica of inventory's products (`catalog`, fed from the compacted
-//! topic `inventory.products` by `shared::replica`), and `GET /catalog`: every product with its
+//! topic `inventory.products` by `shared::replica` into `shared::state::ProductCatalog`), and
+//! `GET /catalog`: every product with its
 //! live availability, as inventory last published it. Order views take their lines' product
 //! names from the same table.
 
@@ -11,71 +12,12 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::http::{ApiError, ValidQuery};
-use shared::replica::{Position, Replica, ReplicaStore};
-use shared::state::ProductState;
-use sqlx::{PgConnection, PgPool};
+use shared::replica::Replica;
+use sqlx::PgPool;
 
 const DEFAULT_PAGE_SIZE: i64 = 100;
 const MAX_PAGE_SIZE: i64 = 500;
 const MAX_SKU_CHARS: usize = 64;
-
-/// Applies `inventory.products` to the `catalog` table, keeping the highest version per sku.
-pub struct CatalogStore;
-
-impl ReplicaStore for CatalogStore {
-    type Record = ProductState;
-
-    async fn upsert(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        product: ProductState,
-        at: Position,
-    ) -> Result<(), sqlx::Error> {
-        if product.sku != key {
-            tracing::error!(key, sku = %product.sku, "a product record under another sku's key; skipped");
-            return Ok(());
-        }
-        sqlx::query(
-            "insert into catalog (sku, name, price_cents, available, reserved, sold, version,
-                                  updated_at, source_partition, source_offset)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             on conflict (sku) do update set
-                 name = excluded.name, price_cents = excluded.price_cents,
-                 available = excluded.available, reserved = excluded.reserved,
-                 sold = excluded.sold, version = excluded.version,
-                 updated_at = excluded.updated_at, source_partition = excluded.source_partition,
-                 source_offset = excluded.source_offset, replicated_at = now()
-             where catalog.version < excluded.version",
-        )
-        .bind(&product.sku)
-        .bind(&product.name)
-        .bind(product.price_cents)
-        .bind(product.available)
-        .bind(product.reserved)
-        .bind(product.sold)
-        .bind(product.version)
-        .bind(product.updated_at)
-        .bind(at.partition)
-        .bind(at.offset)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn delete(
-        &self,
-        conn: &mut PgConnection,
-        key: &str,
-        _at: Position,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("delete from catalog where sku = $1")
-            .bind(key)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-}
 
 /// `GET /catalog`, reading the replica's table; `replica` (absent in tests without a broker)
 /// says how current it is.

@@ -6,12 +6,13 @@
 use axum::Router;
 use shared::replica::{Replica, ReplicaSettings};
 use shared::service::{CancellationToken, Service};
+use shared::state::ProductCatalog;
 use shared::topics::StateTopic;
 use shared::topology;
 use sqlx::PgPool;
 
 use crate::analytics::{self, Analytics};
-use crate::catalog::{self, CatalogStore};
+use crate::catalog;
 use crate::handler::QueryEventHandler;
 use crate::{routes, Config, SERVICE};
 
@@ -40,7 +41,7 @@ impl Application {
                 folded.run(infrastructure.pool.clone(), shutdown)
             })
             .worker("catalog-replica", move |infrastructure, shutdown| {
-                replica.run(infrastructure.pool.clone(), CatalogStore, shutdown)
+                replica.run(infrastructure.pool.clone(), ProductCatalog, shutdown)
             })
             .records_offsets()
             .build()

@@ -75,9 +75,24 @@ drop trigger if exists outbox_notify on outbox;
 drop function if exists notify_outbox();
 
 -- The records of compacted state topics go through the outbox too (`outbox::emit_state`): a
--- null `envelope` is a tombstone (the entity was deleted).
-alter table outbox alter column envelope drop not null;
-alter table outbox_published alter column envelope drop not null;
+-- null `envelope` is a tombstone (the entity was deleted). Altered only while still `not
+-- null`: `alter table` takes the table's strongest lock, and this file runs at every start,
+-- while other replicas write to the outbox (doing it every time deadlocked a second instance
+-- starting beside a busy first one).
+do $$
+begin
+    if exists (select 1 from information_schema.columns
+               where table_schema = current_schema() and table_name = 'outbox'
+                 and column_name = 'envelope' and is_nullable = 'NO') then
+        alter table outbox alter column envelope drop not null;
+    end if;
+    if exists (select 1 from information_schema.columns
+               where table_schema = current_schema() and table_name = 'outbox_published'
+                 and column_name = 'envelope' and is_nullable = 'NO') then
+        alter table outbox_published alter column envelope drop not null;
+    end if;
+end
+$$;
 
 -- How far this database's replica of each state topic partition is (`shared::replica`): the
 -- offset of the next record to apply, stored in the transaction that applies the records

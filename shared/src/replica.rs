@@ -295,8 +295,9 @@ impl Replica {
             .context("assigning the partitions")?;
         tracing::info!(topic = %self.0.topic, ?stored, "replica reader assigned {} partitions", partitions.len());
         let result = self.apply_stream(pool, store, &consumer, shutdown).await;
-        // Destroying a client waits for its threads: not on the runtime.
-        tokio::task::spawn_blocking(move || drop(consumer));
+        // Destroying a client waits for its threads (and for a broker that may not answer): on
+        // a thread of its own, which the process does not wait for when it exits.
+        drop(off_runtime(move || drop(consumer)));
         result
     }
 
@@ -496,7 +497,7 @@ impl Replica {
         let client = Arc::clone(&self.0.client);
         let topic = self.0.topic.clone();
         let timeout = self.0.settings.broker_timeout;
-        tokio::task::spawn_blocking(move || {
+        off_runtime(move || {
             let metadata = client
                 .fetch_metadata(Some(&topic), timeout)
                 .context("fetching the topic's metadata")?;
@@ -515,8 +516,7 @@ impl Replica {
             }
             Ok(partitions)
         })
-        .await
-        .context("metadata task")?
+        .await?
     }
 
     /// (low, high) watermarks of every partition, read from the broker now.
@@ -527,7 +527,7 @@ impl Replica {
         let partitions = self.partitions().await?;
         let client = Arc::clone(&self.0.client);
         let topic = self.0.topic.clone();
-        tokio::task::spawn_blocking(move || {
+        off_runtime(move || {
             partitions
                 .into_iter()
                 .map(|partition| {
@@ -538,8 +538,27 @@ impl Replica {
                 })
                 .collect()
         })
-        .await
-        .context("watermark task")?
+        .await?
+    }
+}
+
+/// Runs `work`, a blocking librdkafka call, on a thread of its own rather than the runtime's
+/// blocking pool: a runtime waits for its blocking tasks when it shuts down, so a call to a
+/// broker that does not answer would hold the process's exit past its shutdown budget.
+fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> impl Future<Output = anyhow::Result<T>> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new()
+        .name("replica-broker-call".to_owned())
+        .spawn(move || {
+            let _ = sender.send(work());
+        });
+    async move {
+        started.context("starting a thread for a broker call")?;
+        receiver
+            .await
+            .context("the broker call's thread ended without an answer")
     }
 }
 

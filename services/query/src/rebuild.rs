@@ -114,6 +114,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         .set("group.id", format!("{group}-rebuild"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // Retention deleting what the replay is about to read moves it to what is left.
+        .set("auto.offset.reset", "earliest")
         .set(
             "fetch.wait.max.ms",
             common.kafka.fetch_wait_max_ms.to_string(),

@@ -26,7 +26,9 @@ pub async fn apply(
     observation: &Observation,
 ) -> Result<bool, sqlx::Error> {
     // Creates the order's row if need be and locks it: an order's events from other topics
-    // are applied one after the other.
+    // are applied one after the other. `do update` (not `do nothing`) so an existing row is
+    // locked and returned too. The new facts are `observe`d in Rust from these, hence written
+    // by a second statement (only when they changed).
     let facts: sqlx::types::Json<OrderFacts> = sqlx::query_scalar(
         "insert into analytics_orders (order_id) values ($1)
          on conflict (order_id) do update set updated_at = now()

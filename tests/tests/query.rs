@@ -18,15 +18,19 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
     // The catalog replica names the products (read when a view is served).
     let query = backdoor.database(&api.system.database_urls.query).await;
     let name = format!("Product {}", batch.sku);
-    eventually("the product in the catalog replica", SAGA_TIMEOUT, || async {
-        let replicated: Option<String> =
-            sqlx::query_scalar("select name from catalog where sku = $1")
-                .bind(&batch.sku)
-                .fetch_optional(&query)
-                .await
-                .unwrap();
-        (replicated.as_ref() == Some(&name)).then_some(())
-    })
+    eventually(
+        "the product in the catalog replica",
+        SAGA_TIMEOUT,
+        || async {
+            let replicated: Option<String> =
+                sqlx::query_scalar("select name from catalog where sku = $1")
+                    .bind(&batch.sku)
+                    .fetch_optional(&query)
+                    .await
+                    .unwrap();
+            (replicated.as_ref() == Some(&name)).then_some(())
+        },
+    )
     .await;
 
     for placed in &batch.orders {

@@ -202,3 +202,39 @@ async fn the_window_length_is_kept_from_the_first_start_and_another_is_refused()
         .unwrap();
     assert_eq!(stored, Some(60_000));
 }
+
+#[tokio::test]
+async fn a_second_rebuild_exits_while_one_runs() {
+    use clap::Parser;
+    let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL (cargo xtask test)");
+    let url = shared::db::create_fresh_database(&admin_url, "query_rebuild_lock")
+        .await
+        .unwrap();
+    let config = query_service::Config::try_parse_from([
+        "query-service",
+        "--database-url",
+        &url,
+        "--database-migration-url",
+        &url,
+        "rebuild",
+    ])
+    .unwrap();
+    // What a running rebuild holds.
+    let pool = shared::db::connect(&url, 1).await.unwrap();
+    let mut running = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(views::REBUILD_LOCK)
+        .execute(&mut *running)
+        .await
+        .unwrap();
+    let refused = query_service::rebuild::run(&config).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("another rebuild is running"),
+        "{refused:#}"
+    );
+    let rebuilt: bool = sqlx::query_scalar("select to_regclass('order_views_rebuild') is not null")
+        .fetch_one(&mut *running)
+        .await
+        .unwrap();
+    assert!(!rebuilt, "the refused rebuild touched nothing");
+}

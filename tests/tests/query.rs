@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod support;
 
-use e2e::{Api, Backdoor};
+use e2e::{eventually, Api, Backdoor, SAGA_TIMEOUT};
 use serde_json::{json, Value};
 use support::{fields_of, mixed_batch, or_null, settled_view};
 use uuid::Uuid;
@@ -15,15 +15,23 @@ use uuid::Uuid;
 async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() {
     let (api, backdoor) = (Api::new(), Backdoor::new());
     let batch = mixed_batch(&api, &backdoor).await;
-    // The catalog replica (fed by the lead's wiring) names the products; here by hand.
+    // The catalog replica names the products (read when a view is served).
     let query = backdoor.database(&api.system.database_urls.query).await;
-    sqlx::query(
-        "insert into catalog (sku, name, price_cents, available) values ($1, 'Blue mug', 1250, 97)",
+    let name = format!("Product {}", batch.sku);
+    eventually(
+        "the product in the catalog replica",
+        SAGA_TIMEOUT,
+        || async {
+            let replicated: Option<String> =
+                sqlx::query_scalar("select name from catalog where sku = $1")
+                    .bind(&batch.sku)
+                    .fetch_optional(&query)
+                    .await
+                    .unwrap();
+            (replicated.as_ref() == Some(&name)).then_some(())
+        },
     )
-    .bind(&batch.sku)
-    .execute(&query)
-    .await
-    .unwrap();
+    .await;
 
     for placed in &batch.orders {
         let view = settled_view(&api, placed.order_id).await;
@@ -75,7 +83,7 @@ async fn every_order_view_agrees_with_the_order_payment_and_shipping_services() 
     assert_eq!(view["status"], "CONFIRMED");
     assert_eq!(
         view["lines"],
-        json!([{"sku": batch.sku, "product_name": "Blue mug", "quantity": 2, "unit_price_cents": 1250}])
+        json!([{"sku": batch.sku, "product_name": name, "quantity": 2, "unit_price_cents": 1250}])
     );
     assert_eq!(view["total_cents"], 2_500);
     assert_eq!(view["payment"]["method"], "account_balance");

@@ -1,3 +1,5 @@
+//! The query service's binary: runs the service, or with `rebuild` rebuilds its views and exits.
+
 use clap::Parser;
 use query_service::{Application, Command, Config};
 

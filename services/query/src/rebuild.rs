@@ -14,7 +14,7 @@ use shared::Envelope;
 use sqlx::{Connection, PgPool};
 
 use crate::startup::MIGRATOR;
-use crate::views::{self, Table, VIEWS_LOCK};
+use crate::views::{self, Table, REBUILD_LOCK, VIEWS_LOCK};
 use crate::Config;
 
 /// A topic partition, by full topic name.
@@ -29,6 +29,9 @@ pub struct Report {
     pub skipped: u64,
     /// Orders in the views swapped in.
     pub orders: i64,
+    /// Orders whose events (all or some) the topics no longer held, carried over from the live
+    /// views.
+    pub carried_over: u64,
     /// The offsets the live views had reached when the swap happened: the rebuilt views
     /// reflect at least these (`topic -> partition -> next offset`).
     pub live_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
@@ -46,16 +49,22 @@ const STALLED: Duration = Duration::from_secs(60);
 
 /// Rebuilds the order views from the earliest offsets of every event topic and swaps them in:
 ///
-/// 1. creates `order_views_rebuild`, empty, like `order_views`;
-/// 2. reads every partition of every topic the service consumes from its earliest offset (an
-///    assigned consumer, no group: the live group is untouched) up to the end it had when the
-///    rebuild started, applying each event with the live projection's code;
+/// 1. takes [`REBUILD_LOCK`] for its session (a second rebuild exits at once) and creates
+///    `order_views_rebuild`, empty, like `order_views`;
+/// 2. reads every partition of every topic the service consumes from its low watermark (the
+///    earliest offset retention kept; an assigned consumer, no group: the live group is
+///    untouched) up to the end it had when the rebuild started, applying each event with the
+///    live projection's code;
 /// 3. takes [`VIEWS_LOCK`] exclusively (the live consumer holds it shared in every transaction
 ///    that applies an event, so it waits from here on), reads the offsets the live views
 ///    reflect (`consumer_offsets`) and replays on up to them, so nothing the live consumer
 ///    applied meanwhile is missing;
 /// 4. swaps the tables in one transaction (`order_views` is renamed away and dropped,
 ///    `order_views_rebuild` takes its name) and lets the live consumer go on where it was.
+///
+/// Between 2 and 3 it carries over what only the live views still know ([`views::carry_over`]):
+/// the rows of orders retention deleted every event of, and the events of an order some of
+/// whose events it deleted; so a rebuild recomputes every view and loses none.
 ///
 /// Reads are served throughout (from the old table until the swap commits). Runs as the
 /// owner (`DATABASE_MIGRATION_URL` when set), which may create and rename tables.
@@ -66,8 +75,21 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         .database_migration_url
         .as_deref()
         .unwrap_or(&common.database_url);
-    let pool = shared::db::connect(url, 2).await?;
+    let pool = shared::db::connect(url, 3).await?;
     shared::db::prepare(&pool, &MIGRATOR).await?;
+    // Held by this connection, out of the pool, until it closes: when the rebuild ends, fails
+    // or its process dies.
+    let mut rebuild_lock = pool.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(REBUILD_LOCK)
+        .fetch_one(&mut rebuild_lock)
+        .await
+        .context("taking the rebuild lock")?;
+    anyhow::ensure!(
+        locked,
+        "another rebuild is running on this database (it holds advisory lock {REBUILD_LOCK:#x}); \
+         run one at a time"
+    );
     sqlx::raw_sql(
         "drop table if exists order_views_rebuild;
          create table order_views_rebuild (like order_views including all);",
@@ -92,21 +114,27 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         .set("group.id", format!("{group}-rebuild"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // Retention deleting what the replay is about to read moves it to what is left.
+        .set("auto.offset.reset", "earliest")
         .set(
             "fetch.wait.max.ms",
             common.kafka.fetch_wait_max_ms.to_string(),
         )
         .create()
         .context("creating the replay consumer")?;
-    let (consumer, ends) = tokio::task::spawn_blocking(move || {
-        let ends = end_offsets(&consumer, &topics);
-        (consumer, ends)
+    let (consumer, watermarks) = tokio::task::spawn_blocking(move || {
+        let watermarks = watermarks(&consumer, &topics);
+        (consumer, watermarks)
     })
     .await?;
-    let ends = ends?;
+    let watermarks = watermarks?;
+    let ends: BTreeMap<Partition, i64> = watermarks
+        .iter()
+        .map(|(key, (_, high))| (key.clone(), *high))
+        .collect();
     let mut assignment = TopicPartitionList::new();
-    for (topic, partition) in ends.keys() {
-        assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    for ((topic, partition), (low, _)) in &watermarks {
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(*low))?;
     }
     consumer
         .assign(&assignment)
@@ -116,13 +144,27 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         pool: pool.clone(),
         consumer,
         prefix: prefix.clone(),
-        positions: ends.keys().map(|key| (key.clone(), 0)).collect(),
+        // Below the low watermark retention deleted everything: nothing to wait for there.
+        positions: watermarks
+            .iter()
+            .map(|(key, (low, _))| (key.clone(), *low))
+            .collect(),
         paused: Vec::new(),
         events_applied: 0,
         skipped: 0,
     };
     // What the topics held when the rebuild started, without holding anything.
     replay.until(&ends).await?;
+    // Without holding anything either: whatever the live consumer applies from here on comes
+    // from the topics, which the catch-up replays.
+    let carried_over = {
+        let mut tx = pool.begin().await?;
+        let carried_over = views::carry_over(&mut tx)
+            .await
+            .context("carrying over what the topics no longer hold")?;
+        tx.commit().await?;
+        carried_over
+    };
 
     let mut lock = pool.acquire().await?;
     sqlx::query("select pg_advisory_lock($1)")
@@ -170,21 +212,24 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let orders = sqlx::query_scalar("select count(*) from order_views")
         .fetch_one(&pool)
         .await?;
+    let _ = rebuild_lock.close().await;
     Ok(Report {
         events_applied: replay.events_applied,
         skipped: replay.skipped,
         orders,
+        carried_over,
         live_offsets,
         held_ms,
         took_ms: started.elapsed().as_millis() as u64,
     })
 }
 
-/// Every partition of `topics` with its high watermark (the offset of the next message).
-fn end_offsets(
+/// Every partition of `topics` with its low and high watermarks (the earliest offset still
+/// held, the offset of the next message).
+fn watermarks(
     consumer: &StreamConsumer,
     topics: &[String],
-) -> anyhow::Result<BTreeMap<Partition, i64>> {
+) -> anyhow::Result<BTreeMap<Partition, (i64, i64)>> {
     let timeout = Duration::from_secs(10);
     let mut ends = BTreeMap::new();
     for topic in topics {
@@ -198,10 +243,10 @@ fn end_offsets(
             .unwrap_or_default();
         anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
         for partition in 0..partitions as i32 {
-            let (_, high) = consumer
+            let watermarks = consumer
                 .fetch_watermarks(topic, partition, timeout)
-                .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
-            ends.insert((topic.clone(), partition), high);
+                .with_context(|| format!("reading the watermarks of {topic}[{partition}]"))?;
+            ends.insert((topic.clone(), partition), watermarks);
         }
     }
     Ok(ends)

@@ -24,6 +24,7 @@ pub struct Application(Service);
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let analytics = Analytics::new(&config.analytics);
+        let checked = analytics.clone();
         let (served, folded) = (analytics.clone(), analytics.clone());
         let replica = Replica::new(
             &config.common.kafka,
@@ -32,7 +33,7 @@ impl Application {
             ReplicaSettings::default(),
         )?;
         let shown = replica.clone();
-        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+        let service = Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(move |infrastructure| {
                 router_with(infrastructure.pool.clone(), served, Some(shown))
             })
@@ -45,8 +46,13 @@ impl Application {
             })
             .records_offsets()
             .build()
-            .await
-            .map(Self)
+            .await?;
+        // The migrations are applied; nothing runs yet.
+        let pool = shared::db::connect(&config.common.database_url, 1).await?;
+        let checked = checked.check_window(&pool).await;
+        pool.close().await;
+        checked?;
+        Ok(Self(service))
     }
 
     pub fn port(&self) -> u16 {

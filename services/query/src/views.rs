@@ -16,6 +16,9 @@ use crate::projection::{OrderEvents, OrderView, Recorded, Status};
 /// exclusively while it catches up and swaps its tables in.
 pub const VIEWS_LOCK: i64 = 0x5341_4741_5149_4557;
 
+/// The advisory lock a rebuild holds for its whole session: one rebuild at a time.
+pub const REBUILD_LOCK: i64 = 0x5341_4741_5152_4542;
+
 /// Which copy of the order views a statement works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -67,23 +70,64 @@ pub async fn apply(
     let Some(events) = events.apply(Recorded::of(envelope)) else {
         return Ok(());
     };
-    let view = OrderView::of(envelope.order_id, &events);
+    store(conn, table, envelope.order_id, &events).await
+}
+
+/// Stores `events` and the columns derived from them in the row of `order_id`.
+async fn store(
+    conn: &mut PgConnection,
+    table: &str,
+    order_id: Uuid,
+    events: &OrderEvents,
+) -> Result<(), sqlx::Error> {
+    let view = OrderView::of(order_id, events);
     sqlx::query(&format!(
         "update {table} set customer_id = $2, status = $3, reason = $4, total_cents = $5,
                 created_at = $6, last_event_at = $7, events = $8
          where order_id = $1"
     ))
-    .bind(envelope.order_id)
+    .bind(order_id)
     .bind(&view.customer_id)
     .bind(view.status.as_str())
     .bind(view.reason)
     .bind(view.total_cents)
     .bind(view.created_at)
     .bind(view.last_event_at)
-    .bind(Json(&events))
+    .bind(Json(events))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Carries into `order_views_rebuild` what only `order_views` still knows, so a rebuild loses
+/// nothing retention deleted from the topics: the rows of orders that had no event in the
+/// replay are copied as they are, and the events a rebuilt row lacks are added to it (its
+/// columns derived again, with the rebuild's code, from the union). A view is a function of
+/// its set of events, so this commutes with the replay: events applied to either table later
+/// give the same rows. Returns how many orders it carried over or completed.
+pub async fn carry_over(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let copied = sqlx::query(
+        "insert into order_views_rebuild select * from order_views on conflict (order_id) do nothing",
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    // Same events, same JSON: containment finds the rows the topics no longer fully hold.
+    let partial: Vec<(Uuid, Json<OrderEvents>, Json<OrderEvents>)> = sqlx::query_as(
+        "select l.order_id, l.events, r.events
+         from order_views l join order_views_rebuild r using (order_id)
+         where not r.events @> l.events",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let completed = partial.len() as u64;
+    for (order_id, Json(live), Json(rebuilt)) in partial {
+        let events = live.iter().fold(rebuilt, |events, recorded| {
+            events.apply(recorded.clone()).unwrap_or(events)
+        });
+        store(conn, Table::Rebuild.name(), order_id, &events).await?;
+    }
+    Ok(copied + completed)
 }
 
 /// An order line as a view shows it, with the product's name from the catalog.
@@ -129,13 +173,16 @@ pub struct Filter {
 }
 
 /// Up to `filter.limit` orders, newest first; the cursor of the next page, if there may be one.
+/// Only orders whose `order.created` was seen: events for an order the order service never had
+/// (it answers them with `order.cancelled`) make a row [`order`] serves, never a listed order.
 pub async fn list(
     pool: &PgPool,
     filter: &Filter,
 ) -> Result<(Vec<OrderResponse>, Option<Uuid>), sqlx::Error> {
     let rows: Vec<(Uuid, Json<OrderEvents>)> = sqlx::query_as(
         "select order_id, events from order_views
-         where ($1::text is null or customer_id = $1)
+         where created_at is not null
+           and ($1::text is null or customer_id = $1)
            and ($2::text is null or status = $2)
            and ($3::uuid is null or order_id < $3)
          order by order_id desc
@@ -205,7 +252,7 @@ pub struct CustomerView {
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
-/// `None` when no order of `customer_id` was seen.
+/// `None` when no order of `customer_id` was seen (`order.created`, as in [`list`]).
 pub async fn customer(
     pool: &PgPool,
     customer_id: &str,
@@ -213,7 +260,7 @@ pub async fn customer(
     let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
         "select status, count(*), coalesce(sum(total_cents) filter (where status = 'CONFIRMED'), 0)::bigint,
                 max(last_event_at)
-         from order_views where customer_id = $1 group by status",
+         from order_views where customer_id = $1 and created_at is not null group by status",
     )
     .bind(customer_id)
     .fetch_all(pool)

@@ -86,6 +86,20 @@ impl Analytics {
         )
     }
 
+    /// Refuses a window length other than the one the stored windows were built with (stored
+    /// on first start): their starts are multiples of it.
+    pub async fn check_window(&self, pool: &PgPool) -> anyhow::Result<()> {
+        let configured = self.config.window_ms;
+        let stored = store::stored_window_ms(pool, configured).await?;
+        anyhow::ensure!(
+            stored == configured,
+            "ANALYTICS_WINDOW_MS is {configured} but the analytics in this database were built \
+             with windows of {stored} ms: set it back to {stored} (windows of another length cannot \
+             be derived from the stored ones; docs/ANALYTICS.md)"
+        );
+        Ok(())
+    }
+
     /// Applies `event` to the windows in the consumer's transaction (the one holding its inbox
     /// row and its partition's recorded offset).
     pub async fn apply(

@@ -26,7 +26,9 @@ pub async fn apply(
     observation: &Observation,
 ) -> Result<bool, sqlx::Error> {
     // Creates the order's row if need be and locks it: an order's events from other topics
-    // are applied one after the other.
+    // are applied one after the other. `do update` (not `do nothing`) so an existing row is
+    // locked and returned too. The new facts are `observe`d in Rust from these, hence written
+    // by a second statement (only when they changed).
     let facts: sqlx::types::Json<OrderFacts> = sqlx::query_scalar(
         "insert into analytics_orders (order_id) values ($1)
          on conflict (order_id) do update set updated_at = now()
@@ -87,10 +89,23 @@ pub async fn max_event_time(conn: &mut PgConnection) -> Result<Option<DateTime<U
     .await
 }
 
+/// The advisory lock a fold holds for its transaction.
+const FOLD_LOCK: i64 = 0x5341_4741_414e_4c59;
+
 /// Moves every committed delta into its cell, in one transaction (replicas may fold at the
 /// same time: a delta is deleted, hence counted, once), raising the revision of each window
 /// it changed. Returns how many deltas it folded.
 pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One fold at a time across replicas: `nextval` hands out revisions in call order but
+    // they become visible in commit order, so two concurrent folds could commit revision 6
+    // before 5, and a replica streaming "above 6" would never send the windows of 5. Taking
+    // the lock before any `nextval`, and holding it until commit, makes every revision
+    // visible before any higher one is drawn.
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(FOLD_LOCK)
+        .execute(&mut *tx)
+        .await?;
     let folded: i64 = sqlx::query_scalar(
         "with moved as (
              delete from analytics_deltas
@@ -117,8 +132,9 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
          )
          select count(*) from moved",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(folded.try_into().unwrap_or_default())
 }
 
@@ -197,6 +213,17 @@ fn fold_rows(rows: Vec<(DateTime<Utc>, String, String, i64)>) -> BTreeMap<i64, W
     let mut windows = fold_cells(&cells);
     windows.retain(|_, window| *window != WindowMetrics::default());
     windows
+}
+
+/// The window length the stored windows were built with: `window_ms` when none was stored
+/// yet (it is stored then).
+pub async fn stored_window_ms(pool: &PgPool, window_ms: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "update analytics_watermark set window_ms = coalesce(window_ms, $1) returning window_ms",
+    )
+    .bind(window_ms)
+    .fetch_one(pool)
+    .await
 }
 
 /// The latest event time applied, read from the pool.

@@ -1,3 +1,6 @@
+//! The window rules without I/O: window assignment, watermarks and lateness, per-order facts
+//! and the cell deltas they give, folded the same whatever the order of arrival.
+
 use chrono::TimeZone;
 use proptest::prelude::*;
 use uuid::Uuid;

@@ -1,3 +1,6 @@
+//! The projection's rules: views derived from event sets, whatever the order of arrival and
+//! however often an event is re-delivered, and statuses that agree with the order service's.
+
 use chrono::TimeZone;
 use proptest::prelude::*;
 use shared::events::{
@@ -352,6 +355,44 @@ fn a_compensation_after_the_confirmation_fails_the_order_at_hold_expired() {
     assert_eq!(view.status, Status::Failed);
     assert_eq!(view.failed_step, Some(HOLD_EXPIRED_STEP));
     assert_eq!(view.shipment.map(|s| s.status), Some("CANCELLED"));
+}
+
+/// The order service (`domain::transition`) fails a `PENDING` or `CANCELLED` order on a
+/// compensation failure, keeps a `CONFIRMED` one (it is failed only by a compensation that was
+/// carried out), and emits `order.confirmed` only from `PENDING`: so with `order.confirmed`
+/// among the events, a compensation failure came after it and the order stays `CONFIRMED`,
+/// until a carried-out compensation makes it `FAILED` at `hold.expired`.
+#[test]
+fn a_compensation_failure_after_the_confirmation_keeps_the_order_confirmed_as_the_order_service_does(
+) {
+    let mut events = confirmed_saga();
+    events.push(event(
+        "payment",
+        9,
+        &RefundFailed {
+            order_id: order_id(),
+            amount_cents: 4_500,
+            error: "account closed".to_owned(),
+        },
+    ));
+    let view = view_of(&events);
+    assert_eq!((view.status, view.failed_step), (Status::Confirmed, None));
+    assert_eq!(
+        view.payment.as_ref().map(|p| p.status),
+        Some("REFUND_FAILED")
+    );
+    events.push(event(
+        "shipping",
+        10,
+        &ShipmentCancelled {
+            order_id: order_id(),
+        },
+    ));
+    let view = view_of(&events);
+    assert_eq!(
+        (view.status, view.failed_step),
+        (Status::Failed, Some(HOLD_EXPIRED_STEP))
+    );
 }
 
 #[test]

@@ -48,7 +48,18 @@ async fn the_upgrade_publishes_every_existing_product_once() {
     .execute(&pool)
     .await
     .unwrap();
-    let before: Vec<ProductState> = sqlx::query_as::<_, (String, String, i64, i32, i32, i32, chrono::DateTime<chrono::Utc>)>(
+    let before: Vec<ProductState> = sqlx::query_as::<
+        _,
+        (
+            String,
+            String,
+            i64,
+            i32,
+            i32,
+            i32,
+            chrono::DateTime<chrono::Utc>,
+        ),
+    >(
         "select sku, name, price_cents, available, reserved, sold, updated_at from products
          order by sku",
     )
@@ -56,16 +67,18 @@ async fn the_upgrade_publishes_every_existing_product_once() {
     .await
     .unwrap()
     .into_iter()
-    .map(|(sku, name, price_cents, available, reserved, sold, updated_at)| ProductState {
-        sku,
-        name,
-        price_cents,
-        available,
-        reserved,
-        sold,
-        version: 1,
-        updated_at,
-    })
+    .map(
+        |(sku, name, price_cents, available, reserved, sold, updated_at)| ProductState {
+            sku,
+            name,
+            price_cents,
+            available,
+            reserved,
+            sold,
+            version: 1,
+            updated_at,
+        },
+    )
     .collect();
 
     inventory_service::migrate(&pool).await.expect("upgrading");
@@ -84,7 +97,9 @@ async fn the_upgrade_publishes_every_existing_product_once() {
         .collect();
     assert_eq!(published, expected);
 
-    inventory_service::migrate(&pool).await.expect("migrating again");
+    inventory_service::migrate(&pool)
+        .await
+        .expect("migrating again");
     assert_eq!(outbox_states(&pool).await.len(), 2, "applied once");
 }
 

@@ -104,3 +104,13 @@ create table if not exists replica_offsets (
     updated_at      timestamptz not null default now(),
     primary key (topic, kafka_partition)
 );
+
+-- Where a consumer that opts in (`records_offsets`) is, per partition: written in the
+-- transaction that applied the messages, so it says exactly what the database reflects.
+create table if not exists consumer_offsets (
+    topic           text not null,
+    kafka_partition integer not null,
+    next_offset     bigint not null,
+    updated_at      timestamptz not null default now(),
+    primary key (topic, kafka_partition)
+);

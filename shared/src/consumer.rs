@@ -174,8 +174,8 @@ pub(crate) struct ConsumerLoop<H> {
     pub progress: Progress,
     /// Messages handed back to the broker while they fail transiently, by (topic, partition).
     pub deferred: Mutex<HashMap<(String, i32), Deferral>>,
-    /// Upsert `consumer_offsets` in each transaction that applies messages
-    /// (`ServiceBuilder::records_offsets`).
+    /// Upsert `consumer_offsets` (shared/sql/messaging.sql) in each transaction that applies
+    /// messages (`ServiceBuilder::records_offsets`).
     pub records_offsets: bool,
 }
 

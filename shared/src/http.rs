@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -155,6 +155,38 @@ pub fn check_length(field: &str, value: &str, max: usize) -> Result<(), ApiError
     } else {
         Ok(())
     }
+}
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// The `Idempotency-Key` header, as a bare token or a quoted structured-field string: `None`
+/// without one, 400 `invalid_idempotency_key` unless it is 1 to [`MAX_IDEMPOTENCY_KEY_CHARS`]
+/// visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+            ),
+        )
+    };
+    let value = value.to_str().map_err(|_| invalid())?.trim();
+    let key = value
+        .strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+        .unwrap_or(value);
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !key.bytes().all(|byte| byte.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// Like `axum::Json`, but every rejection is an [`ApiError`] and the body is validated.
@@ -463,5 +495,27 @@ mod tests {
             .unwrap();
         let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(error["error"]["code"], "method_not_allowed");
+    }
+
+    #[test]
+    fn an_idempotency_key_is_a_token_or_a_quoted_string_of_visible_ascii() {
+        let key = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("idempotency-key", value.parse().unwrap());
+            idempotency_key(&headers).map_err(|error| error.code)
+        };
+        assert_eq!(
+            idempotency_key(&HeaderMap::new()).map_err(|e| e.code),
+            Ok(None)
+        );
+        assert_eq!(key("abc-1"), Ok(Some("abc-1".to_owned())));
+        assert_eq!(key(" \"abc-1\" "), Ok(Some("abc-1".to_owned())));
+        assert_eq!(
+            key(&"k".repeat(MAX_IDEMPOTENCY_KEY_CHARS)).map(|k| k.map(|k| k.len())),
+            Ok(Some(255))
+        );
+        for bad in ["\"\"", "a b", &"k".repeat(MAX_IDEMPOTENCY_KEY_CHARS + 1)] {
+            assert_eq!(key(bad), Err("invalid_idempotency_key".into()), "{bad:?}");
+        }
     }
 }

@@ -288,7 +288,7 @@ mod tests {
         }
         assert_eq!(publisher_of(StateTopic::Products).name, "inventory");
         let replicas: Vec<&str> = replicas_of(StateTopic::Products).map(|s| s.name).collect();
-        assert_eq!(replicas, ["order"]);
+        assert_eq!(replicas, ["order", "query"]);
         let used: Vec<StateTopic> = ORDER.state_topics().collect();
         assert_eq!(used, [StateTopic::Products]);
         assert_eq!(PAYMENT.state_topics().count(), 0);

@@ -1,7 +1,8 @@
 //! Publishes a product's current state (`shared::state::ProductState`) to the compacted topic
 //! `inventory.products`, keyed by sku, through the outbox: in the transaction of every change
 //! (created, restocked, reserved, released, sold), one record per product per transaction.
-//! Inventory deletes no product, so it publishes no tombstone.
+//! Inventory deletes no product, so it publishes no tombstone. Products that existed before
+//! this record did were published once by migration 0004, in the format `emit_state` writes.
 
 use chrono::{DateTime, Utc};
 use shared::outbox;

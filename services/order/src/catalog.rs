@@ -9,7 +9,10 @@
 //! milliseconds), then reads every partition's high watermark and waits up to
 //! `CATALOG_CATCH_UP_MS` for the replica to apply up to it, and looks again; [`decide`] then
 //! refuses only a sku still missing from a replica that did catch up. A known sku costs one
-//! indexed read and no broker round trip.
+//! indexed read and no broker round trip. The check runs before admission control, so a wait
+//! holds no `MAX_IN_FLIGHT_ORDERS` slot, and at most [`MAX_CATALOG_WAITS`] requests wait at
+//! once: when none is free the order is accepted without waiting and the saga decides (a flood
+//! of made-up skus costs neither real orders' slots nor a watermark read each).
 //!
 //! The race that remains: a product whose state inventory committed but its relay had not yet
 //! published when the watermarks were read (`CATALOG_SETTLE_MS` after the order came in; the
@@ -19,10 +22,15 @@
 //! always found.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shared::replica::Replica;
 use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Most `POST /orders` requests waiting for the replica at once.
+pub const MAX_CATALOG_WAITS: usize = 16;
 
 /// What the replica says about a product.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +48,21 @@ pub enum Decision {
     RejectUnknown(Vec<String>),
 }
 
+/// How the wait for the replica went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The replica reached the watermarks read after the settle.
+    CaughtUp,
+    /// It did not within `CATALOG_CATCH_UP_MS`.
+    NotCurrent,
+    /// [`MAX_CATALOG_WAITS`] requests were already waiting: this one did not.
+    NoneFree,
+}
+
 /// The rule: skus still missing once the wait is over are refused only if the replica reached
 /// the watermarks read after the settle; otherwise the saga decides.
-pub fn decide(still_missing: &[String], caught_up: bool) -> Decision {
-    if still_missing.is_empty() || !caught_up {
+pub fn decide(still_missing: &[String], wait: Wait) -> Decision {
+    if still_missing.is_empty() || wait != Wait::CaughtUp {
         Decision::Accept
     } else {
         Decision::RejectUnknown(still_missing.to_vec())
@@ -54,12 +73,27 @@ pub fn decide(still_missing: &[String], caught_up: bool) -> Decision {
 #[derive(Clone)]
 pub struct Catalog {
     /// `None`: no replica runs (the router alone, in tests without a broker); never refuses.
-    pub replica: Option<Replica>,
-    pub settle: Duration,
-    pub catch_up: Duration,
+    replica: Option<Replica>,
+    settle: Duration,
+    catch_up: Duration,
+    waits: Arc<Semaphore>,
 }
 
 impl Catalog {
+    pub fn new(replica: Option<Replica>, settle: Duration, catch_up: Duration) -> Self {
+        Self {
+            replica,
+            settle,
+            catch_up,
+            waits: Arc::new(Semaphore::new(MAX_CATALOG_WAITS)),
+        }
+    }
+
+    /// A place among the [`MAX_CATALOG_WAITS`] waiting requests, if one is free (never waits).
+    fn try_wait(&self) -> Option<OwnedSemaphorePermit> {
+        self.waits.clone().try_acquire_owned().ok()
+    }
+
     /// Looks `skus` up; for any missing, waits as the module says and looks again. Returns
     /// what the replica lists and the decision.
     pub async fn check(
@@ -80,16 +114,27 @@ impl Catalog {
         let Some(replica) = &self.replica else {
             return Ok((found, Decision::Accept));
         };
-        tokio::time::sleep(self.settle).await;
-        let caught_up = replica.wait_current(self.catch_up).await;
-        let again: Vec<String> = missing(&found);
-        let again: Vec<&str> = again.iter().map(String::as_str).collect();
-        found.extend(lookup(pool, &again).await?);
-        let decision = decide(&missing(&found), caught_up);
-        metrics::counter!("sagashop_catalog_checks_total", "outcome" => match (&decision, caught_up) {
+        let wait = match self.try_wait() {
+            Some(_waiting) => {
+                tokio::time::sleep(self.settle).await;
+                let wait = if replica.wait_current(self.catch_up).await {
+                    Wait::CaughtUp
+                } else {
+                    Wait::NotCurrent
+                };
+                let again: Vec<String> = missing(&found);
+                let again: Vec<&str> = again.iter().map(String::as_str).collect();
+                found.extend(lookup(pool, &again).await?);
+                wait
+            }
+            None => Wait::NoneFree,
+        };
+        let decision = decide(&missing(&found), wait);
+        metrics::counter!("sagashop_catalog_checks_total", "outcome" => match (&decision, wait) {
             (Decision::RejectUnknown(_), _) => "unknown_product",
-            (Decision::Accept, true) => "found_after_catch_up",
-            (Decision::Accept, false) => "not_current",
+            (Decision::Accept, Wait::CaughtUp) => "found_after_catch_up",
+            (Decision::Accept, Wait::NotCurrent) => "not_current",
+            (Decision::Accept, Wait::NoneFree) => "no_wait_free",
         })
         .increment(1);
         Ok((found, decision))
@@ -120,20 +165,40 @@ mod tests {
 
     #[test]
     fn every_sku_found_is_accepted_whether_or_not_the_replica_is_current() {
-        assert_eq!(decide(&[], true), Decision::Accept);
-        assert_eq!(decide(&[], false), Decision::Accept);
+        for wait in [Wait::CaughtUp, Wait::NotCurrent, Wait::NoneFree] {
+            assert_eq!(decide(&[], wait), Decision::Accept);
+        }
     }
 
     #[test]
     fn a_sku_missing_from_a_current_replica_is_refused() {
         assert_eq!(
-            decide(&skus(&["GHOST", "NOPE"]), true),
+            decide(&skus(&["GHOST", "NOPE"]), Wait::CaughtUp),
             Decision::RejectUnknown(skus(&["GHOST", "NOPE"]))
         );
     }
 
     #[test]
     fn a_sku_missing_from_a_replica_that_did_not_catch_up_goes_to_the_saga() {
-        assert_eq!(decide(&skus(&["NEW-1"]), false), Decision::Accept);
+        assert_eq!(
+            decide(&skus(&["NEW-1"]), Wait::NotCurrent),
+            Decision::Accept
+        );
+    }
+
+    #[test]
+    fn a_sku_missing_while_every_wait_is_taken_goes_to_the_saga() {
+        assert_eq!(decide(&skus(&["GHOST"]), Wait::NoneFree), Decision::Accept);
+    }
+
+    #[test]
+    fn at_most_max_catalog_waits_requests_wait_and_a_finished_one_frees_its_place() {
+        let catalog = Catalog::new(None, Duration::ZERO, Duration::ZERO);
+        let waiting: Vec<_> = (0..MAX_CATALOG_WAITS)
+            .map(|_| catalog.try_wait().expect("a free place"))
+            .collect();
+        assert!(catalog.try_wait().is_none());
+        drop(waiting);
+        assert!(catalog.try_wait().is_some());
     }
 }

@@ -10,7 +10,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shared::events::{OrderCreated, OrderLine, ShippingAddress};
-use shared::http::{check_length, ApiError, ValidJson, ValidPath, ValidQuery, Validate};
+use shared::http::{
+    check_length, idempotency_key, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
+};
 use shared::outbox::OutboxSignal;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -78,7 +80,6 @@ const MAX_ID_CHARS: usize = 64;
 const MAX_ADDRESS_FIELD_CHARS: usize = 200;
 const MAX_LINES: usize = 50;
 const MAX_QUANTITY: i32 = 1_000;
-const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 const DEFAULT_PAGE_SIZE: i64 = 20;
 const MAX_PAGE_SIZE: i64 = 100;
 
@@ -197,33 +198,6 @@ fn accepted(order_id: Uuid, status: OrderStatus) -> Response {
         .into_response()
 }
 
-/// The Idempotency-Key header, as a bare token or a quoted structured-field string.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let invalid = || {
-        ApiError::bad_request(
-            "invalid_idempotency_key",
-            format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
-            ),
-        )
-    };
-    let value = value.to_str().map_err(|_| invalid())?.trim();
-    let key = value
-        .strip_prefix('"')
-        .and_then(|inner| inner.strip_suffix('"'))
-        .unwrap_or(value);
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
-        || !key.bytes().all(|byte| byte.is_ascii_graphic())
-    {
-        return Err(invalid());
-    }
-    Ok(Some(key.to_owned()))
-}
-
 async fn place_order(
     State(pool): State<PgPool>,
     State(outbox): State<OutboxSignal>,
@@ -233,17 +207,17 @@ async fn place_order(
     ValidJson(request): ValidJson<PlaceOrder>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let _slot = admission.admit()?;
     let request_json =
         serde_json::to_value(&request).map_err(|_| ApiError::invalid("unserializable request"))?;
+    // Before admission: a wait for the replica holds no in-flight slot (crate::catalog).
+    let skus: Vec<&str> = request.items.iter().map(|line| line.sku.as_str()).collect();
+    let (listings, decision) = catalog.check(&pool, &skus).await?;
+    let _slot = admission.admit()?;
     if let Some(key) = &key {
         if let Some(response) = replay(&pool, &request.customer_id, key, &request_json).await? {
             return Ok(response);
         }
     }
-
-    let skus: Vec<&str> = request.items.iter().map(|line| line.sku.as_str()).collect();
-    let (listings, decision) = catalog.check(&pool, &skus).await?;
     if let Decision::RejectUnknown(unknown) = decision {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -36,11 +36,11 @@ impl Application {
             StateTopic::Products,
             ReplicaSettings::default(),
         )?;
-        let catalog = Catalog {
-            replica: Some(replica.clone()),
-            settle: Duration::from_millis(config.catalog_settle_ms),
-            catch_up: Duration::from_millis(config.catalog_catch_up_ms),
-        };
+        let catalog = Catalog::new(
+            Some(replica.clone()),
+            Duration::from_millis(config.catalog_settle_ms),
+            Duration::from_millis(config.catalog_catch_up_ms),
+        );
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| {
                 routes::router(
@@ -110,11 +110,7 @@ pub fn idempotency_key_retention(retention_ms: u64) -> Rule {
 /// no backlog bound (nothing recounts the backlog) and no catalog replica (no sku is refused).
 pub fn router(pool: PgPool) -> Router {
     let admission = Admission::new(64, i64::MAX);
-    let catalog = Catalog {
-        replica: None,
-        settle: Duration::ZERO,
-        catch_up: Duration::ZERO,
-    };
+    let catalog = Catalog::new(None, Duration::ZERO, Duration::ZERO);
     routes::router(
         pool.clone(),
         shared::outbox::OutboxSignal::new(pool),

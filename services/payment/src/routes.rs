@@ -9,7 +9,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use shared::http::{
-    check_length, path_segment, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
+    check_length, idempotency_key, path_segment, ApiError, ValidJson, ValidPath, ValidQuery,
+    Validate,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -30,7 +31,6 @@ pub fn router(pool: PgPool) -> Router {
 const MAX_CUSTOMER_ID_CHARS: usize = 64;
 /// The largest single deposit.
 const MAX_DEPOSIT_CENTS: i64 = MAX_BALANCE_CENTS;
-const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 const DEFAULT_PAGE_SIZE: i64 = 20;
 const MAX_PAGE_SIZE: i64 = 100;
 
@@ -202,33 +202,6 @@ struct Deposited {
 
 fn deposited(customer_id: String, entry: LedgerRow) -> Response {
     (StatusCode::CREATED, Json(Deposited { customer_id, entry })).into_response()
-}
-
-/// The Idempotency-Key header, as a bare token or a quoted structured-field string.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let invalid = || {
-        ApiError::bad_request(
-            "invalid_idempotency_key",
-            format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
-            ),
-        )
-    };
-    let value = value.to_str().map_err(|_| invalid())?.trim();
-    let key = value
-        .strip_prefix('"')
-        .and_then(|inner| inner.strip_suffix('"'))
-        .unwrap_or(value);
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
-        || !key.bytes().all(|byte| byte.is_ascii_graphic())
-    {
-        return Err(invalid());
-    }
-    Ok(Some(key.to_owned()))
 }
 
 /// Appends a `DEPOSITED` entry. With an Idempotency-Key (scoped to the customer), a retry with

@@ -1,8 +1,8 @@
 //! Replays every ledger and compares it with the `accounts` snapshots (`sagashop-ledger
 //! verify`): an account whose balance or version is not the fold of its ledger, a ledger with
-//! a version gap or a running balance that does not add up, an account without a ledger, a
-//! ledger without an account. Read in one repeatable-read, read-only transaction, so a
-//! running service is no false alarm.
+//! a version gap or a running balance that does not add up, an entry of an unknown kind, an
+//! account without a ledger, a ledger without an account. Read in one repeatable-read,
+//! read-only transaction, so a running service is no false alarm.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -127,10 +127,15 @@ pub async fn verify(pool: &PgPool) -> Result<Verification, sqlx::Error> {
             }
             let (_, replay) =
                 current.get_or_insert_with(|| (customer_id.clone(), Replay::default()));
-            let entry = row.entry().ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown ledger entry kind {}", row.kind).into())
-            })?;
-            replay.push(&entry);
+            match row.entry() {
+                Some(entry) => replay.push(&entry),
+                None => replay.push_unknown_kind(
+                    row.version,
+                    &row.kind,
+                    row.amount_cents,
+                    row.balance_after_cents,
+                ),
+            }
         }
         if let Some((of, replay)) = current {
             let snapshot = stored.remove(&of);

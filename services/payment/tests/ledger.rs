@@ -649,6 +649,35 @@ async fn verify_passes_a_consistent_database_and_reports_each_account_that_does_
 }
 
 #[tokio::test]
+async fn verify_reports_an_entry_of_an_unknown_kind_for_its_account_and_goes_on() {
+    let (url, app) = start_with_url().await;
+    open(&app, "nia", 100).await;
+    open(&app, "oz", 200).await;
+    // An entry of a kind a later release would write.
+    sqlx::raw_sql(
+        "alter table ledger_entries drop constraint ledger_entries_kind_check;
+         insert into ledger_entries (customer_id, version, kind, amount_cents, balance_after_cents, causation_id)
+         values ('nia', 2, 'GIFTED', 5, 105, gen_random_uuid());
+         update accounts set balance_cents = 105, version = 2 where customer_id = 'nia';",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let (code, stdout, stderr) = sagashop_ledger(&["verify", "--database-url", &url]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "MISMATCH customer=\"nia\": version 2 has an unknown kind \"GIFTED\"",
+            "verified 2 accounts and 3 ledger entries: 1 account does not add up",
+        ],
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
 async fn the_migration_gives_existing_accounts_a_ledger_that_folds_to_their_balance() {
     let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let url = shared::db::create_fresh_database(&admin_url, "payment_backfill")

@@ -26,12 +26,5 @@ create table catalog (
     updated_at  timestamptz not null default now()
 );
 
--- Where the consumer is, per partition, committed with the views it applied (the shared
--- consumer's opt-in `records_offsets`): what every view response reports as `as_of`.
-create table consumer_offsets (
-    topic           text not null,
-    kafka_partition integer not null,
-    next_offset     bigint not null,
-    updated_at      timestamptz not null default now(),
-    primary key (topic, kafka_partition)
-);
+-- Where the consumer is, per partition (`consumer_offsets`, from the shared messaging
+-- schema, written with the views it applied): what every view response reports as `as_of`.

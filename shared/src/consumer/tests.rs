@@ -423,6 +423,47 @@ async fn a_failing_event_in_a_batch_leaves_its_neighbours_applied_once_in_order(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_records_the_next_offset_in_its_own_transaction() {
+    let bed = bed().await;
+    let handled = one_partition(&bed, 8).await;
+    let mut consumer_loop = bed.consumer_loop("offsets", Recorder::default());
+    consumer_loop.records_offsets = true;
+    finish(&bed, spawn(consumer_loop), "offsets", &handled).await;
+
+    let batched = bed.events_per_transaction().await;
+    assert!(
+        batched.iter().any(|&events| events > 1),
+        "events were applied in batches: {batched:?}"
+    );
+    let offsets: Vec<(String, i32, i64)> =
+        sqlx::query_as("select topic, kafka_partition, next_offset from consumer_offsets")
+            .fetch_all(&bed.pool)
+            .await
+            .unwrap();
+    let high = bed.committed_and_high("offsets");
+    let [(topic, partition, next_offset)] = offsets.as_slice() else {
+        panic!("one row for the one partition: {offsets:?}");
+    };
+    assert_eq!(topic, &bed.topic);
+    assert_eq!(
+        *next_offset, high[partition].1,
+        "the offset after the last applied message"
+    );
+    // xmin is the 32-bit transaction id; txid_current() adds the epoch above it.
+    let same_transaction: bool = sqlx::query_scalar(
+        "select (select xmin::text::bigint from consumer_offsets)
+              = (select txid % 4294967296 from effects order by n desc limit 1)",
+    )
+    .fetch_one(&bed.pool)
+    .await
+    .unwrap();
+    assert!(
+        same_transaction,
+        "the offset is written by the transaction that applied the last message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_in_a_batch_is_dead_lettered_and_its_neighbours_applied() {
     let bed = bed().await;
     let order_id = Uuid::now_v7();

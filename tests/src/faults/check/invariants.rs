@@ -636,7 +636,7 @@ fn no_consumer_lag(_: &Known, snap: &Snapshot) -> Violations {
     v
 }
 
-/// The fields of a product the order service's catalog replica holds, compared with
+/// The fields of a product the catalog replicas (order's and query's) hold, compared with
 /// inventory's `products` row.
 pub(super) const REPLICATED_FIELDS: [&str; 4] = ["name", "price_cents", "available", "version"];
 
@@ -651,22 +651,24 @@ pub(super) fn same_replica(product: Option<&Value>, replica: Option<&Value>) -> 
     }
 }
 
-/// Once quiet, the order service's `catalog` replica holds every product of inventory, with
-/// the same name, price, available units and version, and nothing else.
+/// Once quiet, the `catalog` replicas of the order and the query service hold every product
+/// of inventory, with the same name, price, available units and version, and nothing else.
 fn replica_matches_products(_: &Known, snap: &Snapshot) -> Violations {
     let mut v = Violations::of("replica_matches_products");
-    let skus: BTreeSet<&String> = snap.products.keys().chain(snap.catalog.keys()).collect();
-    for sku in skus {
-        let (product, replica) = (snap.products.get(sku), snap.catalog.get(sku));
-        if !same_replica(product, replica) {
-            v.counted(
-                1,
-                format!(
-                    "product {sku}: inventory holds {} but the order service's catalog replica {}",
-                    product.map_or("nothing".to_owned(), Value::to_string),
-                    replica.map_or("nothing".to_owned(), Value::to_string)
-                ),
-            );
+    for (service, catalog) in [("order", &snap.catalog), ("query", &snap.query_catalog)] {
+        let skus: BTreeSet<&String> = snap.products.keys().chain(catalog.keys()).collect();
+        for sku in skus {
+            let (product, replica) = (snap.products.get(sku), catalog.get(sku));
+            if !same_replica(product, replica) {
+                v.counted(
+                    1,
+                    format!(
+                        "product {sku}: inventory holds {} but the {service} service's catalog replica {}",
+                        product.map_or("nothing".to_owned(), Value::to_string),
+                        replica.map_or("nothing".to_owned(), Value::to_string)
+                    ),
+                );
+            }
         }
     }
     v

@@ -141,6 +141,8 @@ pub(super) struct Snapshot {
     pub(super) products: HashMap<String, Value>,
     /// The order service's `catalog` replica of them, by sku.
     pub(super) catalog: HashMap<String, Value>,
+    /// The query service's `catalog` replica of them, by sku.
+    pub(super) query_catalog: HashMap<String, Value>,
     pub(super) outboxes: Outboxes,
     pub(super) groups: Groups,
     /// `GET /{path}/{order_id}` of every [`API_RECORDS`] path for every known order.
@@ -182,7 +184,8 @@ impl Snapshot {
             .into_iter()
             .map(|p| (text(&p["sku"]).to_owned(), p))
             .collect();
-        let catalog = replica_once_caught_up(system, &products).await?;
+        let catalog = replica_once_caught_up(system, Svc::ORDER, &products).await?;
+        let query_catalog = replica_once_caught_up(system, Svc::QUERY, &products).await?;
         let (outboxes, groups) = outboxes_and_groups(system).await?;
 
         let http = &system.http;
@@ -224,6 +227,7 @@ impl Snapshot {
             ledgers,
             products,
             catalog,
+            query_catalog,
             outboxes,
             groups,
             api_records,
@@ -243,15 +247,17 @@ impl Snapshot {
     }
 }
 
-/// The order service's `catalog` by sku, read again (for up to 15 s) until it equals
-/// `products`: the replica has no consumer group, so "quiet" does not wait for it.
+/// The `catalog` of `svc` (the order or the query service) by sku, read again (for up to 15 s)
+/// until it equals `products`: the replica has no consumer group, so "quiet" does not wait
+/// for it.
 async fn replica_once_caught_up(
     system: &FaultSystem,
+    svc: Svc,
     products: &HashMap<String, Value>,
 ) -> anyhow::Result<HashMap<String, Value>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let catalog: HashMap<String, Value> = rows(system, Svc::ORDER, "catalog")
+        let catalog: HashMap<String, Value> = rows(system, svc, "catalog")
             .await?
             .into_iter()
             .map(|p| (text(&p["sku"]).to_owned(), p))

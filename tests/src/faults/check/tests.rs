@@ -122,6 +122,11 @@ fn world() -> World {
             json!({"sku": "sku-a", "name": "Lamp", "price_cents": 500, "available": 8,
                    "version": 5, "source_offset": 4}),
         )]),
+        query_catalog: HashMap::from([(
+            "sku-a".into(),
+            json!({"sku": "sku-a", "name": "Lamp", "price_cents": 500, "available": 8,
+                   "reserved": 0, "sold": 2, "version": 5}),
+        )]),
         outboxes: Svc::all().map(|svc| (svc, 0)).collect(),
         groups: vec![(
             Svc::INVENTORY,
@@ -399,7 +404,8 @@ fn units_sold_beyond_the_confirmed_orders_are_oversold() {
     w.snap
         .products
         .insert("sku-a".into(), sold_one_more.clone());
-    w.snap.catalog.insert("sku-a".into(), sold_one_more);
+    w.snap.catalog.insert("sku-a".into(), sold_one_more.clone());
+    w.snap.query_catalog.insert("sku-a".into(), sold_one_more);
     w.snap.api_products[0].1 = ok(json!({"available": 7, "reserved": 0, "sold": 3}));
     let report = w.report();
     assert_eq!(report.broken(), ["no_oversell"]);
@@ -411,7 +417,8 @@ fn units_left_reserved_are_oversold() {
     let mut w = world();
     let reserved = json!({"sku": "sku-a", "available": 7, "reserved": 1, "sold": 2});
     w.snap.products.insert("sku-a".into(), reserved.clone());
-    w.snap.catalog.insert("sku-a".into(), reserved);
+    w.snap.catalog.insert("sku-a".into(), reserved.clone());
+    w.snap.query_catalog.insert("sku-a".into(), reserved);
     w.snap.api_products[0].1 = ok(json!({"available": 7, "reserved": 1, "sold": 2}));
     assert_eq!(w.report().broken(), ["no_oversell"]);
 }
@@ -546,6 +553,25 @@ fn a_replica_that_differs_from_the_products_is_named() {
     assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
     let mut w = world();
     w.snap.catalog.clear();
+    assert_eq!(w.report().broken(), ["replica_matches_products"]);
+}
+
+#[test]
+fn a_query_replica_that_differs_from_the_products_is_named() {
+    let mut w = world();
+    w.snap.query_catalog.get_mut("sku-a").unwrap()["version"] = json!(4);
+    let report = w.report();
+    assert_eq!(report.broken(), ["replica_matches_products"]);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0]
+            .1
+            .contains("query service's catalog replica"),
+        "{:?}",
+        report.problems
+    );
+    let mut w = world();
+    w.snap.query_catalog.clear();
     assert_eq!(w.report().broken(), ["replica_matches_products"]);
 }
 

@@ -90,6 +90,24 @@ async fn a_saga_past_its_deadline_is_cancelled_and_its_late_charge_refunded() {
         "{order}"
     );
 
+    // Shipping reads the cancellation and the charge from two topics: let the cancellation
+    // reach it first (a VOIDED record), so that the late charge ships nothing at all (the
+    // other way round it would schedule, then cancel, the shipment).
+    let shipments = backdoor.database(&api.system.database_urls.shipping).await;
+    eventually(
+        "shipping to record the cancellation",
+        SAGA_TIMEOUT,
+        || async {
+            let status: Option<String> =
+                sqlx::query_scalar("select status from shipments where order_id = $1")
+                    .bind(order_id)
+                    .fetch_optional(&shipments)
+                    .await
+                    .unwrap();
+            (status.as_deref() == Some("VOIDED")).then_some(())
+        },
+    )
+    .await;
     // The charge lands after the cancellation...
     hold_charge.commit().await.unwrap();
     eventually("the late charge", SAGA_TIMEOUT, || async {

@@ -787,8 +787,8 @@ fn a_service_taken_out_of_one_file_is_named_with_that_file() {
         misses_with(
             "docker/kafka/set-acls.sh",
             Some(real("docker/kafka/set-acls.sh").replace(
-                "shipping.events,inventory.products",
-                "shipping.events"
+                "order-service.dlq inventory.events,payment.events,shipping.events,inventory.products",
+                "order-service.dlq inventory.events,payment.events,shipping.events"
             ))
         ),
         ["docker/kafka/set-acls.sh: order needs exactly one `grant_service order-service order-service order.events,order-service.dlq inventory.events,payment.events,shipping.events,inventory.products`"]

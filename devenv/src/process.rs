@@ -148,9 +148,36 @@ pub fn pick_port(preferred: Option<u16>) -> Result<u16> {
     if let Some(port) = preferred.filter(|&p| port_is_free(p)) {
         return Ok(port);
     }
+    // Below the kernel's ephemeral range (32768-60999 on Linux), which the system's outgoing
+    // connections draw from: a port picked there (as binding port 0 does) was seen taken by a
+    // broker or database connection before the service it was given to could bind it. Each
+    // call of a process takes the next port of the range, from a random start.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+    let span = u32::from(PICK_TO - PICK_FROM);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos())
+        ^ std::process::id();
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        seed % span,
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % span;
+        let port = PICK_FROM + offset as u16;
+        if port_is_free(port) {
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").context("looking for a free TCP port")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// The ports [`pick_port`] hands out: under the ephemeral range.
+const PICK_FROM: u16 = 20_000;
+const PICK_TO: u16 = 32_000;
 
 pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()

@@ -29,7 +29,7 @@ pub trait StateRecord: Serialize + DeserializeOwned + JsonSchema {
 /// A product as inventory holds it, after a change: published keyed by sku to
 /// `inventory.products` in the transaction of the change. Readers ignore fields they do not
 /// know, so a later release may add optional ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, sqlx::FromRow)]
 pub struct ProductState {
     pub sku: String,
     pub name: String,

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::http::{ApiError, ValidQuery};
 use shared::replica::Replica;
+use shared::state::ProductState;
 use sqlx::PgPool;
 
 const DEFAULT_PAGE_SIZE: i64 = 100;
@@ -41,21 +41,6 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// A product as the replica holds it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct Product {
-    pub sku: String,
-    pub name: String,
-    pub price_cents: i64,
-    pub available: i32,
-    pub reserved: i32,
-    pub sold: i32,
-    /// Inventory's version of the product: increases with every change.
-    pub version: i64,
-    /// When inventory changed it.
-    pub updated_at: DateTime<Utc>,
-}
-
 /// What the page reflects: whether the replica had reached the topic's high watermarks at its
 /// last refresh, and the next offset it applied per partition.
 #[derive(Debug, Serialize)]
@@ -66,7 +51,7 @@ struct ReplicaStatus {
 
 #[derive(Serialize)]
 struct Page {
-    products: Vec<Product>,
+    products: Vec<ProductState>,
     /// Pass as `cursor` to get the next page; `null` on the last page.
     next_cursor: Option<String>,
     replica: ReplicaStatus,
@@ -103,7 +88,7 @@ async fn list(
             offsets: BTreeMap::new(),
         },
     };
-    let mut products: Vec<Product> = sqlx::query_as(
+    let mut products: Vec<ProductState> = sqlx::query_as(
         "select sku, name, price_cents, available, reserved, sold, version, updated_at
          from catalog where $1::text is null or sku > $1 order by sku limit $2",
     )

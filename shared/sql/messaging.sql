@@ -1,5 +1,7 @@
 -- Messaging plumbing every service database carries: the transactional outbox and the inbox.
--- Applied at start-up (idempotently, under an advisory lock) before the service's migrations.
+-- Applied at start-up (idempotently, under an advisory lock) before the service's migrations,
+-- once per version of this text: `shared::db::prepare` records its digest in `messaging_schema`
+-- and skips it when recorded, so an instance starting beside busy replicas locks no table.
 
 -- Events not yet acknowledged by the broker, and only those: the relay reads them in `seq`
 -- order on the primary key and moves each acknowledged row to `outbox_published`.
@@ -37,10 +39,11 @@ create index if not exists outbox_published_by_age on outbox_published using bri
 
 -- Earlier versions marked rows published in place (`update outbox set published_at = now()`),
 -- which could never be a HOT update (the partial index `outbox_unpublished` depends on the
--- column) and left every published row in the outbox. Move the rows they marked out (at every
--- start, so rows an older replica marks during a rolling upgrade move too) and drop the index.
--- The column stays, unused and null, so an older replica's relay keeps working until it is
+-- column) and left every published row in the outbox. Move the rows they marked out and drop the
+-- index. The column stays, unused, so an older replica's relay keeps working until it is
 -- replaced (it may publish a row the new relay also publishes: consumers drop the duplicate).
+-- A row an older replica marks after this ran stays in `outbox`, where the new relay publishes
+-- it again (a duplicate, dropped) and moves it.
 do $$
 begin
     if exists (select 1 from information_schema.columns

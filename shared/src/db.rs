@@ -65,27 +65,72 @@ pub async fn connect_with_limits(
 /// Creates the outbox and inbox tables, then applies the service's own migrations, on a
 /// connection of its own without the pool's limits: replicas starting together wait for each
 /// other's schema lock as long as it takes, and a long migration is not cancelled.
+///
+/// `messaging.sql` runs only when this database has not yet applied its exact text (recorded by
+/// digest in `messaging_schema`): its `create index` and `alter table` lock the outbox and inbox
+/// in one transaction, which deadlocks against a running replica writing both. An instance
+/// starting beside running replicas of the same version therefore takes no table lock; the first
+/// start of a new version may still lose a deadlock against an older replica, and is retried.
 pub async fn prepare(pool: &PgPool, migrator: &Migrator) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?.detach();
     sqlx::raw_sql("set statement_timeout = 0; set lock_timeout = 0")
         .execute(&mut conn)
         .await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(SCHEMA_LOCK_KEY)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::raw_sql(MESSAGING_SCHEMA)
-        .execute(&mut *tx)
-        .await
-        .context("creating the outbox and inbox tables")?;
-    tx.commit().await?;
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1.. {
+        match apply_messaging_schema(&mut conn).await {
+            Ok(()) => break,
+            Err(error) if attempt < 8 && is_deadlock(&error) => {
+                tracing::warn!(%error, attempt, "messaging schema lost a deadlock; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(error) => return Err(error).context("creating the outbox and inbox tables"),
+        }
+    }
     migrator
         .run(&mut conn)
         .await
         .context("applying the service's migrations")?;
     conn.close().await?;
     Ok(())
+}
+
+async fn apply_messaging_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    // `create table if not exists` on an existing table locks nothing but the schema's name.
+    sqlx::raw_sql(
+        "create table if not exists messaging_schema (
+             digest     text primary key,
+             applied_at timestamptz not null default now()
+         )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: bool =
+        sqlx::query_scalar("select exists (select 1 from messaging_schema where digest = md5($1))")
+            .bind(MESSAGING_SCHEMA)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !applied {
+        sqlx::raw_sql(MESSAGING_SCHEMA).execute(&mut *tx).await?;
+        sqlx::query("insert into messaging_schema (digest) values (md5($1))")
+            .bind(MESSAGING_SCHEMA)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "40P01")
 }
 
 /// Lets `runtime_role` use what the migrations created, and nothing more: connect to the
@@ -271,5 +316,31 @@ mod tests {
         };
         let (prepared, ()) = tokio::join!(prepare(&pool, &Migrator::DEFAULT), release);
         prepared.expect("schema set-up waits for the lock instead of failing");
+    }
+
+    /// A second instance starting beside a running one takes no lock on the outbox or the inbox
+    /// (a running replica's transaction holds both while it applies an event: the first
+    /// version's `create index if not exists` waited for it, and deadlocked against it).
+    #[tokio::test]
+    async fn a_second_start_takes_no_lock_on_the_messaging_tables() {
+        let pool = limited_pool().await;
+        prepare(&pool, &Migrator::DEFAULT)
+            .await
+            .expect("the first start");
+        let mut running_replica = pool.begin().await.expect("begin");
+        sqlx::raw_sql(
+            "insert into inbox (event_id, event_type, topic, kafka_partition, kafka_offset)
+             values (gen_random_uuid(), 'test', 'test', 0, 0);
+             insert into outbox (event_id, topic, message_key, event_type, envelope)
+             values (gen_random_uuid(), 'test', 'key', 'test', '{}')",
+        )
+        .execute(&mut *running_replica)
+        .await
+        .expect("a replica's transaction writing both tables");
+        tokio::time::timeout(Duration::from_secs(10), prepare(&pool, &Migrator::DEFAULT))
+            .await
+            .expect("the second start waits for no table lock")
+            .expect("the second start");
+        running_replica.rollback().await.expect("rollback");
     }
 }

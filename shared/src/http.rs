@@ -157,6 +157,20 @@ pub fn check_length(field: &str, value: &str, max: usize) -> Result<(), ApiError
     }
 }
 
+/// A list endpoint's `limit` query parameter: `default` when absent, 400 `invalid_query`
+/// unless it is 1 to `max`.
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        ))
+    }
+}
+
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
@@ -516,6 +530,20 @@ mod tests {
         );
         for bad in ["\"\"", "a b", &"k".repeat(MAX_IDEMPOTENCY_KEY_CHARS + 1)] {
             assert_eq!(key(bad), Err("invalid_idempotency_key".into()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn page_limit_defaults_and_bounds() {
+        assert_eq!(page_limit(None, 20, 100).unwrap(), 20);
+        assert_eq!(page_limit(Some(1), 20, 100).unwrap(), 1);
+        assert_eq!(page_limit(Some(100), 20, 100).unwrap(), 100);
+        for out_of_range in [0, -1, 101, i64::MAX] {
+            let error = page_limit(Some(out_of_range), 20, 100).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "400 invalid_query: limit must be between 1 and 100"
+            );
         }
     }
 }

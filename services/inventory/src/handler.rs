@@ -260,7 +260,7 @@ async fn save(
                 .map(|stock| of(stock))
                 .collect::<Vec<i32>>()
         };
-        let updated: Vec<catalog::ProductRow> = sqlx::query_as(&format!(
+        let changed: Vec<ProductState> = sqlx::query_as(&format!(
             "update products
              set available = moved.available, reserved = moved.reserved, sold = moved.sold,
                  version = products.version + 1, updated_at = now()
@@ -275,7 +275,6 @@ async fn save(
         .bind(level(|stock| stock.sold))
         .fetch_all(&mut *conn)
         .await?;
-        let changed: Vec<ProductState> = updated.into_iter().map(ProductState::from).collect();
         catalog::publish(conn, &changed).await?;
     }
     match (&state.reservation, &next.reservation) {

@@ -8,13 +8,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shared::http::{
-    check_length, path_segment, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
+    self, check_length, path_segment, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
 };
 use shared::outbox::OutboxSignal;
 use shared::state::ProductState;
 use sqlx::PgPool;
 
-use crate::catalog::{self, ProductRow, STATE_COLUMNS};
+use crate::catalog::{self, STATE_COLUMNS};
 
 pub fn router(pool: PgPool, outbox: OutboxSignal) -> Router {
     Router::new()
@@ -79,9 +79,8 @@ impl From<&ProductState> for Product {
 async fn publish_and_commit(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     outbox: &OutboxSignal,
-    row: ProductRow,
+    state: ProductState,
 ) -> Result<Product, ApiError> {
-    let state = ProductState::from(row);
     catalog::publish(&mut tx, std::slice::from_ref(&state)).await?;
     tx.commit().await?;
     outbox.committed();
@@ -139,7 +138,7 @@ async fn create_product(
     ValidJson(product): ValidJson<NewProduct>,
 ) -> Result<Response, ApiError> {
     let mut tx = pool.begin().await?;
-    let created: Option<ProductRow> = sqlx::query_as(&format!(
+    let created: Option<ProductState> = sqlx::query_as(&format!(
         "insert into products (sku, name, price_cents, available) values ($1, $2, $3, $4)
          on conflict (sku) do nothing returning {STATE_COLUMNS}"
     ))
@@ -206,7 +205,7 @@ async fn restock(
     ValidJson(restock): ValidJson<Restock>,
 ) -> Result<Json<Product>, ApiError> {
     let mut tx = pool.begin().await?;
-    let updated: Option<ProductRow> = sqlx::query_as(&format!(
+    let updated: Option<ProductState> = sqlx::query_as(&format!(
         "update products set available = available + $2, version = version + 1, updated_at = now()
          where sku = $1 and available + $2 <= {MAX_STOCK} returning {STATE_COLUMNS}"
     ))
@@ -244,13 +243,7 @@ async fn list_products(
     State(pool): State<PgPool>,
     ValidQuery(query): ValidQuery<ListQuery>,
 ) -> Result<Json<ProductPage>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
+    let limit = http::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let products: Vec<Product> = sqlx::query_as(&format!(
         "select {PRODUCT_COLUMNS} from products where ($1::text is null or sku > $1) order by sku limit $2"
     ))

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shared::events::{OrderCreated, OrderLine, ShippingAddress};
 use shared::http::{
-    check_length, idempotency_key, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
+    self, check_length, idempotency_key, ApiError, ValidJson, ValidPath, ValidQuery, Validate,
 };
 use shared::outbox::OutboxSignal;
 use sqlx::PgPool;
@@ -407,13 +407,7 @@ async fn list_orders(
             ));
         }
     }
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
+    let limit = http::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let filter = OrderFilter {
         customer_id: query.customer_id.as_deref(),
         status,

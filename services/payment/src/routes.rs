@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use shared::http::{
-    check_length, idempotency_key, path_segment, ApiError, ValidJson, ValidPath, ValidQuery,
+    self, check_length, idempotency_key, path_segment, ApiError, ValidJson, ValidPath, ValidQuery,
     Validate,
 };
 use sqlx::PgPool;
@@ -295,13 +295,7 @@ async fn get_ledger(
     ValidPath(customer_id): ValidPath<String>,
     ValidQuery(query): ValidQuery<LedgerQuery>,
 ) -> Result<Json<LedgerPage>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
+    let limit = http::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let cursor = query.cursor.unwrap_or(0);
     if cursor < 0 {
         return Err(ApiError::bad_request(

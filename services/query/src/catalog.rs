@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::http::{ApiError, ValidQuery};
+use shared::http::{self, ApiError, ValidQuery};
 use shared::replica::Replica;
 use shared::state::ProductState;
 use sqlx::PgPool;
@@ -61,13 +61,7 @@ async fn list(
     State(state): State<CatalogState>,
     ValidQuery(query): ValidQuery<ListQuery>,
 ) -> Result<Json<Page>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
+    let limit = http::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     if let Some(cursor) = &query.cursor {
         let chars = cursor.chars().count();
         if chars == 0 || chars > MAX_SKU_CHARS {

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::http::{ApiError, ValidPath, ValidQuery};
+use shared::http::{self, ApiError, ValidPath, ValidQuery};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -82,13 +82,7 @@ async fn list_orders(
     if let Some(customer_id) = &query.customer_id {
         check_id(customer_id)?;
     }
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
+    let limit = http::page_limit(query.limit, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let filter = Filter {
         customer_id: query.customer_id,
         status,

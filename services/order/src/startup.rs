@@ -26,6 +26,9 @@ pub struct Application(Service);
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let saga_deadline = Duration::from_millis(config.saga_deadline_ms);
+        // What `sagashop_saga_oldest_pending_seconds` is compared with (the stuck-saga alert).
+        metrics::gauge!("sagashop_saga_deadline_seconds", "service" => SERVICE)
+            .set(saga_deadline.as_secs_f64());
         let sweep_every = Duration::from_millis(config.saga_deadline_sweep_ms.max(1));
         let count_every = Duration::from_millis(config.pending_orders_refresh_ms.max(1));
         let admission = Admission::new(config.max_in_flight_orders, config.max_pending_orders);

@@ -47,6 +47,9 @@ impl Application {
         let hold_timeout = Duration::from_millis(config.hold_timeout_ms);
         let sweep_every = Duration::from_millis(config.hold_sweep_ms.max(1));
         let charged_version = config.charged_version;
+        // Exported from the start (0), so the dashboard's panel and `increase()` see the first.
+        metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "payment.refund")
+            .increment(0);
         Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| router(infrastructure.pool.clone()))
             .consumes(

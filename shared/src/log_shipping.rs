@@ -293,6 +293,10 @@ pub fn start(service: &'static str, kafka: &KafkaConfig, enabled: bool) -> anyho
         return Ok(());
     }
     let _ = SERVICE.set(service);
+    for reason in ["buffer_full", "queue_full", "undelivered", "unserializable"] {
+        metrics::counter!("sagashop_log_records_dropped_total", "service" => service, "reason" => reason)
+            .increment(0);
+    }
     let producer: ThreadedProducer<DeliveryCounter> = crate::kafka::base_config(kafka)?
         .set("acks", "1")
         .set("linger.ms", "100")

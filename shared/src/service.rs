@@ -243,6 +243,8 @@ impl ServiceBuilder {
             records_offsets,
             consumed,
         } = self;
+        // The recorder first: what is set from here on (series at 0 included) is exported.
+        crate::metrics::handle();
         let infrastructure = Infrastructure::start(service, &config, migrator).await?;
         log_shipping::start(service, &config.kafka, config.log_topic_enabled)?;
         let address = format!("{}:{}", config.http_host, http_port);
@@ -302,7 +304,6 @@ impl ServiceBuilder {
         ));
 
         let routes = routes.map_or_else(Router::new, |routes| routes(&infrastructure));
-        crate::metrics::handle();
         let failure = Arc::new(OnceLock::new());
         let health = Router::new()
             .route("/health/live", get(live))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -76,6 +76,9 @@ static PENDING: Mutex<Option<mpsc::Receiver<LogRecord>>> = Mutex::new(None);
 
 /// The service of this process, once [`start`] names it (labels the drop counter).
 static SERVICE: OnceLock<&'static str> = OnceLock::new();
+
+/// The shipper's producer, for [`flush`].
+static PRODUCER: OnceLock<Arc<ThreadedProducer<DeliveryCounter>>> = OnceLock::new();
 
 /// The layer with its channel of `capacity` records, and the receiving end.
 pub fn channel(capacity: usize) -> (LogShippingLayer, mpsc::Receiver<LogRecord>) {
@@ -304,6 +307,8 @@ pub fn start(service: &'static str, kafka: &KafkaConfig, enabled: bool) -> anyho
         .set("queue.buffering.max.messages", BUFFER_RECORDS.to_string())
         .create_with_context(DeliveryCounter)
         .context("creating the log producer")?;
+    let producer = Arc::new(producer);
+    let _ = PRODUCER.set(Arc::clone(&producer));
     let topic = topic(&kafka.topic_prefix);
     tokio::spawn(async move {
         while let Some(mut record) = receiver.recv().await {
@@ -323,9 +328,19 @@ pub fn start(service: &'static str, kafka: &KafkaConfig, enabled: bool) -> anyho
                 count_dropped("queue_full");
             }
         }
-        let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(2));
     });
     Ok(())
+}
+
+/// Waits up to `timeout` for the records handed to the shipper to reach the broker (those
+/// still in the channel get a moment to be handed over first). Nothing to do when not shipping.
+pub async fn flush(timeout: Duration) {
+    let Some(producer) = PRODUCER.get().cloned() else {
+        return;
+    };
+    tokio::task::yield_now().await;
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout));
+    let _ = flushed.await;
 }
 
 #[cfg(test)]

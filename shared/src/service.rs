@@ -54,6 +54,8 @@ const OUTBOX_RELAY: &str = "outbox-relay";
 const EVENT_CONSUMER: &str = "event-consumer";
 const RETENTION: &str = "retention";
 const CONSUMER_LAG: &str = "consumer-lag";
+/// How long a stopping service waits for its last log records to reach the broker.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connections a service needs, ready to use: its database (migrated) and a producer, with
 /// every topic created. Routes and workers are built from it.
@@ -454,7 +456,10 @@ impl Service {
                 Ok(())
             });
         }
-        supervisor.wait().await
+        let stopped = supervisor.wait().await;
+        // The last records (why it stopped) reach the logs topic before the process exits.
+        log_shipping::flush(LOG_FLUSH_TIMEOUT).await;
+        stopped
     }
 }
 

@@ -4,8 +4,9 @@
 //! their difference (from the low watermark when the group has committed nothing there yet).
 //! Every replica of a service reports its group's whole lag: aggregate with `max`, not `sum`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -17,7 +18,8 @@ use crate::service::CancellationToken;
 /// How often the lag is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one call to the broker may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One partition's lag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +29,9 @@ pub struct PartitionLag {
     pub records: i64,
 }
 
-/// Samples the lag of `group` on `topics` until `shutdown`, as the gauge of `service`.
+/// Samples the lag of `group` on `topics` until `shutdown`, as the gauge of `service`. The
+/// sampling runs on a thread of its own: its calls to the broker block (up to [`TIMEOUT`] each
+/// while the broker is down), and a stopping service must not wait for them.
 pub async fn run(
     service: &'static str,
     kafka: KafkaConfig,
@@ -42,38 +46,48 @@ pub async fn run(
             .create::<BaseConsumer>()
             .context("creating the consumer-lag client")
     }) {
-        Ok(client) => Arc::new(client),
+        Ok(client) => client,
         Err(error) => {
             tracing::warn!(error = format!("{error:#}"), "no consumer-lag metrics");
             shutdown.cancelled().await;
             return;
         }
     };
-    loop {
-        let (sampling, sampled_topics) = (Arc::clone(&client), topics.clone());
-        match tokio::task::spawn_blocking(move || sample(&sampling, &sampled_topics)).await {
-            Ok(Ok(lags)) => {
-                for lag in lags {
-                    metrics::gauge!(
-                        "sagashop_consumer_lag_records",
-                        "service" => service,
-                        "group" => group.clone(),
-                        "topic" => lag.topic,
-                        "partition" => lag.partition.to_string(),
-                    )
-                    .set(lag.records as f64);
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&stopped);
+    let sampler = move || {
+        while !stopped.load(Ordering::Relaxed) {
+            match sample(&client, &topics) {
+                Ok(lags) => {
+                    for lag in lags {
+                        metrics::gauge!(
+                            "sagashop_consumer_lag_records",
+                            "service" => service,
+                            "group" => group.clone(),
+                            "topic" => lag.topic,
+                            "partition" => lag.partition.to_string(),
+                        )
+                        .set(lag.records as f64);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(error = format!("{error:#}"), "sampling the consumer lag")
                 }
             }
-            Ok(Err(error)) => {
-                tracing::debug!(error = format!("{error:#}"), "sampling the consumer lag")
+            let next = Instant::now() + SAMPLE_EVERY;
+            while !stopped.load(Ordering::Relaxed) && Instant::now() < next {
+                std::thread::sleep(Duration::from_millis(200));
             }
-            Err(error) => tracing::debug!(%error, "the consumer-lag sample panicked"),
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-        }
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("consumer-lag".to_owned())
+        .spawn(sampler)
+    {
+        tracing::warn!(%error, "no consumer-lag metrics: could not start its thread");
     }
+    shutdown.cancelled().await;
+    stop.store(true, Ordering::Relaxed);
 }
 
 /// The lag of the client's group on every partition of `topics` (blocking).

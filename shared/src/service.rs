@@ -55,7 +55,7 @@ const EVENT_CONSUMER: &str = "event-consumer";
 const RETENTION: &str = "retention";
 const CONSUMER_LAG: &str = "consumer-lag";
 /// How long a stopping service waits for its last log records to reach the broker.
-const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The connections a service needs, ready to use: its database (migrated) and a producer, with
 /// every topic created. Routes and workers are built from it.

@@ -353,6 +353,15 @@ pub fn observed(router: Router, service: &'static str) -> Router {
     ))
 }
 
+/// The segment of `path` where the matched `route` has `{name}`.
+fn path_parameter<'a>(route: &str, path: &'a str, name: &str) -> Option<&'a str> {
+    let placeholder = format!("{{{name}}}");
+    let index = route
+        .split('/')
+        .position(|segment| segment == placeholder)?;
+    path.split('/').nth(index).filter(|value| !value.is_empty())
+}
+
 async fn observe(
     service: &'static str,
     request: Request,
@@ -372,7 +381,15 @@ async fn observe(
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
-    let span = tracing::info_span!("http", service, method, route = %route);
+    // A request about one order carries its id, like the consumer's event span does.
+    let order_id = path_parameter(&route, request.uri().path(), "order_id").map(str::to_owned);
+    let span = tracing::info_span!(
+        "http",
+        service,
+        method,
+        route = %route,
+        order_id = order_id.as_deref(),
+    );
     let started = std::time::Instant::now();
     let response = tracing::Instrument::instrument(next.run(request), span).await;
     let status_class = format!("{}xx", response.status().as_u16() / 100);
@@ -509,6 +526,21 @@ mod tests {
         let other = ApiError::from(sqlx::Error::PoolClosed).into_response();
         assert_eq!(other.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(other.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_path_parameter_is_read_where_the_route_names_it() {
+        let route = "/orders/{order_id}/timeline";
+        assert_eq!(
+            path_parameter(route, "/orders/0193-ab/timeline", "order_id"),
+            Some("0193-ab")
+        );
+        assert_eq!(
+            path_parameter(route, "/orders/0193-ab/timeline", "sku"),
+            None
+        );
+        assert_eq!(path_parameter("/orders", "/orders", "order_id"), None);
+        assert_eq!(path_parameter("unmatched", "/orders/x", "order_id"), None);
     }
 
     #[test]

@@ -97,7 +97,24 @@ pub fn layer<S>() -> Filtered<LogShippingLayer, FilterFn, S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let (layer, receiver) = channel(BUFFER_RECORDS);
+    installed(None)
+}
+
+/// [`layer`], reading trace ids from span extensions with `lookup` (e.g. the OpenTelemetry
+/// layer's: the first span, innermost first, for which it returns one gives the record's).
+pub fn layer_with_trace_id<S>(lookup: TraceIdLookup) -> Filtered<LogShippingLayer, FilterFn, S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    installed(Some(lookup))
+}
+
+fn installed<S>(trace_id: Option<TraceIdLookup>) -> Filtered<LogShippingLayer, FilterFn, S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let (mut layer, receiver) = channel(BUFFER_RECORDS);
+    layer.trace_id = trace_id;
     *PENDING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(receiver);
@@ -380,6 +397,44 @@ mod tests {
         assert_eq!(record.fields["event_type"], "order.created.v1");
         let json = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<LogRecord>(&json).unwrap(), record);
+    }
+
+    /// What a tracing layer such as OpenTelemetry's keeps in a span's extensions.
+    struct TraceContext(&'static str);
+
+    struct AddsTraceContext;
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for AddsTraceContext {
+        fn on_new_span(&self, _: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let span = ctx.span(id).expect("the new span");
+            span.extensions_mut()
+                .insert(TraceContext("0af7651916cd43dd8448eb211c80319c"));
+        }
+    }
+
+    #[test]
+    fn the_trace_id_is_read_from_span_extensions_when_a_lookup_is_given() {
+        let (layer, mut receiver) = channel(4);
+        let layer = layer.with_trace_id(|extensions| {
+            extensions
+                .get::<TraceContext>()
+                .map(|context| context.0.to_owned())
+        });
+        let subscriber = tracing_subscriber::registry()
+            .with(AddsTraceContext)
+            .with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let _span = tracing::info_span!("request").entered();
+            tracing::info!("inside");
+        });
+        let ids: Vec<Option<String>> = std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|record| record.trace_id)
+            .collect();
+        assert_eq!(
+            ids,
+            [None, Some("0af7651916cd43dd8448eb211c80319c".to_owned())]
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 #   planner  reduces the workspace to a dependency "recipe" (changes only when manifests change)
 #   builder  compiles the dependencies from the recipe (cached layer), then the workspace itself
 #   runtime  debian slim, non-root, the service binary plus the `healthcheck` probe, the
-#            `sagashop-dlq` dead-letter tool and the `sagashop-ledger` ledger check
+#            `sagashop-dlq` dead-letter tool, the `sagashop-logs` log follower and the
+#            `sagashop-ledger` ledger check
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -77,6 +78,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
           target/release/query-service \
           target/release/healthcheck \
           target/release/sagashop-dlq \
+          target/release/sagashop-logs \
           target/release/sagashop-ledger \
           /out/
 
@@ -102,10 +104,12 @@ COPY --from=builder /out/${SERVICE} /app/service
 COPY --from=builder /out/healthcheck /app/healthcheck
 # The dead-letter tool: `docker compose exec payment sagashop-dlq list payment`.
 COPY --from=builder /out/sagashop-dlq /usr/local/bin/sagashop-dlq
+# The log follower: `docker compose exec order sagashop-logs --order <id>`.
+COPY --from=builder /out/sagashop-logs /usr/local/bin/sagashop-logs
 # The ledger check (payment): `docker compose exec payment sagashop-ledger verify`.
 COPY --from=builder /out/sagashop-ledger /usr/local/bin/sagashop-ledger
 # Fail the build, not the container, if a shared library is missing from this image.
-RUN ldd /app/service /app/healthcheck /usr/local/bin/sagashop-dlq /usr/local/bin/sagashop-ledger | tee /tmp/ldd.txt \
+RUN ldd /app/service /app/healthcheck /usr/local/bin/sagashop-dlq /usr/local/bin/sagashop-logs /usr/local/bin/sagashop-ledger | tee /tmp/ldd.txt \
     && if grep 'not found' /tmp/ldd.txt; then \
         echo "a shared library the binaries need is missing from the runtime image" >&2; \
         exit 1; \

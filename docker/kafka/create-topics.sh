@@ -8,6 +8,8 @@
 #   inventory-service.dlq, shipping-service.dlq
 #   inventory.products                     3           compacted: the latest record per key,
 #                                                      for ever (cleanup.policy=compact)
+#   logs                                   3           3 days (LOG_RETENTION_MS): every service's
+#                                                      log records (shared::log_shipping), not events
 #
 # Three partitions let up to three replicas of a service share its consumer group's work.
 # Dead-letter topics keep messages longer than the events: someone has to look at them.
@@ -23,6 +25,7 @@ partitions="${TOPIC_PARTITIONS:-3}"
 replication="${TOPIC_REPLICATION_FACTOR:-1}"
 event_retention_ms="${EVENT_RETENTION_MS:-604800000}"
 dlq_retention_ms="${DLQ_RETENTION_MS:-2592000000}"
+log_retention_ms="${LOG_RETENTION_MS:-259200000}"
 # KAFKA_TOPICS_SH: another kafka-topics.sh (e.g. a stub, to try this script without a broker).
 kafka_topics="${KAFKA_TOPICS_SH:-/opt/kafka/bin/kafka-topics.sh}"
 # ADMIN_CONFIG: the client settings (SASL) of the admin user, when the broker requires them.
@@ -34,6 +37,7 @@ fi
 event_topics=(order.events inventory.events payment.events shipping.events)
 dlq_topics=(order-service.dlq payment-service.dlq inventory-service.dlq shipping-service.dlq query-service.dlq)
 state_topics=(inventory.products)
+log_topics=(logs)
 
 # The broker is healthy before this job starts, but give it a little slack anyway.
 existing=""
@@ -68,6 +72,9 @@ done
 for topic in "${dlq_topics[@]}"; do
     create "$topic" "$dlq_retention_ms"
 done
+for topic in "${log_topics[@]}"; do
+    create "$topic" "$log_retention_ms"
+done
 for topic in "${state_topics[@]}"; do
     if grep -qxF "$topic" <<<"$existing"; then
         echo "kafka-init: $topic exists"
@@ -83,5 +90,5 @@ for topic in "${state_topics[@]}"; do
 done
 
 "$kafka_topics" --bootstrap-server "$bootstrap" "${auth[@]}" --describe \
-    --topic "$(IFS='|'; echo "${event_topics[*]}|${dlq_topics[*]}|${state_topics[*]}")" | grep -v 'Partition: ' || true
+    --topic "$(IFS='|'; echo "${event_topics[*]}|${dlq_topics[*]}|${state_topics[*]}|${log_topics[*]}")" | grep -v 'Partition: ' || true
 echo "kafka-init: all topics are ready"

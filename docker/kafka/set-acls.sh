@@ -15,6 +15,7 @@
 #                                                          inventory.products
 #   kafka-ui            nothing                            every topic (and describes every group and the cluster)
 #
+# Every service also writes (and may read) the logs topic: its log records, not events.
 # A state topic (inventory.products) is written by its publisher and read by its replicas, who
 # assign themselves its partitions without a group. Each may also read its own dead-letter topic (`sagashop-dlq list`). Create is granted on a
 # service's own topics because each service creates the topics it uses at
@@ -49,6 +50,9 @@ grant_service() {
     # topics: run it as admin).
     acl --allow-principal "$principal" --operation Read --topic "$group.dlq"
     acl --allow-principal "$principal" --operation Read --group "$group"
+    # Its log records (shared::log_shipping), and everyone's for `sagashop-logs` in its container
+    # (it assigns itself the partitions: no group).
+    acl --allow-principal "$principal" --operation Write --operation Read --operation Describe --operation Create --topic logs
     echo "kafka-init: $user writes $writes, reads $reads in group $group"
 }
 

@@ -95,6 +95,11 @@ pub struct CommonConfig {
     #[arg(long, env = "TASK_FAILURE_GRACE_MS", default_value_t = 1000)]
     pub task_failure_grace_ms: u64,
 
+    /// Whether the service publishes its log records to the `logs` topic (`sagashop-logs`
+    /// reads them), at the level `RUST_LOG` lets through. `false`: stdout only.
+    #[arg(long, env = "LOG_TOPIC_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_topic_enabled: bool,
+
     #[command(flatten)]
     pub retention: RetentionConfig,
 }

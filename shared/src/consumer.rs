@@ -199,6 +199,17 @@ enum Processed {
     Stopped,
 }
 
+/// Counts a message sent to the dead-letter topic, by the topic it came from; `increment(0)`
+/// at start-up makes the series exist before the first one (so `increase()` sees it arrive).
+pub(crate) fn count_dead_letter(service: &'static str, topic: &str) {
+    metrics::counter!(
+        "sagashop_dead_letters_total",
+        "service" => service,
+        "topic" => topic.to_owned(),
+    )
+    .increment(1);
+}
+
 fn event_span(envelope: &Envelope, origin: &Origin) -> tracing::Span {
     tracing::info_span!(
         "event",
@@ -375,6 +386,8 @@ impl<H: EventHandler> ConsumerLoop<H> {
     ) -> Result<Vec<&'static str>, usize> {
         let mut tx: Option<sqlx::Transaction<'static, sqlx::Postgres>> = None;
         let mut outcomes = Vec::with_capacity(messages.len());
+        // The spans of the events applied, to log them once the transaction committed.
+        let mut applied = Vec::new();
         for (index, message) in messages.iter().enumerate() {
             let stopped = |reason: &dyn std::fmt::Display| {
                 tracing::debug!(index, %reason, "batch stopped; applying the messages before it");
@@ -399,9 +412,12 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 self.handler.handle(conn, &envelope, &input).await?;
                 Ok::<_, HandlerError>("applied")
             }
-            .instrument(span)
+            .instrument(span.clone())
             .await
             .map_err(|error| stopped(&error))?;
+            if outcome == "applied" {
+                applied.push(span);
+            }
             outcomes.push(outcome);
         }
         if let Some(mut tx) = tx {
@@ -419,6 +435,9 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 0usize
             })?;
             self.outbox.committed();
+            for span in applied {
+                span.in_scope(|| tracing::info!("event applied"));
+            }
         }
         Ok(outcomes)
     }
@@ -675,7 +694,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
         }
         tx.commit().await?;
         self.outbox.committed();
-        tracing::debug!("event applied");
+        tracing::info!("event applied");
         Ok("applied")
     }
 
@@ -854,6 +873,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
                         );
                     }
                     self.count("dead_lettered");
+                    count_dead_letter(self.service, message.topic());
                     return true;
                 }
                 Err((KafkaError::MessageProduction(code), _))

@@ -3,12 +3,15 @@
 //! telemetry and the HTTP layers. Domain rules live in the services, never here.
 
 pub mod config;
+pub mod consumer_lag;
 pub mod db;
 pub mod dead_letters;
 pub mod envelope;
 pub mod events;
 pub mod http;
 pub mod kafka;
+pub mod log_reader;
+pub mod log_shipping;
 pub mod metrics;
 pub mod outbox;
 pub mod periodic;

@@ -46,13 +46,16 @@ use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::progress::Progress;
 use crate::retention::{self, Rule};
 use crate::topics::{dead_letter_topic, StateTopic, Topic};
-use crate::{db, http, kafka, topology};
+use crate::{consumer_lag, db, http, kafka, log_shipping, topology};
 
 /// The task names in logs, errors and `checks.tasks` (extra workers bring their own).
 const HTTP_SERVER: &str = "http-server";
 const OUTBOX_RELAY: &str = "outbox-relay";
 const EVENT_CONSUMER: &str = "event-consumer";
 const RETENTION: &str = "retention";
+const CONSUMER_LAG: &str = "consumer-lag";
+/// How long a stopping service waits for its last log records to reach the broker.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The connections a service needs, ready to use: its database (migrated) and a producer, with
 /// every topic created. Routes and workers are built from it.
@@ -112,6 +115,12 @@ impl Infrastructure {
             .collect();
         let dead_letters = dead_letter_topic(prefix, &format!("{service}-service"));
         topics.push((dead_letters, Some(kafka::DEAD_LETTER_RETENTION_MS)));
+        if config.log_topic_enabled {
+            topics.push((
+                log_shipping::topic(prefix),
+                Some(log_shipping::LOG_RETENTION_MS),
+            ));
+        }
         kafka::ensure_topics_retained(&config.kafka, &topics).await?;
         // The compacted state topics it publishes or replicates (an undeclared service: all).
         let states: Vec<StateTopic> = match topology::by_name(service) {
@@ -162,6 +171,8 @@ pub struct ServiceBuilder {
     retention_rules: Vec<Rule>,
     /// Whether the consumer records its offsets in `consumer_offsets`.
     records_offsets: bool,
+    /// The topics the consumer reads (their lag is sampled beside it).
+    consumed: Vec<Topic>,
 }
 
 impl ServiceBuilder {
@@ -183,6 +194,7 @@ impl ServiceBuilder {
     /// Consumes `topics` in the service's group, handing each event to `handler`.
     pub fn consumes<H: EventHandler>(mut self, topics: &[Topic], handler: H) -> Self {
         let topics = topics.to_vec();
+        self.consumed.clone_from(&topics);
         let service = self.service;
         self.consumer = Some(Box::new(
             move |infrastructure, config, shutdown, records| {
@@ -231,8 +243,12 @@ impl ServiceBuilder {
             workers,
             retention_rules,
             records_offsets,
+            consumed,
         } = self;
+        // The recorder first: what is set from here on (series at 0 included) is exported.
+        crate::metrics::handle();
         let infrastructure = Infrastructure::start(service, &config, migrator).await?;
+        log_shipping::start(service, &config.kafka, config.log_topic_enabled)?;
         let address = format!("{}:{}", config.http_host, http_port);
         let listener = TcpListener::bind(&address)
             .await
@@ -254,6 +270,25 @@ impl ServiceBuilder {
                 consumer(&infrastructure, &config, shutdown.clone(), records_offsets)?,
             ));
         }
+        if !consumed.is_empty() {
+            let prefix = &config.kafka.topic_prefix;
+            let topics: Vec<String> = consumed.iter().map(|topic| topic.name(prefix)).collect();
+            // The rare events' series exist from the start, so `increase()` sees the first one.
+            for topic in &topics {
+                metrics::counter!("sagashop_dead_letters_total", "service" => service, "topic" => topic.clone())
+                    .increment(0);
+            }
+            tasks.push((
+                CONSUMER_LAG,
+                Box::pin(consumer_lag::run(
+                    service,
+                    config.kafka.clone(),
+                    group_id(&config, service),
+                    topics,
+                    shutdown.clone(),
+                )),
+            ));
+        }
         for (name, worker) in workers {
             tasks.push((name, worker(&infrastructure, shutdown.clone())));
         }
@@ -271,7 +306,6 @@ impl ServiceBuilder {
         ));
 
         let routes = routes.map_or_else(Router::new, |routes| routes(&infrastructure));
-        crate::metrics::handle();
         let failure = Arc::new(OnceLock::new());
         let health = Router::new()
             .route("/health/live", get(live))
@@ -287,8 +321,9 @@ impl ServiceBuilder {
                 outbox_stuck_after: Duration::from_millis(config.outbox_stuck_after_ms),
             });
         Ok(Service {
+            name: service,
             listener,
-            router: http::with_common_layers(routes.merge(health)),
+            router: http::observed(http::with_common_layers(routes.merge(health)), service),
             tasks,
             shutdown,
             failure,
@@ -307,11 +342,7 @@ fn consumer_loop<H: EventHandler>(
     handler: H,
 ) -> anyhow::Result<ConsumerLoop<H>> {
     let prefix = &config.kafka.topic_prefix;
-    let group_id = config
-        .kafka
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("{service}-service"));
+    let group_id = group_id(config, service);
     let consumer = kafka::consumer(&config.kafka, &group_id)?;
     let names: Vec<String> = topics.iter().map(|topic| topic.name(prefix)).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -342,8 +373,19 @@ fn consumer_loop<H: EventHandler>(
     })
 }
 
+/// The consumer group: the configured one, by default `<service>-service`.
+fn group_id(config: &CommonConfig, service: &str) -> String {
+    config
+        .kafka
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("{service}-service"))
+}
+
 /// A built service, bound to its port, not yet running.
 pub struct Service {
+    /// The short name (`order`, ...).
+    name: &'static str,
     listener: TcpListener,
     router: Router,
     tasks: Vec<(&'static str, Task)>,
@@ -373,6 +415,7 @@ impl Service {
             workers: Vec::new(),
             retention_rules: Vec::new(),
             records_offsets: false,
+            consumed: Vec::new(),
         }
     }
 
@@ -393,6 +436,7 @@ impl Service {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tokio::spawn(cancel_on_signal(self.shutdown.clone()));
         let mut supervisor = Supervisor {
+            service: self.name,
             tasks: JoinSet::new(),
             names: HashMap::new(),
             shutdown: self.shutdown.clone(),
@@ -412,12 +456,17 @@ impl Service {
                 Ok(())
             });
         }
-        supervisor.wait().await
+        let stopped = supervisor.wait().await;
+        // The last records (why it stopped) reach the logs topic before the process exits.
+        log_shipping::flush(LOG_FLUSH_TIMEOUT).await;
+        stopped
     }
 }
 
 /// Runs the tasks of one service; the first one to die stops all of them.
 struct Supervisor {
+    /// The service's short name, a field of every task's span (so of every log record).
+    service: &'static str,
     tasks: JoinSet<anyhow::Result<()>>,
     names: HashMap<tokio::task::Id, &'static str>,
     shutdown: CancellationToken,
@@ -433,7 +482,7 @@ impl Supervisor {
         name: &'static str,
         task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
-        let span = tracing::info_span!("task", task = name);
+        let span = tracing::info_span!("task", service = self.service, task = name);
         let handle = self.tasks.spawn(task.instrument(span));
         self.names.insert(handle.id(), name);
     }

@@ -1,4 +1,4 @@
-//! The `up`, `test`, `bench` and `schemas` subcommands.
+//! The `up`, `test`, `bench`, `schemas` and `alerts` subcommands.
 
 use crate::services::{self, Running};
 use anyhow::{bail, Result};
@@ -167,6 +167,35 @@ pub fn schemas(write: bool, mode: Mode) -> Result<ExitCode> {
     }
     eprintln!("xtask: {} schema problem(s)", problems.len());
     Ok(ExitCode::FAILURE)
+}
+
+/// The Prometheus files under docker/prometheus/, checked by `alerts`.
+const PROMTOOL_CHECKS: &[&[&str]] = &[
+    &["check", "rules", "alerts.yml"],
+    &["check", "config", "prometheus.yml"],
+    &["test", "rules", "alerts.test.yml"],
+];
+
+/// Checks the alert rules and the Prometheus configuration with `promtool` (offline).
+pub fn alerts() -> Result<ExitCode> {
+    let directory = services::workspace_root().join("docker/prometheus");
+    for args in PROMTOOL_CHECKS {
+        let status = Command::new("promtool")
+            .args(*args)
+            .current_dir(&directory)
+            .status()
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "running promtool: {error} (Debian/Ubuntu: apt-get install prometheus)"
+                )
+            })?;
+        if !status.success() {
+            eprintln!("xtask: promtool {} failed", args.join(" "));
+            return Ok(exit_code(status));
+        }
+    }
+    println!("xtask: the alert rules and the Prometheus configuration are valid");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The exit code of a child: its own, or 128 + the signal that ended it.

@@ -61,6 +61,9 @@ enum Command {
         #[arg(long, default_value_t = Mode::default())]
         mode: Mode,
     },
+    /// Check the Prometheus alert rules and configuration with promtool (`promtool check rules`,
+    /// `promtool check config`, `promtool test rules`); Debian: `apt-get install prometheus`
+    Alerts,
 }
 
 #[tokio::main]
@@ -82,6 +85,7 @@ async fn main() -> ExitCode {
         Command::Test { .. } => commands::test(&stop, args_after("test")).await,
         Command::Bench { .. } => commands::bench(&stop, args_after("bench")).await,
         Command::Schemas { write, mode } => commands::schemas(write, mode),
+        Command::Alerts => commands::alerts(),
     };
     match result {
         Ok(code) => code,

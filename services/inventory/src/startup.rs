@@ -35,7 +35,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let hold_timeout = Duration::from_millis(config.hold_timeout_ms);
         let sweep_every = Duration::from_millis(config.hold_sweep_ms.max(1));
-        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+        let service = Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| {
                 routes::router(infrastructure.pool.clone(), infrastructure.outbox.clone())
             })
@@ -55,8 +55,12 @@ impl Application {
                 )
             })
             .build()
-            .await
-            .map(Self)
+            .await?;
+        // Exported from the start (0, once the recorder is installed by `build`), so the
+        // dashboard's panel and the alert's `increase()` see the first failure.
+        metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "inventory.release")
+            .increment(0);
+        Ok(Self(service))
     }
 
     pub fn port(&self) -> u16 {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use shared::http::ApiError;
 use shared::service::CancellationToken;
 use sqlx::PgPool;
+
+use crate::SERVICE;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The bounds, and what the service knows of its backlog.
@@ -65,11 +67,19 @@ pub async fn watch_backlog(
     shutdown: CancellationToken,
 ) {
     loop {
-        match sqlx::query_scalar::<_, i64>("select count(*) from orders where status = 'PENDING'")
-            .fetch_one(&pool)
-            .await
-        {
-            Ok(pending) => admission.set_pending(pending),
+        let counted = sqlx::query_as::<_, (i64, f64)>(
+            "select count(*), coalesce(extract(epoch from now() - min(created_at))::float8, 0) \
+             from orders where status = 'PENDING'",
+        )
+        .fetch_one(&pool)
+        .await;
+        match counted {
+            Ok((pending, oldest_seconds)) => {
+                admission.set_pending(pending);
+                // Past SAGA_DEADLINE_MS (plus a sweep), a saga is stuck: the deadline did not end it.
+                metrics::gauge!("sagashop_saga_oldest_pending_seconds", "service" => SERVICE)
+                    .set(oldest_seconds);
+            }
             Err(error) => tracing::warn!(%error, "counting pending orders failed; retrying"),
         }
         tokio::select! {

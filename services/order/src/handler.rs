@@ -147,6 +147,17 @@ pub(crate) async fn advance(
             "reason" => reason,
         )
         .increment(1);
+        if !state.status.is_terminal() && next.status.is_terminal() {
+            let took = (chrono::Utc::now() - order.created_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!(
+                shared::metrics::SAGA_DURATION,
+                "service" => SERVICE,
+                "outcome" => next.status.as_str(),
+            )
+            .record(took.as_secs_f64());
+        }
         if let Some(step) = next.failed_step {
             tracing::error!(order_id = %order.order_id, step, "a compensation failed for good: the order is FAILED");
         }

@@ -41,7 +41,7 @@ impl Application {
             Duration::from_millis(config.catalog_settle_ms),
             Duration::from_millis(config.catalog_catch_up_ms),
         );
-        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+        let service = Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| {
                 routes::router(
                     infrastructure.pool.clone(),
@@ -78,8 +78,16 @@ impl Application {
                 )
             })
             .build()
-            .await
-            .map(Self)
+            .await?;
+        // Once `build` installed the recorder: what `sagashop_saga_oldest_pending_seconds` is
+        // compared with (the stuck-saga alert), and the shed counters at 0, so a dashboard's
+        // rate() has a series before any request is shed.
+        metrics::gauge!("sagashop_saga_deadline_seconds", "service" => SERVICE)
+            .set(saga_deadline.as_secs_f64());
+        for bound in ["pending", "in_flight"] {
+            metrics::counter!("sagashop_orders_shed_total", "bound" => bound).increment(0);
+        }
+        Ok(Self(service))
     }
 
     pub fn port(&self) -> u16 {

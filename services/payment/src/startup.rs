@@ -47,7 +47,7 @@ impl Application {
         let hold_timeout = Duration::from_millis(config.hold_timeout_ms);
         let sweep_every = Duration::from_millis(config.hold_sweep_ms.max(1));
         let charged_version = config.charged_version;
-        Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
+        let service = Service::builder(SERVICE, &MIGRATOR, &config.common, config.http_port)
             .routes(|infrastructure| router(infrastructure.pool.clone()))
             .consumes(
                 topology::PAYMENT.consumes,
@@ -75,8 +75,12 @@ impl Application {
                 )
             })
             .build()
-            .await
-            .map(Self)
+            .await?;
+        // Exported from the start (0, once the recorder is installed by `build`), so the
+        // dashboard's panel and the alert's `increase()` see the first failure.
+        metrics::counter!("sagashop_compensation_failures_total", "service" => SERVICE, "step" => "payment.refund")
+            .increment(0);
+        Ok(Self(service))
     }
 
     pub fn port(&self) -> u16 {

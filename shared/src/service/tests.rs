@@ -64,6 +64,7 @@ async fn config() -> CommonConfig {
         outbox_batch_size: 500,
         outbox_max_in_flight: 5000,
         task_failure_grace_ms: GRACE.as_millis() as u64,
+        log_topic_enabled: false,
         retention: crate::config::RetentionConfig::default(),
         database_statement_timeout_ms: 10_000,
         database_lock_timeout_ms: 3_000,

@@ -1,0 +1,250 @@
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use rdkafka::message::OwnedHeaders;
+
+use super::*;
+
+fn remote(trace: u128, span: u64, state: &str) -> Context {
+    Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(trace),
+        SpanId::from(span),
+        TraceFlags::SAMPLED,
+        true,
+        state.parse::<TraceState>().unwrap(),
+    ))
+}
+
+fn injected(context: &Context) -> OwnedHeaders {
+    let mut injector = KafkaHeaderInjector(OwnedHeaders::new().insert(Header {
+        key: "event_type",
+        value: Some("order.created.v1"),
+    }));
+    TraceContextPropagator::new().inject_context(context, &mut injector);
+    injector.0
+}
+
+#[test]
+fn kafka_headers_carry_the_trace_context_both_ways() {
+    let sent = remote(
+        0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+        0x00f0_67aa_0ba9_02b7,
+        "vendor=x",
+    );
+    let headers = injected(&sent);
+
+    let extractor = KafkaHeaderExtractor(&headers);
+    assert_eq!(
+        extractor.get(TRACEPARENT),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(extractor.get(TRACESTATE), Some("vendor=x"));
+    assert_eq!(extractor.get("event_type"), Some("order.created.v1"));
+    assert_eq!(
+        extractor.keys(),
+        ["event_type", TRACEPARENT, TRACESTATE].to_vec()
+    );
+
+    let received = TraceContextPropagator::new().extract(&extractor);
+    assert_eq!(received.span().span_context(), sent.span().span_context());
+}
+
+#[test]
+fn the_extractor_ignores_case_and_values_that_are_not_text() {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "TraceParent",
+            value: Some(&[0xff_u8, 0xfe][..]),
+        })
+        .insert(Header {
+            key: "traceparent",
+            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".as_bytes()),
+        })
+        .insert(Header::<&[u8]> {
+            key: "tracestate",
+            value: None,
+        });
+    let extractor = KafkaHeaderExtractor(&headers);
+    assert_eq!(
+        extractor.get(TRACEPARENT),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+    );
+    assert_eq!(extractor.get(TRACESTATE), None);
+    assert_eq!(
+        KafkaHeaderExtractor(&OwnedHeaders::new()).get(TRACEPARENT),
+        None
+    );
+}
+
+#[test]
+fn a_stored_context_round_trips_and_a_bad_one_is_no_context() {
+    let context = remote(7, 9, "a=1,b=2");
+    let stored = StoredContext::of(context.span().span_context()).unwrap();
+    assert_eq!(
+        stored,
+        StoredContext {
+            traceparent: "00-00000000000000000000000000000007-0000000000000009-01".to_owned(),
+            tracestate: Some("a=1,b=2".to_owned()),
+        }
+    );
+    assert_eq!(
+        stored.context().span().span_context(),
+        context.span().span_context()
+    );
+    let bad = StoredContext {
+        traceparent: "00-not-a-trace-01".to_owned(),
+        tracestate: None,
+    };
+    assert!(!bad.context().span().span_context().is_valid());
+    assert_eq!(StoredContext::of(&SpanContext::empty_context()), None);
+}
+
+#[test]
+fn without_an_exporter_an_incoming_context_is_passed_on_unchanged() {
+    let tracer = ServiceTracer::default();
+    let sent = remote(11, 12, "");
+    let headers = injected(&sent);
+
+    let context = tracer
+        .consume(
+            "process",
+            Some(&headers),
+            "order.created.v1",
+            &"o-1",
+            Vec::new,
+        )
+        .expect("the incoming context");
+    assert_eq!(context.span().span_context(), sent.span().span_context());
+    let stored = {
+        let _attached = context.clone().attach();
+        emitting("inventory.reserved.v1", None, "o-1")
+    }
+    .expect("the incoming context, to store");
+    assert_eq!(
+        Some(&stored),
+        StoredContext::of(sent.span().span_context()).as_ref()
+    );
+
+    let (published, span) = tracer.publish(OwnedHeaders::new(), Some(&stored), Vec::new, "x");
+    assert!(span.is_none());
+    assert_eq!(
+        KafkaHeaderExtractor(&published).get(TRACEPARENT),
+        Some(stored.traceparent.as_str())
+    );
+
+    let untraced = OwnedHeaders::new();
+    assert!(tracer
+        .consume(
+            "process",
+            Some(&untraced),
+            "order.created.v1",
+            &"o-1",
+            Vec::new
+        )
+        .is_none());
+    assert_eq!(emitting("order.created.v1", None, "o-1"), None);
+}
+
+/// Keeps what it is given, for the assertions.
+#[derive(Debug, Clone, Default)]
+struct Collected(Arc<Mutex<Vec<SpanData>>>);
+
+impl SpanExporter for Collected {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+impl Collected {
+    fn named(&self, name: &str) -> SpanData {
+        let spans = self.0.lock().unwrap();
+        spans
+            .iter()
+            .find(|span| span.name == name)
+            .unwrap_or_else(|| panic!("no span {name}: {spans:#?}"))
+            .clone()
+    }
+}
+
+fn exporting_to(collected: &Collected) -> ServiceTracer {
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(collected.clone())
+        .build();
+    let tracer = provider.tracer("test");
+    ServiceTracer(Some(Arc::new(Exporting { provider, tracer })))
+}
+
+#[test]
+fn an_event_is_consumed_emitted_and_published_as_parent_and_child_spans() {
+    let collected = Collected::default();
+    let tracer = exporting_to(&collected);
+
+    // A message without a trace context starts a trace.
+    let consumed = tracer
+        .consume(
+            "process",
+            None::<&OwnedHeaders>,
+            "payment.declined.v1",
+            &"o-1",
+            || vec![KeyValue::new("messaging.kafka.offset", 3_i64)],
+        )
+        .expect("a consumer span");
+    let stored = {
+        let _attached = consumed.clone().attach();
+        emitting("order.cancelled.v1", Some("cancel order"), "o-1")
+    }
+    .expect("the context of the emit span");
+    finish(Some(&consumed), Ok("applied"));
+
+    let (headers, published) = tracer.publish(
+        OwnedHeaders::new(),
+        Some(&stored),
+        Vec::new,
+        "order.cancelled.v1",
+    );
+    let published = published.expect("a producer span");
+    finish(Some(&published), Ok("acknowledged"));
+    let next = tracer
+        .consume(
+            "process",
+            Some(&headers),
+            "order.cancelled.v1",
+            &"o-1",
+            Vec::new,
+        )
+        .expect("the next consumer span");
+    finish(Some(&next), Err(&"refused"));
+
+    let process = collected.named("process payment.declined.v1");
+    let compensate = collected.named("compensate: cancel order");
+    let publish = collected.named("publish order.cancelled.v1");
+    let next = collected.named("process order.cancelled.v1");
+    assert_eq!(process.parent_span_id, SpanId::INVALID);
+    assert_eq!(process.span_kind, SpanKind::Consumer);
+    assert_eq!(compensate.parent_span_id, process.span_context.span_id());
+    assert_eq!(publish.span_kind, SpanKind::Producer);
+    assert_eq!(publish.parent_span_id, compensate.span_context.span_id());
+    assert_eq!(next.parent_span_id, publish.span_context.span_id());
+    assert!(matches!(next.status, Status::Error { .. }));
+    for span in [&compensate, &publish, &next] {
+        assert_eq!(
+            span.span_context.trace_id(),
+            process.span_context.trace_id()
+        );
+    }
+    assert!(compensate
+        .attributes
+        .contains(&KeyValue::new(COMPENSATION, true)));
+    assert!(compensate
+        .attributes
+        .contains(&KeyValue::new(ORDER_ID, "o-1")));
+    assert!(process
+        .attributes
+        .contains(&KeyValue::new(EVENT_TYPE, "payment.declined.v1")));
+    assert!(process
+        .attributes
+        .contains(&KeyValue::new("outcome", "applied")));
+}

@@ -224,10 +224,11 @@ struct OutboxRow {
 }
 
 impl OutboxRow {
-    fn trace(&self) -> Option<StoredContext> {
+    /// The trace context stored with the row (moved out of it).
+    fn take_trace(&mut self) -> Option<StoredContext> {
         Some(StoredContext {
-            traceparent: self.traceparent.clone()?,
-            tracestate: self.tracestate.clone(),
+            traceparent: self.traceparent.take()?,
+            tracestate: self.tracestate.take(),
         })
     }
 }
@@ -459,7 +460,7 @@ impl OutboxRelay {
         .fetch_all(&mut *leader)
         .await?;
         let read = rows.len();
-        for row in rows {
+        for mut row in rows {
             let topic = format!("{}{}", self.topic_prefix, row.topic);
             let event_id = row.event_id.to_string();
             let headers = OwnedHeaders::new()
@@ -473,7 +474,7 @@ impl OutboxRelay {
                 });
             let (headers, span) = self.tracer.publish(
                 headers,
-                row.trace().as_ref(),
+                row.take_trace().as_ref(),
                 || {
                     vec![
                         KeyValue::new(traces::ORDER_ID, row.message_key.clone()),

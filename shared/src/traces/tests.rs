@@ -248,3 +248,78 @@ fn an_event_is_consumed_emitted_and_published_as_parent_and_child_spans() {
         .attributes
         .contains(&KeyValue::new("outcome", "applied")));
 }
+
+#[test]
+fn an_endpoint_turns_exporting_on_with_either_protocol() {
+    let config = |endpoint: Option<&str>, protocol: &str| TracesConfig {
+        otel_exporter_otlp_endpoint: endpoint.map(str::to_owned),
+        otel_exporter_otlp_protocol: protocol.to_owned(),
+    };
+    for (endpoint, exporting) in [
+        (None, false),
+        (Some(""), false),
+        (Some("  "), false),
+        (Some("http://127.0.0.1:4318"), true),
+        (Some("http://127.0.0.1:4318/"), true),
+    ] {
+        for protocol in ["http/protobuf", "http/json"] {
+            let tracer = ServiceTracer::from_config("test-service", &config(endpoint, protocol))
+                .expect("a tracer");
+            assert_eq!(tracer.is_exporting(), exporting, "{endpoint:?} {protocol}");
+        }
+    }
+    assert!(
+        ServiceTracer::from_config("test-service", &config(Some("not a url"), "http/json"))
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_request_is_handled_in_the_callers_trace() {
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    async fn trace_id() -> String {
+        current_trace_id().unwrap_or_default()
+    }
+    let collected = Collected::default();
+    for tracer in [ServiceTracer::default(), exporting_to(&collected)] {
+        let app = axum::Router::new()
+            .route("/orders", get(trace_id))
+            .route("/health/live", get(trace_id))
+            .layer(axum::middleware::from_fn_with_state(
+                tracer.clone(),
+                http_layer,
+            ));
+        let call = |path: &str, traceparent: Option<&str>| {
+            let mut request = axum::http::Request::get(path);
+            if let Some(traceparent) = traceparent {
+                request = request.header(TRACEPARENT, traceparent);
+            }
+            let app = app.clone();
+            let request = request.body(Body::empty()).unwrap();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                String::from_utf8(body.to_vec()).unwrap()
+            }
+        };
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            call("/orders", Some(caller)).await,
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(call("/health/live", Some(caller)).await, "");
+        let started = call("/orders", None).await;
+        assert_eq!(started.is_empty(), !tracer.is_exporting(), "{started}");
+    }
+    let request = collected.named("GET /orders");
+    assert_eq!(request.span_kind, SpanKind::Server);
+    assert_eq!(request.parent_span_id, SpanId::from(0x00f0_67aa_0ba9_02b7));
+    assert!(request
+        .attributes
+        .contains(&KeyValue::new("http.response.status_code", 200_i64)));
+}

@@ -327,6 +327,40 @@ pub(crate) fn emitting(
     })
 }
 
+/// The trace context of the work being done, to store with a row that later work continues
+/// from (e.g. an order, which the saga deadline may cancel); `None` when it is not traced.
+pub fn current_context() -> Option<StoredContext> {
+    Context::map_current(|current| StoredContext::of(current.span().span_context()))
+}
+
+/// Runs `work`, done for the order `order_id` outside any request or event (a background
+/// worker), in a span `name` continuing `stored` (the context stored with the order; a new
+/// trace without it), so the events it writes join the order's trace. Without an exporter it
+/// runs in `stored` as it is.
+pub async fn continue_stored<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    tracer: &ServiceTracer,
+    stored: Option<&StoredContext>,
+    name: &str,
+    order_id: impl std::fmt::Display,
+    work: F,
+) -> Result<T, E> {
+    let parent = stored.map_or_else(Context::new, StoredContext::context);
+    let context = tracer
+        .start(
+            name.to_owned(),
+            SpanKind::Internal,
+            &parent,
+            vec![KeyValue::new(ORDER_ID, order_id.to_string())],
+        )
+        .or_else(|| Some(parent).filter(|parent| parent.span().span_context().is_valid()));
+    let result = run_in(context.as_ref(), work).await;
+    match &result {
+        Ok(_) => finish(context.as_ref(), Ok("done")),
+        Err(error) => finish(context.as_ref(), Err(error)),
+    }
+    result
+}
+
 /// The trace id of the work being done, if it is traced (for log lines).
 pub fn current_trace_id() -> Option<String> {
     Context::map_current(|current| {

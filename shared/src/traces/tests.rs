@@ -323,3 +323,43 @@ async fn a_request_is_handled_in_the_callers_trace() {
         .attributes
         .contains(&KeyValue::new("http.response.status_code", 200_i64)));
 }
+
+#[tokio::test]
+async fn a_worker_continues_the_trace_stored_with_an_order() {
+    let collected = Collected::default();
+    let tracer = exporting_to(&collected);
+    let request = remote(0xabc, 0xdef, "");
+    let stored = {
+        let _attached = request.clone().attach();
+        current_context()
+    };
+    let written = continue_stored(&tracer, stored.as_ref(), "saga deadline", &"o-1", async {
+        Ok::<_, String>(emitting("order.cancelled.v1", Some("cancel order"), "o-1"))
+    })
+    .await
+    .unwrap()
+    .expect("the context the event is written in");
+
+    let deadline = collected.named("saga deadline");
+    let cancel = collected.named("compensate: cancel order");
+    assert_eq!(deadline.span_context.trace_id(), TraceId::from(0xabc));
+    assert_eq!(deadline.parent_span_id, SpanId::from(0xdef));
+    assert_eq!(cancel.parent_span_id, deadline.span_context.span_id());
+    assert_eq!(
+        written.context().span().span_context().span_id(),
+        cancel.span_context.span_id()
+    );
+
+    // Without an exporter the stored context is passed on as it is.
+    let passed_on = continue_stored(
+        &ServiceTracer::default(),
+        stored.as_ref(),
+        "saga deadline",
+        &"o-1",
+        async { Ok::<_, String>(emitting("order.cancelled.v1", None, "o-1")) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(passed_on, stored);
+    assert_eq!(current_context(), None);
+}

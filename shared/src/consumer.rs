@@ -5,7 +5,8 @@
 //! commit together, and the Kafka offsets are stored only after that commit. Event types the
 //! service does not handle need no transaction at all. Each message is decoded once, here, into
 //! the typed [`Event`] (older versions upcast, unknown fields ignored); the handler picks what
-//! it acts on with an exhaustive `match`.
+//! it acts on with an exhaustive `match`. Each event it acts on is handled in the trace its
+//! `traceparent` header carries ([`crate::traces`]), so what the handler writes continues it.
 //!
 //! A batch stops at its first message that cannot be applied (not an event of ours, a handler
 //! failure, a database error): the transaction is rolled back, the messages before it are

@@ -20,6 +20,8 @@
 //! will not pass (too large, invalid, not authorised) is parked after [`RELAY_MAX_ATTEMPTS`]
 //! refusals (`failed_at`, `failure`) and skipped, so the rows after it flow;
 //! `update outbox set failed_at = null, failure = null where seq = ..` queues it again.
+//! A saga event's row keeps the trace context it was written in (`traceparent`, `tracestate`),
+//! which the relay sends on as Kafka headers of the same names ([`crate::traces`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

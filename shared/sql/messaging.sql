@@ -97,6 +97,15 @@ begin
 end
 $$;
 
+-- The W3C trace context each event was written in (`shared::traces`): the relay sends it as the
+-- record's `traceparent` / `tracestate` headers. Null: written outside any trace.
+alter table outbox
+    add column if not exists traceparent text,
+    add column if not exists tracestate text;
+alter table outbox_published
+    add column if not exists traceparent text,
+    add column if not exists tracestate text;
+
 -- How far this database's replica of each state topic partition is (`shared::replica`): the
 -- offset of the next record to apply, stored in the transaction that applies the records
 -- before it. A service that replicates nothing leaves it empty.

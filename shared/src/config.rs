@@ -102,6 +102,9 @@ pub struct CommonConfig {
 
     #[command(flatten)]
     pub retention: RetentionConfig,
+
+    #[command(flatten)]
+    pub traces: crate::traces::TracesConfig,
 }
 
 /// How long the messaging tables keep their rows, and what the broker is assumed to keep when

@@ -5,7 +5,8 @@
 //! commit together, and the Kafka offsets are stored only after that commit. Event types the
 //! service does not handle need no transaction at all. Each message is decoded once, here, into
 //! the typed [`Event`] (older versions upcast, unknown fields ignored); the handler picks what
-//! it acts on with an exhaustive `match`.
+//! it acts on with an exhaustive `match`. Each event it acts on is handled in the trace its
+//! `traceparent` header carries ([`crate::traces`]), so what the handler writes continues it.
 //!
 //! A batch stops at its first message that cannot be applied (not an event of ours, a handler
 //! failure, a database error): the transaction is rolled back, the messages before it are
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use opentelemetry::KeyValue;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -43,6 +45,7 @@ use crate::inbox::{self, Origin};
 use crate::kafka::GroupConsumer;
 use crate::outbox::OutboxSignal;
 use crate::progress::Progress;
+use crate::traces::{self, ServiceTracer};
 
 /// Applies one event of the saga to the service's state.
 pub trait EventHandler: Send + Sync + 'static {
@@ -163,6 +166,8 @@ pub(crate) struct ConsumerLoop<H> {
     pub handler: Arc<H>,
     pub producer: FutureProducer,
     pub service: &'static str,
+    /// Continues the trace of each message it handles (`crate::traces`).
+    pub tracer: ServiceTracer,
     /// The deployment's topic prefix: an event is accepted only from its owner's topic.
     pub topic_prefix: String,
     pub group_id: String,
@@ -210,15 +215,36 @@ pub(crate) fn count_dead_letter(service: &'static str, topic: &str) {
     .increment(1);
 }
 
-fn event_span(envelope: &Envelope, origin: &Origin) -> tracing::Span {
-    tracing::info_span!(
+/// The log span of handling one event; `trace_id` when it is traced.
+fn event_span(envelope: &Envelope, origin: &Origin, trace: Option<&Trace>) -> tracing::Span {
+    let span = tracing::info_span!(
         "event",
         event_type = %envelope.event_type,
         event_id = %envelope.id,
         order_id = %envelope.order_id,
         partition = origin.partition,
         offset = origin.offset,
-    )
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(trace) = trace {
+        use opentelemetry::trace::TraceContextExt;
+        span.record(
+            "trace_id",
+            tracing::field::display(trace.span().span_context().trace_id()),
+        );
+    }
+    span
+}
+
+/// The trace context one message is handled in.
+type Trace = opentelemetry::Context;
+
+/// Ends the span of `trace` with the outcome of handling its message.
+fn finish_trace<T: AsRef<str>, E: std::fmt::Display>(trace: Option<&Trace>, result: &Result<T, E>) {
+    match result {
+        Ok(outcome) => traces::finish(trace, Ok(outcome.as_ref())),
+        Err(error) => traces::finish(trace, Err(error)),
+    }
 }
 
 /// Why one attempt at a message failed.
@@ -403,18 +429,23 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 None => tx.insert(self.pool.begin().await.map_err(|error| stopped(&error))?),
             };
             let origin = Origin::of(message);
-            let span = event_span(&envelope, &origin);
-            let outcome = async {
-                if !inbox::claim(conn, &envelope, &origin).await? {
-                    tracing::debug!("duplicate event ignored");
-                    return Ok("duplicate");
+            let trace = self.trace("process", message, &envelope, &origin);
+            let span = event_span(&envelope, &origin, trace.as_ref());
+            let outcome = traces::run_in(
+                trace.as_ref(),
+                async {
+                    if !inbox::claim(conn, &envelope, &origin).await? {
+                        tracing::debug!("duplicate event ignored");
+                        return Ok("duplicate");
+                    }
+                    self.handler.handle(conn, &envelope, &input).await?;
+                    Ok::<_, HandlerError>("applied")
                 }
-                self.handler.handle(conn, &envelope, &input).await?;
-                Ok::<_, HandlerError>("applied")
-            }
-            .instrument(span.clone())
-            .await
-            .map_err(|error| stopped(&error))?;
+                .instrument(span.clone()),
+            )
+            .await;
+            finish_trace(trace.as_ref(), &outcome);
+            let outcome = outcome.map_err(|error| stopped(&error))?;
             if outcome == "applied" {
                 applied.push(span);
             }
@@ -636,11 +667,18 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let Some(input) = self.handler.select(event) else {
             return Ok("ignored");
         };
-        match self
-            .apply(&envelope, &input, origin)
-            .instrument(event_span(&envelope, origin))
-            .await
-        {
+        let trace = self.trace("process", message, &envelope, origin);
+        let applied = traces::run_in(
+            trace.as_ref(),
+            self.apply(&envelope, &input, origin).instrument(event_span(
+                &envelope,
+                origin,
+                trace.as_ref(),
+            )),
+        )
+        .await;
+        finish_trace(trace.as_ref(), &applied);
+        match applied {
             Ok(outcome) => Ok(outcome),
             Err(HandlerError::Database(error)) => Err(Failure::Transient(error.to_string())),
             Err(HandlerError::Failed(reason)) => Err(Failure::Rejected(envelope, input, reason)),
@@ -711,6 +749,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
         let origin = &Origin::of(message);
         let mut backoff = FIRST_BACKOFF;
         loop {
+            let trace = self.trace("give up", message, envelope, origin);
             let recorded = async {
                 let mut tx = self.pool.begin().await?;
                 if !inbox::claim(&mut tx, envelope, origin).await? {
@@ -726,7 +765,18 @@ impl<H: EventHandler> ConsumerLoop<H> {
                 }
                 Ok::<bool, sqlx::Error>(recorded)
             };
-            match recorded.await {
+            let recorded = traces::run_in(trace.as_ref(), recorded).await;
+            finish_trace(
+                trace.as_ref(),
+                &recorded.as_ref().map(|recorded| {
+                    if *recorded {
+                        "failure recorded"
+                    } else {
+                        "dead-lettered"
+                    }
+                }),
+            );
+            match recorded {
                 Ok(true) => {
                     tracing::error!(
                         event_type = %envelope.event_type,
@@ -749,6 +799,37 @@ impl<H: EventHandler> ConsumerLoop<H> {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// The trace context to handle `message` in (see [`ServiceTracer::consume`]): a span
+    /// `<name> <event type>` when exporting.
+    fn trace(
+        &self,
+        name: &str,
+        message: &BorrowedMessage<'_>,
+        envelope: &Envelope,
+        origin: &Origin,
+    ) -> Option<Trace> {
+        self.tracer.consume(
+            name,
+            message.headers(),
+            &envelope.event_type,
+            &envelope.order_id,
+            || {
+                vec![
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.destination.name", origin.topic.clone()),
+                    KeyValue::new(
+                        "messaging.destination.partition.id",
+                        origin.partition.to_string(),
+                    ),
+                    KeyValue::new("messaging.kafka.offset", origin.offset),
+                    KeyValue::new("messaging.consumer.group.name", self.group_id.clone()),
+                    KeyValue::new("messaging.message.id", envelope.id.to_string()),
+                ]
+            },
+        )
     }
 
     fn count(&self, outcome: &'static str) {

@@ -17,6 +17,9 @@ pub trait EventPayload: Serialize + DeserializeOwned {
     const VERSION: u32;
     /// The topic owned by the emitting service.
     const TOPIC: Topic;
+    /// For an event that undoes an earlier step of the saga, what it undoes (e.g. `release
+    /// reservation`): its span is named `compensate: <this>` (`crate::traces`).
+    const COMPENSATES: Option<&'static str> = None;
 }
 
 /// An event as it is stored in the outbox and sent to Kafka (JSON body, keyed by `order_id`).

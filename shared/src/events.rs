@@ -20,6 +20,15 @@ macro_rules! event {
             const TOPIC: Topic = $topic;
         }
     };
+    ($name:ident, $subject:literal, $version:literal, $topic:expr, compensates = $what:literal) => {
+        impl EventPayload for $name {
+            const TYPE: &'static str = concat!($subject, ".v", $version);
+            const SUBJECT: &'static str = $subject;
+            const VERSION: u32 = $version;
+            const TOPIC: Topic = $topic;
+            const COMPENSATES: Option<&'static str> = Some($what);
+        }
+    };
 }
 
 /// One line of an order as the customer asked for it.
@@ -128,7 +137,13 @@ pub struct OrderCancelled {
     pub order_id: Uuid,
     pub reason: CancellationReason,
 }
-event!(OrderCancelled, "order.cancelled", 1, Topic::Order);
+event!(
+    OrderCancelled,
+    "order.cancelled",
+    1,
+    Topic::Order,
+    compensates = "cancel order"
+);
 
 /// Stock is reserved for every line; carries the priced total and the address forward.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -157,7 +172,13 @@ pub struct StockReleased {
     pub order_id: Uuid,
     pub items: Vec<PricedLine>,
 }
-event!(StockReleased, "inventory.released", 1, Topic::Inventory);
+event!(
+    StockReleased,
+    "inventory.released",
+    1,
+    Topic::Inventory,
+    compensates = "release reservation"
+);
 
 /// How a charge was paid.
 #[derive(
@@ -242,7 +263,13 @@ pub struct PaymentRefunded {
     pub order_id: Uuid,
     pub amount_cents: i64,
 }
-event!(PaymentRefunded, "payment.refunded", 1, Topic::Payment);
+event!(
+    PaymentRefunded,
+    "payment.refunded",
+    1,
+    Topic::Payment,
+    compensates = "refund payment"
+);
 
 /// A shipment was scheduled to a served country.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -265,7 +292,13 @@ event!(ShipmentRejected, "shipment.rejected", 1, Topic::Shipping);
 pub struct ShipmentCancelled {
     pub order_id: Uuid,
 }
-event!(ShipmentCancelled, "shipment.cancelled", 1, Topic::Shipping);
+event!(
+    ShipmentCancelled,
+    "shipment.cancelled",
+    1,
+    Topic::Shipping,
+    compensates = "cancel shipment"
+);
 
 /// Compensation failed for good: reserved stock could not be released (e.g. its product is
 /// gone). Needs a person; the order ends `FAILED`.

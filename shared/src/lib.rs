@@ -25,6 +25,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod topics;
 pub mod topology;
+pub mod traces;
 
 mod consumer;
 mod inbox;

@@ -20,7 +20,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::filter::{FilterFn, Filtered};
 use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::registry::{Extensions, LookupSpan};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::KafkaConfig;
 
@@ -61,14 +61,10 @@ pub struct LogRecord {
     pub fields: Map<String, Value>,
 }
 
-/// Reads the trace id of a span from its extensions (e.g. those the OpenTelemetry layer keeps).
-pub type TraceIdLookup = fn(&Extensions<'_>) -> Option<String>;
-
 /// The layer: builds a [`LogRecord`] per event and tries to queue it; never waits.
 pub struct LogShippingLayer {
     sender: mpsc::Sender<LogRecord>,
     dropped: Arc<AtomicU64>,
-    trace_id: Option<TraceIdLookup>,
 }
 
 /// The receiving end, until [`start`] takes it (or a test does).
@@ -86,7 +82,6 @@ pub fn channel(capacity: usize) -> (LogShippingLayer, mpsc::Receiver<LogRecord>)
     let layer = LogShippingLayer {
         sender,
         dropped: Arc::default(),
-        trace_id: None,
     };
     (layer, receiver)
 }
@@ -97,24 +92,7 @@ pub fn layer<S>() -> Filtered<LogShippingLayer, FilterFn, S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    installed(None)
-}
-
-/// [`layer`], reading trace ids from span extensions with `lookup` (e.g. the OpenTelemetry
-/// layer's: the first span, innermost first, for which it returns one gives the record's).
-pub fn layer_with_trace_id<S>(lookup: TraceIdLookup) -> Filtered<LogShippingLayer, FilterFn, S>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    installed(Some(lookup))
-}
-
-fn installed<S>(trace_id: Option<TraceIdLookup>) -> Filtered<LogShippingLayer, FilterFn, S>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    let (mut layer, receiver) = channel(BUFFER_RECORDS);
-    layer.trace_id = trace_id;
+    let (layer, receiver) = channel(BUFFER_RECORDS);
     *PENDING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(receiver);
@@ -131,12 +109,6 @@ fn shipped(metadata: &Metadata<'_>) -> bool {
 }
 
 impl LogShippingLayer {
-    /// Reads trace ids from span extensions with `lookup` (before any `trace_id` field).
-    pub fn with_trace_id(mut self, lookup: TraceIdLookup) -> Self {
-        self.trace_id = Some(lookup);
-        self
-    }
-
     /// How many records this layer dropped because the buffer was full.
     pub fn dropped(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.dropped)
@@ -182,14 +154,10 @@ where
         let mut visitor = JsonVisitor::default();
         event.record(&mut visitor);
         let mut fields = visitor.fields;
-        let mut trace_id = None;
         if let Some(scope) = ctx.event_scope(event) {
             // Innermost span first: a field already there (the event's or an inner span's) wins.
             for span in scope {
                 let extensions = span.extensions();
-                if trace_id.is_none() {
-                    trace_id = self.trace_id.and_then(|lookup| lookup(&extensions));
-                }
                 if let Some(SpanFields(span_fields)) = extensions.get::<SpanFields>() {
                     for (key, value) in span_fields {
                         fields.entry(key.clone()).or_insert_with(|| value.clone());
@@ -211,7 +179,7 @@ where
             target: metadata.target().to_owned(),
             message: visitor.message.unwrap_or_default(),
             order_id: text("order_id", &mut fields),
-            trace_id: trace_id.or_else(|| text("trace_id", &mut fields)),
+            trace_id: text("trace_id", &mut fields).or_else(crate::traces::current_trace_id),
             fields,
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(record) {
@@ -399,33 +367,23 @@ mod tests {
         assert_eq!(serde_json::from_str::<LogRecord>(&json).unwrap(), record);
     }
 
-    /// What a tracing layer such as OpenTelemetry's keeps in a span's extensions.
-    struct TraceContext(&'static str);
-
-    struct AddsTraceContext;
-
-    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for AddsTraceContext {
-        fn on_new_span(&self, _: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-            let span = ctx.span(id).expect("the new span");
-            span.extensions_mut()
-                .insert(TraceContext("0af7651916cd43dd8448eb211c80319c"));
-        }
-    }
-
     #[test]
-    fn the_trace_id_is_read_from_span_extensions_when_a_lookup_is_given() {
+    fn the_trace_id_is_the_current_opentelemetry_contexts() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
         let (layer, mut receiver) = channel(4);
-        let layer = layer.with_trace_id(|extensions| {
-            extensions
-                .get::<TraceContext>()
-                .map(|context| context.0.to_owned())
-        });
-        let subscriber = tracing_subscriber::registry()
-            .with(AddsTraceContext)
-            .with(layer);
+        let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!("outside any span");
-            let _span = tracing::info_span!("request").entered();
+            tracing::info!("outside any trace");
+            let traced = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+                SpanId::from_hex("b7ad6b7169203331").unwrap(),
+                TraceFlags::SAMPLED,
+                true,
+                TraceState::default(),
+            ));
+            let _attached = traced.attach();
             tracing::info!("inside");
         });
         let ids: Vec<Option<String>> = std::iter::from_fn(|| receiver.try_recv().ok())

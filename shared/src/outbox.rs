@@ -20,6 +20,8 @@
 //! will not pass (too large, invalid, not authorised) is parked after [`RELAY_MAX_ATTEMPTS`]
 //! refusals (`failed_at`, `failure`) and skipped, so the rows after it flow;
 //! `update outbox set failed_at = null, failure = null where seq = ..` queues it again.
+//! A saga event's row keeps the trace context it was written in (`traceparent`, `tracestate`),
+//! which the relay sends on as Kafka headers of the same names ([`crate::traces`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use opentelemetry::KeyValue;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -39,6 +42,7 @@ use uuid::Uuid;
 use crate::envelope::{Envelope, EventPayload};
 use crate::state::StateRecord;
 use crate::topics::Topic;
+use crate::traces::{self, ServiceTracer, StoredContext};
 
 const RELAY_LOCK_KEY: i64 = 0x5a6a_5002;
 /// Refusals of a row that will not pass before the relay parks it.
@@ -52,7 +56,8 @@ pub const EVENT_TYPE_HEADER: &str = "event_type";
 pub const EVENT_ID_HEADER: &str = "event_id";
 
 /// Writes `payload` as a new event of the saga `order_id` to the outbox, inside the caller's
-/// transaction, and returns its envelope.
+/// transaction, and returns its envelope. The row keeps the trace context it is written in
+/// (`crate::traces`), which the relay sends on as the record's `traceparent` / `tracestate`.
 pub async fn emit<P: EventPayload>(
     conn: &mut PgConnection,
     source: &str,
@@ -61,25 +66,33 @@ pub async fn emit<P: EventPayload>(
     payload: &P,
 ) -> Result<Envelope, sqlx::Error> {
     let envelope = Envelope::new(source, order_id, causation_id, payload);
-    enqueue(conn, P::TOPIC, &envelope).await?;
+    let key = envelope.order_id.to_string();
+    let trace = traces::emitting(P::TYPE, P::COMPENSATES, &key);
+    enqueue(conn, P::TOPIC, &key, &envelope, trace.as_ref()).await?;
     Ok(envelope)
 }
 
-/// Writes an already built envelope to the outbox for `topic`.
+/// Writes an already built envelope to the outbox for `topic`, keyed `key`, with the trace
+/// context it was written in.
 async fn enqueue(
     conn: &mut PgConnection,
     topic: Topic,
+    key: &str,
     envelope: &Envelope,
+    trace: Option<&StoredContext>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into outbox (event_id, topic, message_key, event_type, envelope)
-         values ($1, $2, $3, $4, $5)",
+        "insert into outbox
+             (event_id, topic, message_key, event_type, envelope, traceparent, tracestate)
+         values ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(envelope.id)
     .bind(topic.base_name())
-    .bind(envelope.order_id.to_string())
+    .bind(key)
     .bind(&envelope.event_type)
     .bind(sqlx::types::Json(envelope))
+    .bind(trace.map(|trace| trace.traceparent.as_str()))
+    .bind(trace.and_then(|trace| trace.tracestate.as_deref()))
     .execute(conn)
     .await?;
     Ok(())
@@ -179,6 +192,7 @@ impl OutboxSignal {
 /// Publishes outbox rows to Kafka.
 pub struct OutboxRelay {
     service: &'static str,
+    tracer: ServiceTracer,
     pool: PgPool,
     producer: FutureProducer,
     topic_prefix: String,
@@ -206,6 +220,19 @@ struct OutboxRow {
     event_type: String,
     /// The record's value; `None`: a tombstone.
     envelope: Option<String>,
+    /// The trace context the row was written in, if any.
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl OutboxRow {
+    /// The trace context stored with the row (moved out of it).
+    fn take_trace(&mut self) -> Option<StoredContext> {
+        Some(StoredContext {
+            traceparent: self.traceparent.take()?,
+            tracestate: self.tracestate.take(),
+        })
+    }
 }
 
 /// What one delivery came back with: the row's `seq` and whether the broker took it.
@@ -234,6 +261,7 @@ fn refused_for_good(error: &KafkaError) -> bool {
 impl OutboxRelay {
     pub fn new(
         service: &'static str,
+        tracer: ServiceTracer,
         signal: OutboxSignal,
         producer: FutureProducer,
         topic_prefix: String,
@@ -241,6 +269,7 @@ impl OutboxRelay {
     ) -> Self {
         Self {
             service,
+            tracer,
             pool: signal.0.pool.clone(),
             producer,
             topic_prefix,
@@ -424,7 +453,8 @@ impl OutboxRelay {
     ) -> anyhow::Result<bool> {
         let in_flight_seqs: Vec<i64> = sent.iter().copied().collect();
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "select seq, event_id, topic, message_key, event_type, envelope::text as envelope
+            "select seq, event_id, topic, message_key, event_type, envelope::text as envelope,
+                    traceparent, tracestate
              from outbox where failed_at is null and seq <> all($1) order by seq limit $2",
         )
         .bind(&in_flight_seqs)
@@ -432,7 +462,7 @@ impl OutboxRelay {
         .fetch_all(&mut *leader)
         .await?;
         let read = rows.len();
-        for row in rows {
+        for mut row in rows {
             let topic = format!("{}{}", self.topic_prefix, row.topic);
             let event_id = row.event_id.to_string();
             let headers = OwnedHeaders::new()
@@ -444,6 +474,20 @@ impl OutboxRelay {
                     key: EVENT_ID_HEADER,
                     value: Some(event_id.as_str()),
                 });
+            let (headers, span) = self.tracer.publish(
+                headers,
+                row.take_trace().as_ref(),
+                || {
+                    vec![
+                        KeyValue::new(traces::ORDER_ID, row.message_key.clone()),
+                        KeyValue::new(traces::EVENT_TYPE, row.event_type.clone()),
+                        KeyValue::new("messaging.system", "kafka"),
+                        KeyValue::new("messaging.destination.name", topic.clone()),
+                        KeyValue::new("messaging.message.id", event_id.clone()),
+                    ]
+                },
+                &row.event_type,
+            );
             let record = FutureRecord::<str, str>::to(&topic)
                 .key(&row.message_key)
                 .headers(headers);
@@ -462,6 +506,10 @@ impl OutboxRelay {
                                 Ok(Err((error, _))) => Err(error),
                                 Err(_) => Err(KafkaError::Canceled),
                             };
+                            match &result {
+                                Ok(()) => traces::finish(span.as_ref(), Ok("acknowledged")),
+                                Err(error) => traces::finish(span.as_ref(), Err(error)),
+                            }
                             (seq, result)
                         }
                         .boxed(),
@@ -572,11 +620,15 @@ async fn settle(
 const MOVE_PUBLISHED: &str = "
     with done as (
         delete from outbox where seq = any($1)
-        returning seq, event_id, topic, message_key, event_type, envelope, created_at
+        returning seq, event_id, topic, message_key, event_type, envelope, created_at,
+                  traceparent, tracestate
     )
     insert into outbox_published
-        (seq, event_id, topic, message_key, event_type, envelope, created_at)
-    select seq, event_id, topic, message_key, event_type, envelope, created_at from done";
+        (seq, event_id, topic, message_key, event_type, envelope, created_at,
+         traceparent, tracestate)
+    select seq, event_id, topic, message_key, event_type, envelope, created_at,
+           traceparent, tracestate
+    from done";
 
 async fn wait_for_notification(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
     match listener {

@@ -46,6 +46,7 @@ use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::progress::Progress;
 use crate::retention::{self, Rule};
 use crate::topics::{dead_letter_topic, StateTopic, Topic};
+use crate::traces::{self, ServiceTracer};
 use crate::{consumer_lag, db, http, kafka, log_shipping, topology};
 
 /// The task names in logs, errors and `checks.tasks` (extra workers bring their own).
@@ -56,6 +57,8 @@ const RETENTION: &str = "retention";
 const CONSUMER_LAG: &str = "consumer-lag";
 /// How long a stopping service waits for its last log records to reach the broker.
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest a stopping service waits for its last spans to be exported.
+const TRACES_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connections a service needs, ready to use: its database (migrated) and a producer, with
 /// every topic created. Routes and workers are built from it.
@@ -66,6 +69,8 @@ pub struct Infrastructure {
     pub outbox: OutboxSignal,
     /// What the consumer is working on, for `/health/ready` and `/metrics`.
     progress: Progress,
+    /// The service's spans (exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+    pub tracer: ServiceTracer,
 }
 
 impl Infrastructure {
@@ -140,7 +145,13 @@ impl Infrastructure {
             .collect();
         kafka::ensure_topics_configured(&config.kafka, &states).await?;
         retention::check_at_start_up(config, &producer, &events).await?;
+        let service_name = topology::by_name(service).map_or_else(
+            || format!("{service}-service"),
+            |declared| declared.package.to_owned(),
+        );
+        let tracer = ServiceTracer::from_config(&service_name, &config.traces)?;
         Ok(Self {
+            tracer,
             outbox: OutboxSignal::new(pool.clone()),
             pool,
             producer,
@@ -257,6 +268,7 @@ impl ServiceBuilder {
         let shutdown = CancellationToken::new();
         let relay = OutboxRelay::new(
             service,
+            infrastructure.tracer.clone(),
             infrastructure.outbox.clone(),
             infrastructure.producer.clone(),
             config.kafka.topic_prefix.clone(),
@@ -306,6 +318,7 @@ impl ServiceBuilder {
         ));
 
         let routes = routes.map_or_else(Router::new, |routes| routes(&infrastructure));
+        let tracer = infrastructure.tracer.clone();
         let failure = Arc::new(OnceLock::new());
         let health = Router::new()
             .route("/health/live", get(live))
@@ -320,10 +333,14 @@ impl ServiceBuilder {
                 consumer_stuck_after: Duration::from_millis(config.consumer_stuck_after_ms),
                 outbox_stuck_after: Duration::from_millis(config.outbox_stuck_after_ms),
             });
+        let router = http::observed(http::with_common_layers(routes.merge(health)), service).layer(
+            axum::middleware::from_fn_with_state(tracer.clone(), traces::http_layer),
+        );
         Ok(Service {
             name: service,
             listener,
-            router: http::observed(http::with_common_layers(routes.merge(health)), service),
+            router,
+            tracer,
             tasks,
             shutdown,
             failure,
@@ -356,6 +373,7 @@ fn consumer_loop<H: EventHandler>(
         handler: Arc::new(handler),
         producer: infrastructure.producer.clone(),
         service,
+        tracer: infrastructure.tracer.clone(),
         topic_prefix: prefix.to_owned(),
         group_id,
         dead_letter_topic: dead_letter_topic(prefix, &format!("{service}-service")),
@@ -394,6 +412,7 @@ pub struct Service {
     failure: Arc<OnceLock<String>>,
     failure_grace: Duration,
     shutdown_timeout: Duration,
+    tracer: ServiceTracer,
 }
 
 impl Service {
@@ -457,8 +476,12 @@ impl Service {
             });
         }
         let stopped = supervisor.wait().await;
-        // The last records (why it stopped) reach the logs topic before the process exits.
-        log_shipping::flush(LOG_FLUSH_TIMEOUT).await;
+        // The last log records (why it stopped) and the spans of the last requests and events,
+        // before the process exits.
+        tokio::join!(
+            log_shipping::flush(LOG_FLUSH_TIMEOUT),
+            self.tracer.shutdown(TRACES_FLUSH_TIMEOUT),
+        );
         stopped
     }
 }

@@ -54,6 +54,8 @@ pub struct Settings {
     pub saga_deadline_ms: u64,
     /// The participants' `HOLD_TIMEOUT_MS` (`None`: their default).
     pub hold_timeout_ms: Option<u64>,
+    /// Every service's `OTEL_EXPORTER_OTLP_ENDPOINT`, with `http/json` (`None`: no traces).
+    pub otlp_endpoint: Option<&'static str>,
 }
 
 impl Default for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
         Self {
             saga_deadline_ms: 60_000,
             hold_timeout_ms: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -162,6 +165,21 @@ async fn start(settings: Settings) -> anyhow::Result<(System, Running)> {
                 .hold_timeout_ms
                 .filter(|_| service.name != ORDER.name && service.name != QUERY.name)
                 .map(|ms| ["--hold-timeout-ms".to_owned(), ms.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .chain(
+            settings
+                .otlp_endpoint
+                .map(|endpoint| {
+                    [
+                        "--otel-exporter-otlp-endpoint",
+                        endpoint,
+                        "--otel-exporter-otlp-protocol",
+                        "http/json",
+                    ]
+                    .map(str::to_owned)
+                })
                 .into_iter()
                 .flatten(),
         )

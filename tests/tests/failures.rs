@@ -18,6 +18,7 @@ use uuid::Uuid;
 const SETTINGS: Settings = Settings {
     saga_deadline_ms: 4_000,
     hold_timeout_ms: None,
+    otlp_endpoint: None,
 };
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 

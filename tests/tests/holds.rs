@@ -15,6 +15,7 @@ const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 const SETTINGS: Settings = Settings {
     saga_deadline_ms: 60_000,
     hold_timeout_ms: Some(HOLD_TIMEOUT.as_millis() as u64),
+    otlp_endpoint: None,
 };
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 

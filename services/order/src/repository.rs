@@ -1,8 +1,11 @@
 //! Reads and writes of the order service's tables.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::events::{CancellationReason, PaymentMethod, PricedLine, ShippingAddress};
+use shared::traces::StoredContext;
 use shared::Envelope;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
@@ -121,17 +124,48 @@ pub async fn insert_order(
     items: &[OrderItem],
     address: &ShippingAddress,
 ) -> Result<(), sqlx::Error> {
+    // The trace it is placed in, for the saga deadline to continue (crate::deadline).
+    let trace = shared::traces::current_context();
     sqlx::query(
-        "insert into orders (order_id, customer_id, status, items, shipping_address)
-         values ($1, $2, 'PENDING', $3, $4)",
+        "insert into orders
+             (order_id, customer_id, status, items, shipping_address, traceparent, tracestate)
+         values ($1, $2, 'PENDING', $3, $4, $5, $6)",
     )
     .bind(order_id)
     .bind(customer_id)
     .bind(Json(items))
     .bind(Json(address))
+    .bind(trace.as_ref().map(|trace| trace.traceparent.as_str()))
+    .bind(trace.as_ref().and_then(|trace| trace.tracestate.as_deref()))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The trace contexts the orders `order_ids` were placed in (those placed in one).
+pub async fn trace_contexts(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> Result<HashMap<Uuid, StoredContext>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "select order_id, traceparent, tracestate from orders
+         where order_id = any($1) and traceparent is not null",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order_id, traceparent, tracestate)| {
+            (
+                order_id,
+                StoredContext {
+                    traceparent,
+                    tracestate,
+                },
+            )
+        })
+        .collect())
 }
 
 pub async fn find_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {

@@ -61,6 +61,7 @@ impl Application {
                 deadline::run(
                     infrastructure.pool.clone(),
                     infrastructure.outbox.clone(),
+                    infrastructure.tracer.clone(),
                     saga_deadline,
                     sweep_every,
                     shutdown,

@@ -182,6 +182,7 @@ impl Bed {
             handler: Arc::new(handler),
             producer: self.producer.clone(),
             service: "test",
+            tracer: Default::default(),
             topic_prefix: self.config.topic_prefix.clone(),
             group_id: group.to_owned(),
             dead_letter_topic: self.dead_letters.clone(),

@@ -59,7 +59,15 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
     .unwrap();
     let mut too_large = Envelope::new("test", order_id, None, &OrderConfirmed { order_id });
     too_large.payload = serde_json::json!({"order_id": order_id, "padding": "x".repeat(1_100_000)});
-    enqueue(&mut tx, Topic::Order, &too_large).await.unwrap();
+    enqueue(
+        &mut tx,
+        Topic::Order,
+        &order_id.to_string(),
+        &too_large,
+        None,
+    )
+    .await
+    .unwrap();
     let after = emit(
         &mut tx,
         "test",
@@ -73,6 +81,7 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
 
     let relay = OutboxRelay::new(
         "test",
+        crate::traces::ServiceTracer::default(),
         OutboxSignal::new(pool.clone()),
         kafka::producer(&config).expect("a producer"),
         prefix,

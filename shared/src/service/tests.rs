@@ -69,6 +69,7 @@ async fn config() -> CommonConfig {
         database_statement_timeout_ms: 10_000,
         database_lock_timeout_ms: 3_000,
         shutdown_timeout_ms: 4_000,
+        traces: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod cancel;
 mod create;
+mod deadline;
 mod errors;
 mod helpers;
 mod idempotency;

@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
 use crate::config::KafkaConfig;
@@ -92,32 +92,11 @@ fn read_all_with(mut client: ClientConfig, topic: &str) -> anyhow::Result<Vec<De
         .set("enable.partition.eof", "false")
         .create()
         .context("creating a Kafka consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("reading the metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    anyhow::ensure!(!partitions.is_empty(), "topic {topic} does not exist");
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, TIMEOUT)
-            .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
-            ends.push((partition, high));
-        }
-    }
+    let mut ends = crate::kafka::assign_from_start(&consumer, topic, TIMEOUT)?;
     let mut letters = Vec::new();
     if ends.is_empty() {
         return Ok(letters);
     }
-    consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !ends.is_empty() {
         anyhow::ensure!(

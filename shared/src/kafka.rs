@@ -10,10 +10,10 @@ use rdkafka::admin::{
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, KafkaSecurity};
 
@@ -331,6 +331,42 @@ pub async fn check_reachable(producer: &FutureProducer, timeout: Duration) -> an
     })
     .await
     .context("metadata task")?
+}
+
+/// Assigns `consumer` (of a group it never joins) every partition of `topic` from its low
+/// watermark, for tools that read a whole topic; returns the end offset (high watermark) of
+/// each partition that holds records, so the reader knows when it has read them all. An error
+/// when the topic does not exist.
+pub fn assign_from_start(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(i32, i64)>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} does not exist");
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
+        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        if high > low {
+            ends.push((partition, high));
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("assigning the partitions of {topic}"))?;
+    Ok(ends)
 }
 
 #[cfg(test)]

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tracing::Level;
 
 use crate::config::KafkaConfig;
@@ -129,33 +128,10 @@ pub fn read(
         .set("enable.partition.eof", "false")
         .create()
         .context("creating a Kafka consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("reading the metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    anyhow::ensure!(
-        !partitions.is_empty(),
-        "topic {topic} does not exist (is a service running with LOG_TOPIC_ENABLED on?)"
-    );
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, TIMEOUT)
-            .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
-        assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
-        if high > low {
-            ends.push((partition, high));
-        }
-    }
-    consumer
-        .assign(&assignment)
-        .with_context(|| format!("assigning the partitions of {topic}"))?;
+    let mut ends =
+        crate::kafka::assign_from_start(&consumer, topic, TIMEOUT).with_context(|| {
+            format!("reading {topic} (is a service running with LOG_TOPIC_ENABLED on?)")
+        })?;
     let mut shown = 0;
     while follow || !ends.is_empty() {
         let Some(message) = consumer.poll(Duration::from_millis(500)) else {

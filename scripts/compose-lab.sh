@@ -22,14 +22,14 @@
 # Settings: LAB_DIR (default /var/tmp/sagashop-compose-lab), LAB_KEEP=1 (leave the stack and
 # dockerd running, print how to reach them), LAB_KEEP_DATA=1 (stop dockerd but keep LAB_DIR, so a
 # second run reuses the images and the build cache), LAB_STORAGE_DRIVER (overlay2 when the
-# kernel mounts overlayfs, else vfs), LAB_ORDERS (orders placed around the crash, default 12).
+# kernel mounts overlayfs, else vfs), LAB_ORDERS (orders placed per step, default 20).
 # docs/DOCKER.md ("The compose lab") says what it stands in for and what it cannot check.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
 LAB_DIR="${LAB_DIR:-/var/tmp/sagashop-compose-lab}"
-LAB_ORDERS="${LAB_ORDERS:-12}"
+LAB_ORDERS="${LAB_ORDERS:-20}"
 export COMPOSE_PROJECT_NAME=sagashop-lab
 export DOCKER_HOST="unix://$LAB_DIR/run/docker.sock"
 export DOCKER_BUILDKIT=1
@@ -142,7 +142,7 @@ debian_image="debian:$debian_release-slim"
 rust_image="rust:$rust_version-slim-$debian_release"
 
 # This machine's Debian mirror (the first URIs: or deb line of its apt sources).
-mirror="$(grep -rhoE '^(URIs:|deb) +http[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d 2> /dev/null \
+mirror="$({ grep -rhoE '^(URIs:|deb) +http[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d 2> /dev/null || true; } \
     | awk '{print $2}' | head -n 1)"
 mirror="${mirror:-http://deb.debian.org/debian}"
 
@@ -267,43 +267,49 @@ wait_healthy() { # TIMEOUT CONTAINER...
         done
     done
 }
-# When CONTAINER first passed its health check (the end of its first successful probe), or, for
-# a container without one, when it started.
-healthy_since() {
-    docker inspect -f '{{if .State.Health}}{{range .State.Health.Log}}{{if eq .ExitCode 0}}{{.End}}{{"\n"}}{{end}}{{end}}{{else}}{{.State.StartedAt}}{{end}}' "$1" \
-        | head -n 1
+# The containers' events since `up` began (docker events replays them): one line per event,
+# "NANOSECONDS SERVICE STATUS", e.g. "... kafka health_status: healthy".
+record_events() {
+    docker events --since "$up_since" --until "$(date +%s)" --filter type=container \
+        --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+        --format '{{.TimeNano}} {{index .Actor.Attributes "com.docker.compose.service"}} {{.Status}}' \
+        > "$LAB_DIR/events.txt"
 }
-epoch() { date -d "$1" +%s.%N; }
-before() { awk -v a="$(epoch "$1")" -v b="$(epoch "$2")" 'BEGIN { exit !(a <= b) }'; }
+first_event() { # SERVICE STATUS -> nanoseconds of its first such event
+    local at
+    at="$(grep -m 1 -E "^[0-9]+ $1 $2\$" "$LAB_DIR/events.txt" | cut -d' ' -f1)"
+    [ -n "$at" ] || die "no '$2' event of $1 (docker events: $LAB_DIR/events.txt)"
+    echo "$at"
+}
+at() { date -u -d "@$(($1 / 1000000000)).$(printf '%09d' $(($1 % 1000000000)))" +%H:%M:%S.%3N; }
+# after SERVICE STATUS SERVICE STATUS: the first event of the first pair came after the second's.
+after() {
+    local later earlier
+    later="$(first_event "$1" "$2")" && earlier="$(first_event "$3" "$4")" || exit 1
+    [ "$later" -gt "$earlier" ] || die "$1 $2 at $(at "$later"), before $3 $4 at $(at "$earlier")"
+    info "$1 $2 at $(at "$later"), after $3 $4 at $(at "$earlier")"
+}
 
 say "docker-compose up -d (project $COMPOSE_PROJECT_NAME)"
 up_started=$SECONDS
+up_since="$(date +%s)"
 dc up -d --no-build
 gateway="$(container_of gateway)"
 wait_healthy 300 "$gateway"
 info "every container up and healthy after $((SECONDS - up_started))s"
 dc ps
 
-say "startup order: depends_on and health checks"
-postgres="$(container_of postgres)"
-kafka="$(container_of kafka)"
+say "startup order: depends_on and health checks (docker events)"
+record_events
 kafka_init="$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
     --filter label=com.docker.compose.service=kafka-init | head -n 1)"
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$kafka_init")" = 0 ] || die "kafka-init did not exit 0"
-kafka_init_done="$(docker inspect -f '{{.State.FinishedAt}}' "$kafka_init")"
-before "$(healthy_since "$kafka")" "$(docker inspect -f '{{.State.StartedAt}}' "$kafka_init")" \
-    || die "kafka-init started before kafka was healthy"
-info "kafka healthy $(healthy_since "$kafka"), kafka-init ran after it and exited 0 at $kafka_init_done"
+after kafka-init start kafka "health_status: healthy"
 for service in "${services[@]}"; do
-    id="$(container_of "$service")"
-    service_started="$(docker inspect -f '{{.State.StartedAt}}' "$id")"
-    before "$(healthy_since "$postgres")" "$service_started" || die "$service started before postgres was healthy"
-    before "$kafka_init_done" "$service_started" || die "$service started before kafka-init completed"
-    before "$(healthy_since "$id")" "$(docker inspect -f '{{.State.StartedAt}}' "$gateway")" \
-        || die "the gateway started before $service was healthy"
-    info "$service: started $service_started (after postgres healthy and kafka-init done), healthy $(healthy_since "$id")"
+    after "$service" start postgres "health_status: healthy"
+    after "$service" start kafka-init die
+    after gateway start "$service" "health_status: healthy"
 done
-info "gateway: started $(docker inspect -f '{{.State.StartedAt}}' "$gateway"), after every service was healthy"
 for id in $(dc ps -q); do
     [ "$(docker inspect -f '{{.State.Status}}' "$id")" = exited ] && continue
     [ "$(health_of "$id")" = healthy ] || die "$(docker inspect -f '{{.Name}}' "$id") is $(health_of "$id")"
@@ -346,7 +352,8 @@ wait_confirmed() { # TIMEOUT: every order of $orders CONFIRMED
     local deadline=$((SECONDS + $1)) order status
     for order in "${orders[@]}"; do
         while status="$(order_status "$order")"; [ "$status" != CONFIRMED ]; do
-            [ "$status" = PENDING ] || [ -z "$status" ] || die "order $order ended $status"
+            [ "$status" = PENDING ] || [ -z "$status" ] \
+                || die "order $order ended $status: $(request GET "http://127.0.0.1:8081/orders/$order/timeline")"
             [ "$SECONDS" -lt "$deadline" ] || die "order $order still $status after $1s"
             sleep 1
         done

@@ -127,6 +127,8 @@ cleanup() {
     exit "$code"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 say "a private dockerd in $LAB_DIR"
 mkdir -p "$LAB_DIR/data" "$LAB_DIR/exec" "$LAB_DIR/run"

@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image recipe for the five Sagashop services. The build argument SERVICE picks which binary
 # the runtime image runs:
 #
@@ -16,6 +14,12 @@
 #   runtime  debian slim, non-root, the service binary plus the `healthcheck` probe, the
 #            `sagashop-dlq` dead-letter tool, the `sagashop-logs` log follower and the
 #            `sagashop-ledger` ledger check
+#
+# Needs BuildKit (`RUN --mount=type=cache`): the default builder of Docker 23+, or
+# DOCKER_BUILDKIT=1 on 18.09-20.10. No `# syntax=` line on purpose: the engine's built-in
+# Dockerfile frontend handles this file, and a `# syntax=docker/dockerfile:1` line would make
+# every build pull the frontend image from Docker Hub first (a build without registry access
+# then fails before its first step; scripts/compose-lab.sh builds that way).
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm

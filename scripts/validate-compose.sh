@@ -89,6 +89,8 @@ if [ "${#compose[@]}" -gt 0 ]; then
         "${compose_with_example[@]}" config -q
     check "compose config with .env.example (--profile observability)" \
         "${compose_with_example[@]}" --profile observability config -q
+    check "compose config with the lab's override (docker/lab/compose.lab.yml)" \
+        "${compose_with_example[@]}" -f docker/lab/compose.lab.yml config -q
     empty_env="$(mktemp)"
     # shellcheck disable=SC2016 # expanded by the inner bash
     check "compose config without the secrets fails, naming one" \
@@ -119,6 +121,7 @@ if [ ! -x "$check_jsonschema" ] || [ ! -x "$hadolint" ] \
 fi
 if [ -x "$hadolint" ]; then
     check "hadolint Dockerfile" "$hadolint" --no-color Dockerfile
+    check "hadolint docker/lab/*/Dockerfile" "$hadolint" --no-color docker/lab/*/Dockerfile
 else
     failed=$((failed + 1))
     log "FAIL  hadolint could not be installed"
@@ -146,8 +149,8 @@ check "docker/grafana/dashboards/*.json parse" \
 
 # --- 3. shell scripts ---------------------------------------------------------------------------
 scripts=()
-for script in scripts/validate-compose.sh scripts/compose-smoke.sh docker/kafka/*.sh \
-    docker/postgres/initdb/*.sh; do
+for script in scripts/validate-compose.sh scripts/compose-smoke.sh scripts/compose-lab.sh \
+    docker/kafka/*.sh docker/postgres/initdb/*.sh docker/lab/*/*.sh; do
     if [ -f "$script" ]; then
         scripts+=("$script")
         check "bash -n $script" bash -n "$script"

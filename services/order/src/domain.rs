@@ -7,6 +7,10 @@
 //! compensation that can never succeed turns a cancelled order `FAILED`, naming the step.
 //! Terminal states absorb every later event, so duplicates and late events change nothing.
 //!
+//! The participants' events reach the order service on separate topics, so a shipment can be
+//! reported before the reservation it follows: the order is confirmed only once it has both
+//! (a `CONFIRMED` order always has its total and prices).
+//!
 //! A participant compensates on its own only when its hold expired (`HOLD_TIMEOUT_MS`, no
 //! decision came): a compensation reported for a `PENDING` order cancels it (`timeout`), so the
 //! others release too; one reported for a `CONFIRMED` order (the decision lost the race with
@@ -59,6 +63,8 @@ pub struct OrderState {
     pub cancellation_reason: Option<CancellationReason>,
     /// The compensation step that failed for good (`FAILED` orders only).
     pub failed_step: Option<&'static str>,
+    /// Shipping scheduled the order; it is confirmed once its reservation is known too.
+    pub shipment_scheduled: bool,
 }
 
 impl OrderState {
@@ -68,6 +74,7 @@ impl OrderState {
             total_cents: None,
             cancellation_reason: None,
             failed_step: None,
+            shipment_scheduled: false,
         }
     }
 }
@@ -115,16 +122,17 @@ pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Comm
     let unchanged = || (state.clone(), Vec::new());
     match (state.status, event) {
         // The first reservation's total stands, even when it arrives after the outcome; a
-        // re-delivered one cannot change it.
-        (_, SagaEvent::StockReserved { total_cents }) => {
-            let total_cents = state.total_cents.or(Some(total_cents));
-            (
-                OrderState {
-                    total_cents,
-                    ..state.clone()
-                },
-                Vec::new(),
-            )
+        // re-delivered one cannot change it. A shipment that came first confirms now.
+        (status, SagaEvent::StockReserved { total_cents }) => {
+            let next = OrderState {
+                total_cents: state.total_cents.or(Some(total_cents)),
+                ..state.clone()
+            };
+            if status == OrderStatus::Pending && state.shipment_scheduled {
+                confirm(&next)
+            } else {
+                (next, Vec::new())
+            }
         }
         (OrderStatus::Pending | OrderStatus::Cancelled, SagaEvent::CompensationFailed(step)) => (
             OrderState {
@@ -167,12 +175,14 @@ fn pending(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
         SagaEvent::ShipmentRejected => cancel(CancellationReason::ShippingUnavailable),
         SagaEvent::CustomerCancelled => cancel(CancellationReason::CancelledByCustomer),
         SagaEvent::DeadlinePassed | SagaEvent::Compensated => cancel(CancellationReason::Timeout),
+        SagaEvent::ShipmentScheduled if state.total_cents.is_some() => confirm(state),
+        // Ahead of the reservation (another topic): confirmed when that arrives.
         SagaEvent::ShipmentScheduled => (
             OrderState {
-                status: OrderStatus::Confirmed,
+                shipment_scheduled: true,
                 ..state.clone()
             },
-            vec![Command::Confirm],
+            Vec::new(),
         ),
         SagaEvent::PaymentCharged
         | SagaEvent::StockReserved { .. }
@@ -180,15 +190,31 @@ fn pending(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
     }
 }
 
-/// An outcome reported after the saga's deadline is the deadline's: a saga past it is never
-/// confirmed, even when the sweeper has not got to it yet (after an outage, the backlog may
-/// reach the consumer first). So with the participants' `HOLD_TIMEOUT_MS` above
-/// `SAGA_DEADLINE_MS`, no confirmation can follow a hold expiring.
-pub fn in_time(event: SagaEvent, overdue: bool) -> SagaEvent {
-    match event {
-        SagaEvent::ShipmentScheduled if overdue => SagaEvent::DeadlinePassed,
-        event => event,
+fn confirm(state: &OrderState) -> (OrderState, Vec<Command>) {
+    let next = OrderState {
+        status: OrderStatus::Confirmed,
+        shipment_scheduled: true,
+        ..state.clone()
+    };
+    (next, vec![Command::Confirm])
+}
+
+/// [`transition`] for a saga that may be past its deadline (`overdue`). An outcome reported
+/// after the deadline is the deadline's: a saga past it is never confirmed, even when the
+/// sweeper has not got to it yet (after an outage, the backlog may reach the consumer first);
+/// it is cancelled (`timeout`) instead, keeping what the event taught (the total). So with the
+/// participants' `HOLD_TIMEOUT_MS` above `SAGA_DEADLINE_MS`, no confirmation can follow a hold
+/// expiring.
+pub fn decide(state: &OrderState, event: SagaEvent, overdue: bool) -> (OrderState, Vec<Command>) {
+    let (next, commands) = transition(state, event);
+    if overdue && state.status == OrderStatus::Pending && next.status == OrderStatus::Confirmed {
+        let learned = OrderState {
+            status: OrderStatus::Pending,
+            ..next
+        };
+        return transition(&learned, SagaEvent::DeadlinePassed);
     }
+    (next, commands)
 }
 
 /// Runs `events` from a new order; returns the final state and every command emitted.
@@ -300,21 +326,59 @@ mod tests {
 
     #[test]
     fn a_shipment_reported_after_the_deadline_cancels_instead_of_confirming() {
-        let late = [
+        let (reserved, _) = replay([
             SagaEvent::StockReserved { total_cents: 5 },
             SagaEvent::PaymentCharged,
-            in_time(SagaEvent::ShipmentScheduled, true),
-        ];
-        let (state, commands) = replay(late);
+        ]);
+        let (state, commands) = decide(&reserved, SagaEvent::ShipmentScheduled, true);
         assert_eq!(state.status, OrderStatus::Cancelled);
         assert_eq!(commands, vec![Command::Cancel(CancellationReason::Timeout)]);
         assert_eq!(
-            in_time(SagaEvent::ShipmentScheduled, false),
-            SagaEvent::ShipmentScheduled
+            decide(&reserved, SagaEvent::ShipmentScheduled, false),
+            transition(&reserved, SagaEvent::ShipmentScheduled)
         );
         assert_eq!(
-            in_time(SagaEvent::ShipmentRejected, true),
-            SagaEvent::ShipmentRejected
+            decide(&reserved, SagaEvent::ShipmentRejected, true),
+            transition(&reserved, SagaEvent::ShipmentRejected)
+        );
+    }
+
+    #[test]
+    fn a_shipment_reported_before_the_reservation_confirms_once_it_arrives() {
+        let (waiting, commands) = replay([SagaEvent::ShipmentScheduled]);
+        assert_eq!(
+            (waiting.status, waiting.total_cents),
+            (OrderStatus::Pending, None)
+        );
+        assert!(commands.is_empty());
+        let (state, commands) = replay([
+            SagaEvent::ShipmentScheduled,
+            SagaEvent::PaymentCharged,
+            SagaEvent::StockReserved { total_cents: 40 },
+        ]);
+        assert_eq!(
+            (state.status, state.total_cents),
+            (OrderStatus::Confirmed, Some(40))
+        );
+        assert_eq!(commands, vec![Command::Confirm]);
+        // Past the deadline, the reservation completing it cancels instead, keeping the total.
+        let (state, commands) =
+            decide(&waiting, SagaEvent::StockReserved { total_cents: 40 }, true);
+        assert_eq!(
+            (state.status, state.total_cents),
+            (OrderStatus::Cancelled, Some(40))
+        );
+        assert_eq!(commands, vec![Command::Cancel(CancellationReason::Timeout)]);
+        // A cancellation while it waits stands.
+        let (state, commands) = replay([
+            SagaEvent::ShipmentScheduled,
+            SagaEvent::CustomerCancelled,
+            SagaEvent::StockReserved { total_cents: 40 },
+        ]);
+        assert_eq!(state.status, OrderStatus::Cancelled);
+        assert_eq!(
+            commands,
+            vec![Command::Cancel(CancellationReason::CancelledByCustomer)]
         );
     }
 
@@ -411,6 +475,10 @@ mod tests {
         fn a_saga_emits_at_most_one_outcome(events in proptest::collection::vec(any_event(), 0..12)) {
             let (state, commands) = replay(events);
             prop_assert!(commands.len() <= 1);
+            // Whatever order the topics deliver in, a confirmed order knows its total.
+            if commands.first() == Some(&Command::Confirm) {
+                prop_assert!(state.total_cents.is_some());
+            }
             match commands.first() {
                 Some(Command::Confirm) => prop_assert!(
                     state.status == OrderStatus::Confirmed

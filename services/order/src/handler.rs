@@ -9,12 +9,12 @@ use shared::{outbox, Envelope, EventHandler, EventPayload, HandlerError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{in_time, transition, Command, OrderState, SagaEvent};
+use crate::domain::{decide, Command, OrderState, SagaEvent};
 use crate::repository::{self, Order};
 use crate::SERVICE;
 
 pub struct OrderEventHandler {
-    /// `SAGA_DEADLINE_MS`: an order older than this is never confirmed ([`in_time`]).
+    /// `SAGA_DEADLINE_MS`: an order older than this is never confirmed ([`decide`]).
     pub saga_deadline: Duration,
 }
 
@@ -88,8 +88,7 @@ impl EventHandler for OrderEventHandler {
         }
         let age = chrono::Utc::now().signed_duration_since(order.created_at);
         let overdue = age.to_std().is_ok_and(|age| age > self.saga_deadline);
-        let event = in_time(reported.event, overdue);
-        advance(conn, &order, event, Some(envelope.id)).await?;
+        advance_in_time(conn, &order, reported.event, overdue, Some(envelope.id)).await?;
         Ok(())
     }
 }
@@ -131,8 +130,20 @@ pub(crate) async fn advance(
     event: SagaEvent,
     causation_id: Option<Uuid>,
 ) -> Result<OrderState, sqlx::Error> {
+    advance_in_time(conn, order, event, false, causation_id).await
+}
+
+/// [`advance`] for an event that may arrive after the saga's deadline (`overdue`: it is never
+/// confirmed then).
+async fn advance_in_time(
+    conn: &mut PgConnection,
+    order: &Order,
+    event: SagaEvent,
+    overdue: bool,
+    causation_id: Option<Uuid>,
+) -> Result<OrderState, sqlx::Error> {
     let state = order.state();
-    let (next, commands) = transition(&state, event);
+    let (next, commands) = decide(&state, event, overdue);
     if next != state {
         repository::save_state(conn, order.order_id, &next).await?;
     }

@@ -6,7 +6,7 @@ pub mod catalog;
 mod config;
 pub mod deadline;
 pub mod domain;
-mod handler;
+pub mod handler;
 mod repository;
 mod routes;
 mod startup;

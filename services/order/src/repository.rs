@@ -45,6 +45,9 @@ pub struct Order {
     pub shipping_address: ShippingAddress,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Shipping scheduled it ahead of its reservation (the saga's bookkeeping, not shown).
+    #[serde(skip)]
+    pub shipment_scheduled: bool,
 }
 
 impl Order {
@@ -54,6 +57,7 @@ impl Order {
             total_cents: self.total_cents,
             cancellation_reason: self.cancellation_reason,
             failed_step: self.failed_step.as_deref().map(known_step),
+            shipment_scheduled: self.shipment_scheduled,
         }
     }
 }
@@ -85,6 +89,7 @@ struct OrderRow {
     shipping_address: Json<ShippingAddress>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    shipment_scheduled: bool,
 }
 
 impl OrderRow {
@@ -109,12 +114,14 @@ impl OrderRow {
             shipping_address: self.shipping_address.0,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            shipment_scheduled: self.shipment_scheduled,
         })
     }
 }
 
 const ORDER_COLUMNS: &str = "order_id, customer_id, status, items, total_cents, \
-                             cancellation_reason, failed_step, payment_method, shipping_address, created_at, updated_at";
+                             cancellation_reason, failed_step, payment_method, shipping_address, created_at, updated_at, \
+                             shipment_scheduled";
 
 /// Inserts a new `PENDING` order.
 pub async fn insert_order(
@@ -233,7 +240,7 @@ pub async fn save_state(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update orders set status = $2, total_cents = $3, cancellation_reason = $4, failed_step = $5,
-                updated_at = clock_timestamp()
+                shipment_scheduled = $6, updated_at = clock_timestamp()
          where order_id = $1",
     )
     .bind(order_id)
@@ -241,6 +248,7 @@ pub async fn save_state(
     .bind(state.total_cents)
     .bind(state.cancellation_reason.map(CancellationReason::as_str))
     .bind(state.failed_step)
+    .bind(state.shipment_scheduled)
     .execute(conn)
     .await?;
     Ok(())

@@ -2,6 +2,7 @@
 //! fresh PostgreSQL database per test (no Kafka: events stop in the outbox table), one module
 //! per topic and the helpers they share. Needs `DATABASE_URL`: run `cargo xtask test`.
 
+mod arrival_order;
 mod cancel;
 mod create;
 mod deadline;

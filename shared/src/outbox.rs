@@ -22,6 +22,10 @@
 //! `update outbox set failed_at = null, failure = null where seq = ..` queues it again.
 //! A saga event's row keeps the trace context it was written in (`traceparent`, `tracestate`),
 //! which the relay sends on as Kafka headers of the same names ([`crate::traces`]).
+//! State records are coalesced: of the rows of one key of a state topic read together, only the
+//! latest is published and the earlier ones are deleted unsent ([`superseded`]); a replica
+//! keeps only the latest record per key anyway, so a hot entity costs the broker one record per
+//! read instead of one per change.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +45,7 @@ use uuid::Uuid;
 
 use crate::envelope::{Envelope, EventPayload};
 use crate::state::StateRecord;
-use crate::topics::Topic;
+use crate::topics::{StateTopic, Topic};
 use crate::traces::{self, ServiceTracer, StoredContext};
 
 const RELAY_LOCK_KEY: i64 = 0x5a6a_5002;
@@ -462,7 +466,24 @@ impl OutboxRelay {
         .fetch_all(&mut *leader)
         .await?;
         let read = rows.len();
+        let superseded = superseded(
+            rows.iter()
+                .map(|row| (row.seq, row.topic.as_str(), row.message_key.as_str())),
+        );
+        if !superseded.is_empty() {
+            // The later row of the same key stays in `outbox` until it is acknowledged, so the
+            // entity's latest state is published even if this relay stops now.
+            sqlx::query("delete from outbox where seq = any($1)")
+                .bind(&superseded)
+                .execute(&mut *leader)
+                .await?;
+            metrics::counter!("sagashop_outbox_superseded_total", "service" => self.service)
+                .increment(superseded.len() as u64);
+        }
         for mut row in rows {
+            if superseded.contains(&row.seq) {
+                continue;
+            }
             let topic = format!("{}{}", self.topic_prefix, row.topic);
             let event_id = row.event_id.to_string();
             let headers = OwnedHeaders::new()
@@ -570,6 +591,26 @@ impl OutboxRelay {
         );
         Ok(())
     }
+}
+
+/// The `seq`s of the state-topic rows among `rows` (`seq`, topic, key; in `seq` order) that a
+/// later row of the same topic and key replaces: a compacted topic keeps only the latest record
+/// of a key, and a replica applies only the latest, so the earlier ones need not be sent.
+/// Saga events are never superseded: every one of them is published.
+fn superseded<'a>(rows: impl IntoIterator<Item = (i64, &'a str, &'a str)>) -> Vec<i64> {
+    let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut superseded = Vec::new();
+    for (seq, topic, key) in rows {
+        let is_state = StateTopic::ALL
+            .iter()
+            .any(|state| state.base_name() == topic);
+        if is_state {
+            if let Some(earlier) = latest.insert((topic, key), seq) {
+                superseded.push(earlier);
+            }
+        }
+    }
+    superseded
 }
 
 /// Moves acknowledged rows to `outbox_published`: `first` and every acknowledgement already

@@ -1,6 +1,7 @@
 //! Publishes a product's current state (`shared::state::ProductState`) to the compacted topic
 //! `inventory.products`, keyed by sku, through the outbox: in the transaction of every change
-//! (created, restocked, reserved, released, sold), one record per product per transaction.
+//! (created, restocked, reserved, released, sold), one record per product per transaction;
+//! the relay publishes only the latest of a product's rows waiting together (`outbox::superseded`).
 //! Inventory deletes no product, so it publishes no tombstone. Products that existed before
 //! this record did were published once by migration 0004, in the format `emit_state` writes.
 

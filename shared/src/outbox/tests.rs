@@ -162,3 +162,172 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
     }
     assert_eq!(published, [before.id, after.id], "in their order");
 }
+
+#[test]
+fn only_the_latest_state_row_of_a_key_is_published() {
+    let products = StateTopic::Products.base_name();
+    let rows = [
+        (1, products, "mug"),
+        (2, "order.events", "o-1"),
+        (3, products, "tea"),
+        (4, products, "mug"),
+        (5, "order.events", "o-1"),
+        (6, products, "mug"),
+        (7, "inventory.events", "mug"),
+    ];
+    // Saga events are all published, however many share a key; a state row only when no
+    // later row of its key was read with it.
+    assert_eq!(superseded(rows), [1, 4]);
+    assert!(superseded([(1, products, "mug"), (2, products, "tea")]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_row_replaced_before_it_was_published_is_not_sent() {
+    use crate::state::ProductState;
+
+    let url = db::create_fresh_database(&required("DATABASE_URL"), "shared_outbox_state")
+        .await
+        .expect("creating a test database");
+    let pool = db::connect(&url, 5).await.expect("connecting");
+    db::prepare(&pool, &sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .expect("creating the messaging tables");
+    let prefix = format!("outbox-{}.", &Uuid::new_v4().simple().to_string()[..12]);
+    let config = KafkaConfig {
+        brokers: required("KAFKA_BROKERS"),
+        topic_prefix: prefix.clone(),
+        group_id: None,
+        fetch_wait_max_ms: 10,
+        linger_ms: 5,
+        session_timeout_ms: 6_000,
+        auto_offset_reset: "earliest".to_owned(),
+        max_event_bytes: 262_144,
+        topic_partitions: 1,
+        replication_factor: 1,
+        security: Default::default(),
+        max_poll_interval_ms: 30_000,
+    };
+    let (order_topic, state_topic) = (
+        Topic::Order.name(&prefix),
+        StateTopic::Products.name(&prefix),
+    );
+    kafka::ensure_topics(&config, &[order_topic.clone(), state_topic.clone()])
+        .await
+        .expect("creating the topics");
+
+    // Three changes of one product and one of another, between two saga events, all waiting
+    // when the relay reads.
+    let product = |sku: &str, available: i32, version: i64| ProductState {
+        sku: sku.to_owned(),
+        name: sku.to_owned(),
+        price_cents: 100,
+        available,
+        reserved: 0,
+        sold: 0,
+        version,
+        updated_at: chrono::Utc::now(),
+    };
+    let order_id = Uuid::now_v7();
+    let mut tx = pool.begin().await.unwrap();
+    let first = emit(
+        &mut tx,
+        "test",
+        order_id,
+        None,
+        &OrderConfirmed { order_id },
+    )
+    .await
+    .unwrap();
+    for (available, version) in [(10, 1), (9, 2), (8, 3)] {
+        emit_state(&mut tx, "mug", Some(&product("mug", available, version)))
+            .await
+            .unwrap();
+    }
+    emit_state(&mut tx, "tea", Some(&product("tea", 5, 1)))
+        .await
+        .unwrap();
+    let second = emit(
+        &mut tx,
+        "test",
+        order_id,
+        None,
+        &OrderConfirmed { order_id },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = OutboxRelay::new(
+        "test",
+        crate::traces::ServiceTracer::default(),
+        OutboxSignal::new(pool.clone()),
+        kafka::producer(&config).expect("a producer"),
+        prefix,
+        RelaySettings {
+            poll_interval: Duration::from_millis(200),
+            batch_size: 500,
+            max_in_flight: 5000,
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending(&pool).await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not drain within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    let published: i64 = sqlx::query_scalar("select count(*) from outbox_published")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(published, 4, "two saga events and one state per product");
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", "outbox-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for topic in [&order_topic, &state_topic] {
+        assignment
+            .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let (mut events, mut states) = (Vec::new(), Vec::new());
+    while events.len() + states.len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline + WAIT,
+            "reading the topics: {events:?} {states:?}"
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            let message = message.expect("reading the topics");
+            let payload = rdkafka::Message::payload(&message).unwrap();
+            if rdkafka::Message::topic(&message) == order_topic {
+                events.push(serde_json::from_slice::<Envelope>(payload).unwrap().id);
+            } else {
+                let state: ProductState = serde_json::from_slice(payload).unwrap();
+                states.push((state.sku, state.version));
+            }
+        }
+    }
+    assert_eq!(events, [first.id, second.id], "every saga event, in order");
+    states.sort();
+    assert_eq!(
+        states,
+        [("mug".to_owned(), 3), ("tea".to_owned(), 1)],
+        "each product's latest state only"
+    );
+    for topic in [&order_topic, &state_topic] {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(high - low, 2, "{topic} holds nothing else");
+    }
+}

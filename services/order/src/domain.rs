@@ -8,8 +8,9 @@
 //! Terminal states absorb every later event, so duplicates and late events change nothing.
 //!
 //! The participants' events reach the order service on separate topics, so a shipment can be
-//! reported before the reservation it follows: the order is confirmed only once it has both
-//! (a `CONFIRMED` order always has its total and prices).
+//! reported before the reservation and the charge it follows: the order is confirmed once all
+//! three successes are in, whatever order they came in (a `CONFIRMED` order always shows its
+//! total, prices and payment method, and its timeline has every step).
 //!
 //! A participant compensates on its own only when its hold expired (`HOLD_TIMEOUT_MS`, no
 //! decision came): a compensation reported for a `PENDING` order cancels it (`timeout`), so the
@@ -63,7 +64,9 @@ pub struct OrderState {
     pub cancellation_reason: Option<CancellationReason>,
     /// The compensation step that failed for good (`FAILED` orders only).
     pub failed_step: Option<&'static str>,
-    /// Shipping scheduled the order; it is confirmed once its reservation is known too.
+    /// Payment charged the order.
+    pub payment_charged: bool,
+    /// Shipping scheduled the order.
     pub shipment_scheduled: bool,
 }
 
@@ -74,6 +77,7 @@ impl OrderState {
             total_cents: None,
             cancellation_reason: None,
             failed_step: None,
+            payment_charged: false,
             shipment_scheduled: false,
         }
     }
@@ -122,18 +126,11 @@ pub fn transition(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Comm
     let unchanged = || (state.clone(), Vec::new());
     match (state.status, event) {
         // The first reservation's total stands, even when it arrives after the outcome; a
-        // re-delivered one cannot change it. A shipment that came first confirms now.
-        (status, SagaEvent::StockReserved { total_cents }) => {
-            let next = OrderState {
-                total_cents: state.total_cents.or(Some(total_cents)),
-                ..state.clone()
-            };
-            if status == OrderStatus::Pending && state.shipment_scheduled {
-                confirm(&next)
-            } else {
-                (next, Vec::new())
-            }
-        }
+        // re-delivered one cannot change it.
+        (_, SagaEvent::StockReserved { total_cents }) => confirm_when_complete(OrderState {
+            total_cents: state.total_cents.or(Some(total_cents)),
+            ..state.clone()
+        }),
         (OrderStatus::Pending | OrderStatus::Cancelled, SagaEvent::CompensationFailed(step)) => (
             OrderState {
                 status: OrderStatus::Failed,
@@ -175,28 +172,32 @@ fn pending(state: &OrderState, event: SagaEvent) -> (OrderState, Vec<Command>) {
         SagaEvent::ShipmentRejected => cancel(CancellationReason::ShippingUnavailable),
         SagaEvent::CustomerCancelled => cancel(CancellationReason::CancelledByCustomer),
         SagaEvent::DeadlinePassed | SagaEvent::Compensated => cancel(CancellationReason::Timeout),
-        SagaEvent::ShipmentScheduled if state.total_cents.is_some() => confirm(state),
-        // Ahead of the reservation (another topic): confirmed when that arrives.
-        SagaEvent::ShipmentScheduled => (
-            OrderState {
-                shipment_scheduled: true,
-                ..state.clone()
-            },
-            Vec::new(),
-        ),
-        SagaEvent::PaymentCharged
-        | SagaEvent::StockReserved { .. }
-        | SagaEvent::CompensationFailed(_) => (state.clone(), Vec::new()),
+        SagaEvent::PaymentCharged => confirm_when_complete(OrderState {
+            payment_charged: true,
+            ..state.clone()
+        }),
+        SagaEvent::ShipmentScheduled => confirm_when_complete(OrderState {
+            shipment_scheduled: true,
+            ..state.clone()
+        }),
+        SagaEvent::StockReserved { .. } | SagaEvent::CompensationFailed(_) => {
+            (state.clone(), Vec::new())
+        }
     }
 }
 
-fn confirm(state: &OrderState) -> (OrderState, Vec<Command>) {
-    let next = OrderState {
-        status: OrderStatus::Confirmed,
-        shipment_scheduled: true,
-        ..state.clone()
-    };
-    (next, vec![Command::Confirm])
+/// Confirms a `PENDING` order once stock, payment and shipping have all reported success.
+fn confirm_when_complete(next: OrderState) -> (OrderState, Vec<Command>) {
+    let complete = next.total_cents.is_some() && next.payment_charged && next.shipment_scheduled;
+    if next.status == OrderStatus::Pending && complete {
+        let confirmed = OrderState {
+            status: OrderStatus::Confirmed,
+            ..next
+        };
+        (confirmed, vec![Command::Confirm])
+    } else {
+        (next, Vec::new())
+    }
 }
 
 /// [`transition`] for a saga that may be past its deadline (`overdue`). An outcome reported
@@ -344,24 +345,31 @@ mod tests {
     }
 
     #[test]
-    fn a_shipment_reported_before_the_reservation_confirms_once_it_arrives() {
-        let (waiting, commands) = replay([SagaEvent::ShipmentScheduled]);
-        assert_eq!(
-            (waiting.status, waiting.total_cents),
-            (OrderStatus::Pending, None)
-        );
-        assert!(commands.is_empty());
-        let (state, commands) = replay([
-            SagaEvent::ShipmentScheduled,
-            SagaEvent::PaymentCharged,
-            SagaEvent::StockReserved { total_cents: 40 },
-        ]);
-        assert_eq!(
-            (state.status, state.total_cents),
-            (OrderStatus::Confirmed, Some(40))
-        );
-        assert_eq!(commands, vec![Command::Confirm]);
+    fn the_three_successes_confirm_in_whatever_order_they_arrive() {
+        let successes = happy_path();
+        for order in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let arrived: Vec<SagaEvent> = order.iter().map(|&i| successes[i]).collect();
+            let (state, commands) = replay(arrived.iter().copied());
+            assert_eq!(
+                (state.status, state.total_cents),
+                (OrderStatus::Confirmed, Some(1_500)),
+                "{arrived:?}"
+            );
+            assert_eq!(commands, vec![Command::Confirm], "{arrived:?}");
+            // Confirmed on the last of the three, not before.
+            let (before_last, commands) = replay(arrived[..2].iter().copied());
+            assert_eq!(before_last.status, OrderStatus::Pending, "{arrived:?}");
+            assert!(commands.is_empty(), "{arrived:?}");
+        }
         // Past the deadline, the reservation completing it cancels instead, keeping the total.
+        let (waiting, _) = replay([SagaEvent::ShipmentScheduled, SagaEvent::PaymentCharged]);
         let (state, commands) =
             decide(&waiting, SagaEvent::StockReserved { total_cents: 40 }, true);
         assert_eq!(
@@ -372,6 +380,7 @@ mod tests {
         // A cancellation while it waits stands.
         let (state, commands) = replay([
             SagaEvent::ShipmentScheduled,
+            SagaEvent::PaymentCharged,
             SagaEvent::CustomerCancelled,
             SagaEvent::StockReserved { total_cents: 40 },
         ]);

@@ -57,6 +57,7 @@ impl Order {
             total_cents: self.total_cents,
             cancellation_reason: self.cancellation_reason,
             failed_step: self.failed_step.as_deref().map(known_step),
+            payment_charged: self.payment_method.is_some(),
             shipment_scheduled: self.shipment_scheduled,
         }
     }

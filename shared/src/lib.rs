@@ -30,6 +30,8 @@ pub mod traces;
 mod consumer;
 mod inbox;
 mod progress;
+#[cfg(test)]
+mod test_env;
 
 pub use consumer::{EventHandler, HandlerError};
 pub use envelope::{Envelope, EventPayload};

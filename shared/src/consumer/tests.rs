@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::*;
 use crate::config::KafkaConfig;
 use crate::events::{CancellationReason, OrderCancelled, OrderConfirmed, ShipmentScheduled};
+use crate::test_env::{kafka_config, messaging_database, required};
 use crate::topics::Topic;
 use crate::EventPayload;
 use crate::{db, kafka};
@@ -110,19 +111,8 @@ struct Bed {
     producer: FutureProducer,
 }
 
-fn required(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `cargo xtask test`"))
-}
-
 async fn bed() -> Bed {
-    let url = db::create_fresh_database(&required("DATABASE_URL"), "shared_consumer")
-        .await
-        .expect("creating a test database");
-    let pool = db::connect(&url, 5).await.expect("connecting");
-    db::prepare(&pool, &sqlx::migrate::Migrator::DEFAULT)
-        .await
-        .expect("creating the messaging tables");
+    let pool = messaging_database("shared_consumer").await;
     sqlx::raw_sql(
         "create table effects (n bigserial primary key, event_id uuid not null, worker text not null, txid bigint not null);
          create table gave_up (event_id uuid not null, reason text not null);",
@@ -131,20 +121,7 @@ async fn bed() -> Bed {
     .await
     .expect("creating the test tables");
     let prefix = format!("shared-{}.", &Uuid::new_v4().simple().to_string()[..12]);
-    let config = KafkaConfig {
-        brokers: required("KAFKA_BROKERS"),
-        topic_prefix: prefix.clone(),
-        group_id: None,
-        fetch_wait_max_ms: 10,
-        linger_ms: 5,
-        session_timeout_ms: 6_000,
-        max_poll_interval_ms: 30_000,
-        auto_offset_reset: "earliest".to_owned(),
-        max_event_bytes: 262_144,
-        topic_partitions: 3,
-        replication_factor: 1,
-        security: Default::default(),
-    };
+    let config = kafka_config(&prefix, 3);
     // The topic `order.confirmed` belongs on (an event is accepted only from its owner's topic).
     let topic = Topic::Order.name(&prefix);
     let dead_letters = format!("{prefix}batches.dlq");

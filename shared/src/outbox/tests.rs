@@ -5,41 +5,58 @@
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::*;
-use crate::config::KafkaConfig;
 use crate::events::OrderConfirmed;
-use crate::{db, kafka};
+use crate::kafka;
+use crate::test_env::{kafka_config, messaging_database};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn required(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `cargo xtask test`"))
+/// A relay of `pool`'s outbox to the topics named with `prefix`.
+fn relay(pool: &PgPool, config: &crate::config::KafkaConfig) -> OutboxRelay {
+    OutboxRelay::new(
+        "test",
+        crate::traces::ServiceTracer::default(),
+        OutboxSignal::new(pool.clone()),
+        kafka::producer(config).expect("a producer"),
+        config.topic_prefix.clone(),
+        RelaySettings {
+            poll_interval: Duration::from_millis(200),
+            batch_size: 500,
+            max_in_flight: 5000,
+        },
+    )
+}
+
+/// Writes an `order.confirmed` of `order_id` to the outbox.
+async fn confirmed(tx: &mut PgConnection, order_id: Uuid) -> Envelope {
+    emit(tx, "test", order_id, None, &OrderConfirmed { order_id })
+        .await
+        .unwrap()
+}
+
+/// A reader of partition 0 of each of `topics`, from the beginning.
+fn reader(config: &crate::config::KafkaConfig, topics: &[&String]) -> BaseConsumer {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", "outbox-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        assignment
+            .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published() {
-    let url = db::create_fresh_database(&required("DATABASE_URL"), "shared_outbox")
-        .await
-        .expect("creating a test database");
-    let pool = db::connect(&url, 5).await.expect("connecting");
-    db::prepare(&pool, &sqlx::migrate::Migrator::DEFAULT)
-        .await
-        .expect("creating the messaging tables");
+    let pool = messaging_database("shared_outbox").await;
     let prefix = format!("outbox-{}.", &Uuid::new_v4().simple().to_string()[..12]);
-    let config = KafkaConfig {
-        brokers: required("KAFKA_BROKERS"),
-        topic_prefix: prefix.clone(),
-        group_id: None,
-        fetch_wait_max_ms: 10,
-        linger_ms: 5,
-        session_timeout_ms: 6_000,
-        auto_offset_reset: "earliest".to_owned(),
-        max_event_bytes: 262_144,
-        topic_partitions: 1,
-        replication_factor: 1,
-        security: Default::default(),
-        max_poll_interval_ms: 30_000,
-    };
+    let config = kafka_config(&prefix, 1);
     let topic = Topic::Order.name(&prefix);
     kafka::ensure_topics(&config, std::slice::from_ref(&topic))
         .await
@@ -48,15 +65,7 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
     // One order's events: the middle one is larger than any producer sends.
     let order_id = Uuid::now_v7();
     let mut tx = pool.begin().await.unwrap();
-    let before = emit(
-        &mut tx,
-        "test",
-        order_id,
-        None,
-        &OrderConfirmed { order_id },
-    )
-    .await
-    .unwrap();
+    let before = confirmed(&mut tx, order_id).await;
     let mut too_large = Envelope::new("test", order_id, None, &OrderConfirmed { order_id });
     too_large.payload = serde_json::json!({"order_id": order_id, "padding": "x".repeat(1_100_000)});
     enqueue(
@@ -68,31 +77,11 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
     )
     .await
     .unwrap();
-    let after = emit(
-        &mut tx,
-        "test",
-        order_id,
-        None,
-        &OrderConfirmed { order_id },
-    )
-    .await
-    .unwrap();
+    let after = confirmed(&mut tx, order_id).await;
     tx.commit().await.unwrap();
 
-    let relay = OutboxRelay::new(
-        "test",
-        crate::traces::ServiceTracer::default(),
-        OutboxSignal::new(pool.clone()),
-        kafka::producer(&config).expect("a producer"),
-        prefix,
-        RelaySettings {
-            poll_interval: Duration::from_millis(200),
-            batch_size: 500,
-            max_in_flight: 5000,
-        },
-    );
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let running = tokio::spawn(relay(&pool, &config).run(shutdown.clone()));
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (published, parked): (i64, i64) = sqlx::query_as(
@@ -128,12 +117,7 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
     assert_eq!(oldest_unpublished(&pool).await.unwrap(), None);
     assert_eq!(failed(&pool).await.unwrap(), 1);
 
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", "outbox-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = reader(&config, &[&topic]);
     let (low, high) = consumer
         .fetch_watermarks(&topic, 0, Duration::from_secs(10))
         .unwrap();
@@ -142,11 +126,6 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_after_it_are_published(
         2,
         "only the events before and after it are in the topic"
     );
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
     let mut published = Vec::new();
     while published.len() < 2 {
         assert!(
@@ -185,28 +164,9 @@ fn only_the_latest_state_row_of_a_key_is_published() {
 async fn a_state_row_replaced_before_it_was_published_is_not_sent() {
     use crate::state::ProductState;
 
-    let url = db::create_fresh_database(&required("DATABASE_URL"), "shared_outbox_state")
-        .await
-        .expect("creating a test database");
-    let pool = db::connect(&url, 5).await.expect("connecting");
-    db::prepare(&pool, &sqlx::migrate::Migrator::DEFAULT)
-        .await
-        .expect("creating the messaging tables");
+    let pool = messaging_database("shared_outbox_state").await;
     let prefix = format!("outbox-{}.", &Uuid::new_v4().simple().to_string()[..12]);
-    let config = KafkaConfig {
-        brokers: required("KAFKA_BROKERS"),
-        topic_prefix: prefix.clone(),
-        group_id: None,
-        fetch_wait_max_ms: 10,
-        linger_ms: 5,
-        session_timeout_ms: 6_000,
-        auto_offset_reset: "earliest".to_owned(),
-        max_event_bytes: 262_144,
-        topic_partitions: 1,
-        replication_factor: 1,
-        security: Default::default(),
-        max_poll_interval_ms: 30_000,
-    };
+    let config = kafka_config(&prefix, 1);
     let (order_topic, state_topic) = (
         Topic::Order.name(&prefix),
         StateTopic::Products.name(&prefix),
@@ -229,15 +189,7 @@ async fn a_state_row_replaced_before_it_was_published_is_not_sent() {
     };
     let order_id = Uuid::now_v7();
     let mut tx = pool.begin().await.unwrap();
-    let first = emit(
-        &mut tx,
-        "test",
-        order_id,
-        None,
-        &OrderConfirmed { order_id },
-    )
-    .await
-    .unwrap();
+    let first = confirmed(&mut tx, order_id).await;
     for (available, version) in [(10, 1), (9, 2), (8, 3)] {
         emit_state(&mut tx, "mug", Some(&product("mug", available, version)))
             .await
@@ -246,31 +198,11 @@ async fn a_state_row_replaced_before_it_was_published_is_not_sent() {
     emit_state(&mut tx, "tea", Some(&product("tea", 5, 1)))
         .await
         .unwrap();
-    let second = emit(
-        &mut tx,
-        "test",
-        order_id,
-        None,
-        &OrderConfirmed { order_id },
-    )
-    .await
-    .unwrap();
+    let second = confirmed(&mut tx, order_id).await;
     tx.commit().await.unwrap();
 
-    let relay = OutboxRelay::new(
-        "test",
-        crate::traces::ServiceTracer::default(),
-        OutboxSignal::new(pool.clone()),
-        kafka::producer(&config).expect("a producer"),
-        prefix,
-        RelaySettings {
-            poll_interval: Duration::from_millis(200),
-            batch_size: 500,
-            max_in_flight: 5000,
-        },
-    );
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let running = tokio::spawn(relay(&pool, &config).run(shutdown.clone()));
     let deadline = tokio::time::Instant::now() + WAIT;
     while pending(&pool).await.unwrap() > 0 {
         assert!(
@@ -287,19 +219,7 @@ async fn a_state_row_replaced_before_it_was_published_is_not_sent() {
         .unwrap();
     assert_eq!(published, 4, "two saga events and one state per product");
 
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", "outbox-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for topic in [&order_topic, &state_topic] {
-        assignment
-            .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let consumer = reader(&config, &[&order_topic, &state_topic]);
     let (mut events, mut states) = (Vec::new(), Vec::new());
     while events.len() + states.len() < 4 {
         assert!(

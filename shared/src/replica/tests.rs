@@ -12,14 +12,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::*;
-use crate::db;
+use crate::test_env::messaging_database;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn required(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `cargo xtask test`"))
-}
 
 /// Keeps the latest value per key and logs every record it applies; the log's primary key
 /// makes a record applied twice a failed transaction (and the test fails).
@@ -72,13 +67,7 @@ async fn log(conn: &mut PgConnection, at: Position) -> Result<(), sqlx::Error> {
 }
 
 async fn database(name: &str) -> PgPool {
-    let url = db::create_fresh_database(&required("DATABASE_URL"), name)
-        .await
-        .expect("creating a test database");
-    let pool = db::connect(&url, 5).await.expect("connecting");
-    db::prepare(&pool, &sqlx::migrate::Migrator::DEFAULT)
-        .await
-        .expect("creating the messaging tables");
+    let pool = messaging_database(name).await;
     sqlx::raw_sql(
         "create table replicated (key text primary key, value jsonb not null);
          create table applied (kafka_partition int, kafka_offset bigint,
@@ -91,20 +80,7 @@ async fn database(name: &str) -> PgPool {
 }
 
 fn kafka_config(prefix: &str) -> KafkaConfig {
-    KafkaConfig {
-        brokers: required("KAFKA_BROKERS"),
-        topic_prefix: prefix.to_owned(),
-        group_id: None,
-        fetch_wait_max_ms: 10,
-        linger_ms: 5,
-        session_timeout_ms: 6_000,
-        max_poll_interval_ms: 30_000,
-        auto_offset_reset: "earliest".to_owned(),
-        max_event_bytes: 262_144,
-        topic_partitions: 3,
-        replication_factor: 1,
-        security: Default::default(),
-    }
+    crate::test_env::kafka_config(prefix, 3)
 }
 
 /// Sends `records` (a `None` value is a tombstone) and waits for every acknowledgement; updates

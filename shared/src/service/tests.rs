@@ -19,16 +19,12 @@ use super::*;
 use crate::config::KafkaConfig;
 use crate::events::{Event, OrderConfirmed};
 use crate::retention::Rule;
+use crate::test_env::required;
 use crate::{Envelope, HandlerError};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// `TASK_FAILURE_GRACE_MS` of the services under test.
 const GRACE: Duration = Duration::from_millis(1500);
-
-fn required(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `cargo xtask test`"))
-}
 
 /// Settings for a service on a fresh database, with topics and a group of its own.
 async fn config() -> CommonConfig {
@@ -42,18 +38,8 @@ async fn config() -> CommonConfig {
         database_max_connections: 5,
         http_host: "127.0.0.1".to_owned(),
         kafka: KafkaConfig {
-            brokers: required("KAFKA_BROKERS"),
             group_id: Some(format!("{prefix}supervised")),
-            topic_prefix: prefix,
-            fetch_wait_max_ms: 10,
-            linger_ms: 5,
-            session_timeout_ms: 6_000,
-            max_poll_interval_ms: 30_000,
-            auto_offset_reset: "earliest".to_owned(),
-            max_event_bytes: 262_144,
-            topic_partitions: 1,
-            replication_factor: 1,
-            security: Default::default(),
+            ..crate::test_env::kafka_config(&prefix, 1)
         },
         consumer_max_attempts: 3,
         consumer_batch_size: 100,

@@ -66,6 +66,23 @@ pub trait EventHandler: Send + Sync + 'static {
         input: &Self::Input,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// Called once at the start of a batch's transaction, before any `handle`, with the inputs
+    /// of every event the batch is about to apply. A handler whose events lock rows that other
+    /// orders share (a product's stock, a customer's balance) locks all of them here in one
+    /// global order (e.g. `order by sku for update`): batches of different partitions run
+    /// concurrently, and two that each locked their events' rows event by event could take
+    /// them in opposite orders and deadlock (PostgreSQL breaks it after `deadlock_timeout`, a
+    /// second, and one batch starts again). Each `handle` then finds its rows already held.
+    /// Not called on the one-message path (one event locks its rows in one ordered statement).
+    fn lock_shared_rows(
+        &self,
+        conn: &mut PgConnection,
+        inputs: &[&Self::Input],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = (conn, inputs);
+        async { Ok(()) }
+    }
+
     /// Called, in a new transaction holding the event's inbox row, when `handle` kept failing
     /// with [`HandlerError::Failed`] for every attempt. A service records an explicit failure
     /// state here (e.g. a compensation that cannot succeed) and returns `true`; `false` sends
@@ -410,42 +427,63 @@ impl<H: EventHandler> ConsumerLoop<H> {
         &self,
         messages: &[&BorrowedMessage<'_>],
     ) -> Result<Vec<&'static str>, usize> {
+        let stopped = |index: usize, reason: &dyn std::fmt::Display| {
+            tracing::debug!(index, %reason, "batch stopped; applying the messages before it");
+            index
+        };
+        // Every message decoded and selected first, so that the handler can lock what the
+        // whole batch touches before applying any of it.
+        let mut selected = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            let (envelope, event) = self
+                .check(message)
+                .map_err(|reason| stopped(index, &reason))?;
+            selected.push((envelope, self.handler.select(event)));
+        }
+        let inputs: Vec<&H::Input> = selected
+            .iter()
+            .filter_map(|(_, input)| input.as_ref())
+            .collect();
         let mut tx: Option<sqlx::Transaction<'static, sqlx::Postgres>> = None;
+        if !inputs.is_empty() {
+            let conn = tx.insert(
+                self.pool
+                    .begin()
+                    .await
+                    .map_err(|error| stopped(0, &error))?,
+            );
+            self.handler
+                .lock_shared_rows(conn, &inputs)
+                .await
+                .map_err(|error| stopped(0, &error))?;
+        }
         let mut outcomes = Vec::with_capacity(messages.len());
         // The spans of the events applied, to log them once the transaction committed.
         let mut applied = Vec::new();
-        for (index, message) in messages.iter().enumerate() {
-            let stopped = |reason: &dyn std::fmt::Display| {
-                tracing::debug!(index, %reason, "batch stopped; applying the messages before it");
-                index
-            };
-            let (envelope, event) = self.check(message).map_err(|reason| stopped(&reason))?;
-            let Some(input) = self.handler.select(event) else {
+        for (index, (message, (envelope, input))) in messages.iter().zip(&selected).enumerate() {
+            let Some(input) = input else {
                 outcomes.push("ignored");
                 continue;
             };
-            let conn = match &mut tx {
-                Some(tx) => tx,
-                None => tx.insert(self.pool.begin().await.map_err(|error| stopped(&error))?),
-            };
+            let conn = tx.as_mut().expect("begun: the batch has an input");
             let origin = Origin::of(message);
-            let trace = self.trace("process", message, &envelope, &origin);
-            let span = event_span(&envelope, &origin, trace.as_ref());
+            let trace = self.trace("process", message, envelope, &origin);
+            let span = event_span(envelope, &origin, trace.as_ref());
             let outcome = traces::run_in(
                 trace.as_ref(),
                 async {
-                    if !inbox::claim(conn, &envelope, &origin).await? {
+                    if !inbox::claim(conn, envelope, &origin).await? {
                         tracing::debug!("duplicate event ignored");
                         return Ok("duplicate");
                     }
-                    self.handler.handle(conn, &envelope, &input).await?;
+                    self.handler.handle(conn, envelope, input).await?;
                     Ok::<_, HandlerError>("applied")
                 }
                 .instrument(span.clone()),
             )
             .await;
             finish_trace(trace.as_ref(), &outcome);
-            let outcome = outcome.map_err(|error| stopped(&error))?;
+            let outcome = outcome.map_err(|error| stopped(index, &error))?;
             if outcome == "applied" {
                 applied.push(span);
             }

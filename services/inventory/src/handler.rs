@@ -44,6 +44,38 @@ impl EventHandler for InventoryEventHandler {
         })
     }
 
+    /// Locks every product the batch's events touch, in sku order: the skus of new orders and
+    /// those reserved for decided ones.
+    async fn lock_shared_rows(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&SagaEvent],
+    ) -> Result<(), sqlx::Error> {
+        let (mut skus, mut decided) = (Vec::new(), Vec::new());
+        for event in events {
+            match event {
+                SagaEvent::OrderCreated(order) => {
+                    skus.extend(order.items.iter().map(|line| line.sku.as_str()))
+                }
+                SagaEvent::OrderCancelled(cancelled) => decided.push(cancelled.order_id),
+                SagaEvent::OrderConfirmed(confirmed) => decided.push(confirmed.order_id),
+                SagaEvent::HoldExpired { order_id } => decided.push(*order_id),
+            }
+        }
+        sqlx::query(
+            "select 1 from products
+             where sku = any($1::text[] || array(
+                 select jsonb_array_elements(items) ->> 'sku' from reservations
+                 where order_id = any($2::uuid[])))
+             order by sku for update",
+        )
+        .bind(&skus)
+        .bind(&decided)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -4,7 +4,7 @@
 mod catalog;
 mod config;
 pub mod domain;
-mod handler;
+pub mod handler;
 mod hold_expiry;
 mod routes;
 mod startup;

@@ -43,6 +43,35 @@ impl EventHandler for PaymentEventHandler {
         })
     }
 
+    /// Locks the account of every order the batch's events concern, in customer order: the
+    /// customers of new reservations and of the payments of decided orders.
+    async fn lock_shared_rows(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&SagaEvent],
+    ) -> Result<(), sqlx::Error> {
+        let (mut customers, mut decided) = (Vec::new(), Vec::new());
+        for event in events {
+            match event {
+                SagaEvent::StockReserved(reserved) => customers.push(reserved.customer_id.as_str()),
+                SagaEvent::OrderCancelled(cancelled) => decided.push(cancelled.order_id),
+                SagaEvent::OrderConfirmed(confirmed) => decided.push(confirmed.order_id),
+                SagaEvent::HoldExpired { order_id } => decided.push(*order_id),
+            }
+        }
+        sqlx::query(
+            "select 1 from accounts
+             where customer_id = any($1::text[] || array(
+                 select customer_id from payments where order_id = any($2::uuid[])))
+             order by customer_id for update",
+        )
+        .bind(&customers)
+        .bind(&decided)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -6,7 +6,7 @@
 pub mod accounts;
 mod config;
 pub mod domain;
-mod handler;
+pub mod handler;
 mod hold_expiry;
 pub mod ledger;
 mod routes;

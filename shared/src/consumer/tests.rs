@@ -50,6 +50,20 @@ impl EventHandler for Recorder {
         }
     }
 
+    /// Records the orders of the batch with the transaction.
+    async fn lock_shared_rows(
+        &self,
+        conn: &mut PgConnection,
+        inputs: &[&OrderConfirmed],
+    ) -> Result<(), sqlx::Error> {
+        let orders: Vec<Uuid> = inputs.iter().map(|confirmed| confirmed.order_id).collect();
+        sqlx::query("insert into shared_locks select unnest($1::uuid[]), txid_current()")
+            .bind(&orders)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
@@ -115,7 +129,8 @@ async fn bed() -> Bed {
     let pool = messaging_database("shared_consumer").await;
     sqlx::raw_sql(
         "create table effects (n bigserial primary key, event_id uuid not null, worker text not null, txid bigint not null);
-         create table gave_up (event_id uuid not null, reason text not null);",
+         create table gave_up (event_id uuid not null, reason text not null);
+         create table shared_locks (order_id uuid not null, txid bigint not null);",
     )
     .execute(&pool)
     .await
@@ -438,6 +453,52 @@ async fn a_batch_records_the_next_offset_in_its_own_transaction() {
     assert!(
         same_transaction,
         "the offset is written by the transaction that applied the last message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_hands_the_handler_all_its_inputs_before_applying_any() {
+    let bed = bed().await;
+    // One order's events (one partition, in order), with events the handler ignores between.
+    let (order_id, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut handled = Vec::new();
+    for _ in 0..8 {
+        handled.push(bed.confirmed(order_id).await);
+        bed.ignored(other).await;
+    }
+    finish(
+        &bed,
+        spawn(bed.consumer_loop("locks", Recorder::default())),
+        "locks",
+        &handled,
+    )
+    .await;
+
+    // Per transaction: the inputs handed to lock_shared_rows, and the events it applied.
+    let per_transaction: Vec<(i64, i64, i64, bool)> = sqlx::query_as(
+        "select effects.txid, count(*),
+                (select count(*) from shared_locks where shared_locks.txid = effects.txid),
+                (select bool_and(shared_locks.order_id = $1) from shared_locks
+                 where shared_locks.txid = effects.txid)
+         from effects group by effects.txid",
+    )
+    .bind(order_id)
+    .fetch_all(&bed.pool)
+    .await
+    .unwrap();
+    for (txid, applied, handed, only_handled) in &per_transaction {
+        assert_eq!(
+            (applied, handed, only_handled),
+            (applied, applied, &true),
+            "transaction {txid} handed each event it applied, and only those, to \
+             lock_shared_rows: {per_transaction:?}"
+        );
+    }
+    assert!(
+        per_transaction
+            .iter()
+            .any(|(_, applied, _, _)| *applied > 1),
+        "events were applied in batches: {per_transaction:?}"
     );
 }
 

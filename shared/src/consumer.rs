@@ -7,6 +7,9 @@
 //! the typed [`Event`] (older versions upcast, unknown fields ignored); the handler picks what
 //! it acts on with an exhaustive `match`. Each event it acts on is handled in the trace its
 //! `traceparent` header carries ([`crate::traces`]), so what the handler writes continues it.
+//! Before applying any of a batch, the handler locks the rows its events share with other
+//! orders, in one global order ([`EventHandler::lock_shared_rows`]), so that the transactions
+//! of concurrent partitions never deadlock.
 //!
 //! A batch stops at its first message that cannot be applied (not an event of ours, a handler
 //! failure, a database error): the transaction is rolled back, the messages before it are

@@ -45,7 +45,8 @@ pub struct Order {
     pub shipping_address: ShippingAddress,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// Shipping scheduled it ahead of its reservation (the saga's bookkeeping, not shown).
+    /// Shipping scheduled it: the order is confirmed once stock and payment reported success
+    /// too, whatever order they came in (the saga's bookkeeping, not shown).
     #[serde(skip)]
     pub shipment_scheduled: bool,
 }

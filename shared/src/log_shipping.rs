@@ -263,8 +263,9 @@ fn count_dropped(reason: &'static str) {
 }
 
 /// Starts shipping what the installed [`layer`] collects to the logs topic as `service`, on a
-/// task of the current runtime with a producer of its own (acks=1, a bounded queue: a record it
-/// cannot queue or deliver is dropped and counted). Does nothing when no layer is installed or
+/// task of the current runtime with a producer of its own (acks=1, one request in flight so a
+/// retry never reorders, a bounded queue: a record it cannot queue or deliver is dropped and
+/// counted). Does nothing when no layer is installed or
 /// shipping already started (several services in one process: the first one ships, records
 /// carry the `service` field of their spans); `enabled = false` closes the channel instead, so
 /// the layer stops building records.
@@ -287,6 +288,9 @@ pub fn start(service: &'static str, kafka: &KafkaConfig, enabled: bool) -> anyho
     }
     let producer: ThreadedProducer<DeliveryCounter> = crate::kafka::base_config(kafka)?
         .set("acks", "1")
+        // One request in flight: a batch the broker refused is retried before the next one is
+        // sent, so one order's lines stay in the order they were logged.
+        .set("max.in.flight.requests.per.connection", "1")
         .set("linger.ms", "100")
         .set("message.timeout.ms", "30000")
         .set("queue.buffering.max.messages", BUFFER_RECORDS.to_string())

@@ -69,14 +69,16 @@ pub trait EventHandler: Send + Sync + 'static {
         input: &Self::Input,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
-    /// Called once at the start of a batch's transaction, before any `handle`, with the inputs
-    /// of every event the batch is about to apply. A handler whose events lock rows that other
+    /// Called once at the start of every transaction that applies events (a batch's, or one
+    /// event's on the retry path), before any `handle`, with the inputs of every event it is
+    /// about to apply. A handler whose events lock rows that other
     /// orders share (a product's stock, a customer's balance) locks all of them here in one
     /// global order (e.g. `order by sku for update`): batches of different partitions run
     /// concurrently, and two that each locked their events' rows event by event could take
     /// them in opposite orders and deadlock (PostgreSQL breaks it after `deadlock_timeout`, a
     /// second, and one batch starts again). Each `handle` then finds its rows already held.
-    /// Not called on the one-message path (one event locks its rows in one ordered statement).
+    /// It is also where a lock held for the whole transaction is taken once rather than per
+    /// event. Not called by [`EventHandler::give_up`]'s transaction.
     fn lock_shared_rows(
         &self,
         conn: &mut PgConnection,
@@ -767,6 +769,7 @@ impl<H: EventHandler> ConsumerLoop<H> {
             tracing::debug!("duplicate event ignored");
             return Ok("duplicate");
         }
+        self.handler.lock_shared_rows(&mut tx, &[input]).await?;
         self.handler.handle(&mut tx, envelope, input).await?;
         if self.records_offsets {
             record_offset(&mut tx, origin).await?;

@@ -20,15 +20,22 @@ impl EventHandler for QueryEventHandler {
         Some(event)
     }
 
+    /// Takes the views' lock shared, once per transaction: shared with every other live
+    /// transaction; a rebuild takes it exclusively for its catch-up and swap (src/rebuild.rs).
+    async fn lock_shared_rows(
+        &self,
+        conn: &mut PgConnection,
+        _events: &[&Event],
+    ) -> Result<(), sqlx::Error> {
+        views::hold_live_lock(conn).await
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: &Envelope,
         event: &Event,
     ) -> Result<(), HandlerError> {
-        // Shared with every other live transaction; a rebuild takes it exclusively for its
-        // catch-up and swap (src/rebuild.rs).
-        views::hold_live_lock(conn).await?;
         views::apply(conn, Table::Live, envelope).await?;
         self.analytics.apply(conn, envelope, event).await?;
         Ok(())

@@ -55,14 +55,11 @@ pub async fn apply(
     envelope: &Envelope,
 ) -> Result<(), sqlx::Error> {
     let table = table.name();
-    sqlx::query(&format!(
-        "insert into {table} (order_id, status) values ($1, 'PENDING') on conflict do nothing"
-    ))
-    .bind(envelope.order_id)
-    .execute(&mut *conn)
-    .await?;
+    // One statement creates the row or locks the one there (the no-op update), and reads it.
     let Json(events): Json<OrderEvents> = sqlx::query_scalar(&format!(
-        "select events from {table} where order_id = $1 for update"
+        "insert into {table} (order_id, status) values ($1, 'PENDING')
+         on conflict (order_id) do update set order_id = excluded.order_id
+         returning events"
     ))
     .bind(envelope.order_id)
     .fetch_one(&mut *conn)

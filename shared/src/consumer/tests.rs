@@ -456,6 +456,35 @@ async fn a_batch_records_the_next_offset_in_its_own_transaction() {
     );
 }
 
+/// Checks that every transaction that applied events handed exactly those (all of `order_id`)
+/// to `lock_shared_rows`; returns, per transaction, its id, how many events it applied, how
+/// many inputs it handed over and whether all were of `order_id`.
+async fn each_transaction_locked_what_it_applied(
+    bed: &Bed,
+    order_id: Uuid,
+) -> Vec<(i64, i64, i64, bool)> {
+    let per_transaction: Vec<(i64, i64, i64, bool)> = sqlx::query_as(
+        "select effects.txid, count(*),
+                (select count(*) from shared_locks where shared_locks.txid = effects.txid),
+                (select coalesce(bool_and(shared_locks.order_id = $1), true) from shared_locks
+                 where shared_locks.txid = effects.txid)
+         from effects group by effects.txid",
+    )
+    .bind(order_id)
+    .fetch_all(&bed.pool)
+    .await
+    .unwrap();
+    for (txid, applied, handed, only_handled) in &per_transaction {
+        assert_eq!(
+            (applied, handed, only_handled),
+            (applied, applied, &true),
+            "transaction {txid} handed each event it applied, and only those, to \
+             lock_shared_rows: {per_transaction:?}"
+        );
+    }
+    per_transaction
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_hands_the_handler_all_its_inputs_before_applying_any() {
     let bed = bed().await;
@@ -474,26 +503,7 @@ async fn a_batch_hands_the_handler_all_its_inputs_before_applying_any() {
     )
     .await;
 
-    // Per transaction: the inputs handed to lock_shared_rows, and the events it applied.
-    let per_transaction: Vec<(i64, i64, i64, bool)> = sqlx::query_as(
-        "select effects.txid, count(*),
-                (select count(*) from shared_locks where shared_locks.txid = effects.txid),
-                (select bool_and(shared_locks.order_id = $1) from shared_locks
-                 where shared_locks.txid = effects.txid)
-         from effects group by effects.txid",
-    )
-    .bind(order_id)
-    .fetch_all(&bed.pool)
-    .await
-    .unwrap();
-    for (txid, applied, handed, only_handled) in &per_transaction {
-        assert_eq!(
-            (applied, handed, only_handled),
-            (applied, applied, &true),
-            "transaction {txid} handed each event it applied, and only those, to \
-             lock_shared_rows: {per_transaction:?}"
-        );
-    }
+    let per_transaction = each_transaction_locked_what_it_applied(&bed, order_id).await;
     assert!(
         per_transaction
             .iter()
@@ -538,20 +548,33 @@ async fn a_poison_message_in_a_batch_is_dead_lettered_and_its_neighbours_applied
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_failure_inside_a_batch_rolls_it_back_and_applies_each_event_once() {
     let bed = bed().await;
-    let handled = one_partition(&bed, 12).await;
+    let order_id = Uuid::now_v7();
+    let mut handled = Vec::new();
+    for _ in 0..12 {
+        handled.push(bed.confirmed(order_id).await);
+    }
+    // Event 0 starts the first batch, so its retry takes the one-message path.
     let recorder = Recorder {
         worker: "a",
-        lose_connection_once: Mutex::new(HashSet::from([handled[6]])),
+        lose_connection_once: Mutex::new(HashSet::from([handled[0], handled[6]])),
         ..Recorder::default()
     };
     let consumer = bed.consume("database", recorder);
     finish(&bed, consumer, "database", &handled).await;
 
-    // The lost connection rolled back the half-written effect of event 6 and everything else
-    // of its batch; each was applied again, once.
+    // The lost connections rolled back the half-written effects of events 0 and 6 and
+    // everything else of their batches; each was applied again, once.
     assert_eq!(
         bed.count("select count(*) from inbox").await,
         handled.len() as i64
+    );
+    // The one-message path, too, hands its event to lock_shared_rows before applying it.
+    let per_transaction = each_transaction_locked_what_it_applied(&bed, order_id).await;
+    assert!(
+        per_transaction
+            .iter()
+            .any(|(_, applied, _, _)| *applied == 1),
+        "event 0 was applied alone: {per_transaction:?}"
     );
 }
 

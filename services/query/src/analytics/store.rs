@@ -28,7 +28,7 @@ pub async fn apply(
     // Creates the order's row if need be and locks it: an order's events from other topics
     // are applied one after the other. `do update` (not `do nothing`) so an existing row is
     // locked and returned too. The new facts are `observe`d in Rust from these, hence written
-    // by a second statement (only when they changed).
+    // by a later statement (only when they changed), with the deltas.
     let facts: sqlx::types::Json<OrderFacts> = sqlx::query_scalar(
         "insert into analytics_orders (order_id) values ($1)
          on conflict (order_id) do update set updated_at = now()
@@ -45,12 +45,9 @@ pub async fn apply(
         config.watermark(max_event_time),
         config,
     );
-    if observed.facts != facts.0 {
-        sqlx::query("update analytics_orders set facts = $2 where order_id = $1")
-            .bind(order_id)
-            .bind(sqlx::types::Json(&observed.facts))
-            .execute(&mut *conn)
-            .await?;
+    let facts_changed = observed.facts != facts.0;
+    if !facts_changed && observed.deltas.is_empty() {
+        return Ok(observed.late);
     }
     let mut starts = Vec::with_capacity(observed.deltas.len());
     let mut metrics = Vec::with_capacity(observed.deltas.len());
@@ -63,8 +60,13 @@ pub async fn apply(
         keys.push(key);
         values.push(*value);
     }
+    // One statement: the facts (when they changed; a statement in `with` always runs) and the
+    // deltas.
     sqlx::query(
-        "insert into analytics_deltas (window_start, metric, key, value, event_time)
+        "with facts as (
+             update analytics_orders set facts = $7 where order_id = $6 and $8
+         )
+         insert into analytics_deltas (window_start, metric, key, value, event_time)
          select window_start, metric, key, value, $5
          from unnest($1::timestamptz[], $2::text[], $3::text[], $4::bigint[])
               as d (window_start, metric, key, value)",
@@ -74,6 +76,9 @@ pub async fn apply(
     .bind(&keys)
     .bind(&values)
     .bind(at)
+    .bind(order_id)
+    .bind(sqlx::types::Json(&observed.facts))
+    .bind(facts_changed)
     .execute(&mut *conn)
     .await?;
     Ok(observed.late)

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{decide, Command, OrderState, SagaEvent};
-use crate::repository::{self, Order};
+use crate::repository::{self, Order, OrderItem};
 use crate::SERVICE;
 
 pub struct OrderEventHandler {
@@ -83,12 +83,22 @@ impl EventHandler for OrderEventHandler {
             return Ok(());
         };
         repository::record_timeline(conn, envelope).await?;
-        if let (None, Some(items)) = (order.total_cents, &reported.reserved_items) {
-            repository::save_prices(conn, &order, items).await?;
-        }
+        // The prices inventory reserved the lines at, unless the order has them already.
+        let priced = match (order.total_cents, &reported.reserved_items) {
+            (None, Some(items)) => Some(repository::priced(&order.items, items)),
+            _ => None,
+        };
         let age = chrono::Utc::now().signed_duration_since(order.created_at);
         let overdue = age.to_std().is_ok_and(|age| age > self.saga_deadline);
-        advance_in_time(conn, &order, reported.event, overdue, Some(envelope.id)).await?;
+        advance_in_time(
+            conn,
+            &order,
+            reported.event,
+            overdue,
+            priced.as_deref(),
+            Some(envelope.id),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -130,22 +140,23 @@ pub(crate) async fn advance(
     event: SagaEvent,
     causation_id: Option<Uuid>,
 ) -> Result<OrderState, sqlx::Error> {
-    advance_in_time(conn, order, event, false, causation_id).await
+    advance_in_time(conn, order, event, false, None, causation_id).await
 }
 
 /// [`advance`] for an event that may arrive after the saga's deadline (`overdue`: it is never
-/// confirmed then).
+/// confirmed then), and may bring the lines' reserved prices (`priced`, saved with the state).
 async fn advance_in_time(
     conn: &mut PgConnection,
     order: &Order,
     event: SagaEvent,
     overdue: bool,
+    priced: Option<&[OrderItem]>,
     causation_id: Option<Uuid>,
 ) -> Result<OrderState, sqlx::Error> {
     let state = order.state();
     let (next, commands) = decide(&state, event, overdue);
-    if next != state {
-        repository::save_state(conn, order.order_id, &next).await?;
+    if next != state || priced.is_some() {
+        repository::save_state(conn, order.order_id, &next, priced).await?;
     }
     if next.status != state.status {
         let reason = next

@@ -233,16 +233,20 @@ pub async fn list_orders(
         .collect()
 }
 
-/// Persists the saga's decision about an order. `updated_at` is the moment of the change, not
-/// the start of its transaction (a consumer's transaction may apply a batch of events).
+/// Persists the saga's decision about an order, and the lines with the prices inventory
+/// reserved them at when they come with it (`priced`, from [`priced`]). `updated_at` is the
+/// moment of the change, not the start of its transaction (a consumer's transaction may apply
+/// a batch of events).
 pub async fn save_state(
     conn: &mut PgConnection,
     order_id: Uuid,
     state: &OrderState,
+    priced: Option<&[OrderItem]>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update orders set status = $2, total_cents = $3, cancellation_reason = $4, failed_step = $5,
-                shipment_scheduled = $6, updated_at = clock_timestamp()
+                shipment_scheduled = $6, items = coalesce($7, items),
+                updated_at = clock_timestamp()
          where order_id = $1",
     )
     .bind(order_id)
@@ -251,12 +255,12 @@ pub async fn save_state(
     .bind(state.cancellation_reason.map(CancellationReason::as_str))
     .bind(state.failed_step)
     .bind(state.shipment_scheduled)
+    .bind(priced.map(Json))
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Records the prices inventory reserved the lines at.
 /// Like [`lock_order`], recording how the order was paid unless that is known already: one
 /// statement (the update takes the lock), as a hot path should.
 pub async fn lock_order_recording_payment(
@@ -277,22 +281,9 @@ pub async fn lock_order_recording_payment(
         .transpose()
 }
 
-pub async fn save_prices(
-    conn: &mut PgConnection,
-    order: &Order,
-    lines: &[PricedLine],
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update orders set items = $2 where order_id = $1")
-        .bind(order.order_id)
-        .bind(Json(priced(&order.items, lines)))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// The reserved `lines` (their prices), with what the order recorded at placement for each
 /// sku (name, price shown).
-fn priced(placed: &[OrderItem], lines: &[PricedLine]) -> Vec<OrderItem> {
+pub fn priced(placed: &[OrderItem], lines: &[PricedLine]) -> Vec<OrderItem> {
     lines
         .iter()
         .map(|line| {

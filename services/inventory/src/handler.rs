@@ -62,18 +62,7 @@ impl EventHandler for InventoryEventHandler {
                 SagaEvent::HoldExpired { order_id } => decided.push(*order_id),
             }
         }
-        sqlx::query(
-            "select 1 from products
-             where sku = any($1::text[] || array(
-                 select jsonb_array_elements(items) ->> 'sku' from reservations
-                 where order_id = any($2::uuid[])))
-             order by sku for update",
-        )
-        .bind(&skus)
-        .bind(&decided)
-        .execute(conn)
-        .await?;
-        Ok(())
+        lock_products(conn, &skus, &decided).await
     }
 
     async fn handle(
@@ -99,6 +88,28 @@ impl EventHandler for InventoryEventHandler {
         }
         release_failed(conn, envelope.order_id, Some(envelope.id), reason).await
     }
+}
+
+/// Locks `skus` and the products reserved for the `decided` orders, in sku order: what a
+/// consumer batch ([`EventHandler::lock_shared_rows`]) and the hold expiry worker lock before
+/// any reservation, so that neither waits for the other while holding one.
+pub(crate) async fn lock_products(
+    conn: &mut PgConnection,
+    skus: &[&str],
+    decided: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "select 1 from products
+         where sku = any($1::text[] || array(
+             select jsonb_array_elements(items) ->> 'sku' from reservations
+             where order_id = any($2::uuid[])))
+         order by sku for update",
+    )
+    .bind(skus)
+    .bind(decided)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Loads and locks the order's reservation and products, lets [`decide`] apply `event` and

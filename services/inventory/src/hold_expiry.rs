@@ -1,9 +1,10 @@
 //! The hold timeout: a reservation that neither `order.confirmed` nor `order.cancelled` reached
 //! within `HOLD_TIMEOUT_MS` (its order was lost by the order service, or never existed) is
-//! released as for `order.cancelled`, with reason `hold_expired`. One transaction per reservation,
-//! locked like the consumer locks it (`for update`; `skip locked` so replicas share the work
-//! and a decision being applied wins); [`decide`](crate::domain::decide) checks again that it
-//! is still a hold.
+//! released as for `order.cancelled`, with reason `hold_expired`. One transaction per
+//! reservation, which locks what a consumer batch locks, in the same order: the reservation's
+//! products first, then the reservation (`skip locked`, so replicas share the work and a
+//! decision being applied wins), so the worker and a batch never deadlock;
+//! [`decide`](crate::domain::decide) checks again that it is still a hold.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::SagaEvent;
-use crate::handler::{apply, release_failed};
+use crate::handler::{apply, lock_products, release_failed};
 
 /// At most this many reservations per sweep.
 const BATCH: usize = 100;
@@ -20,19 +21,36 @@ const BATCH: usize = 100;
 /// Releases every reservation held longer than `timeout`; returns how many.
 pub async fn sweep(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Error> {
     let mut expired = 0;
-    while expired < BATCH {
+    // Reservations another transaction held when their turn came: left to the next sweep.
+    let mut skipped: Vec<Uuid> = Vec::new();
+    for _ in 0..BATCH {
         let mut tx = pool.begin().await?;
-        let order_id: Option<Uuid> = sqlx::query_scalar(
+        let candidate: Option<Uuid> = sqlx::query_scalar(
             "select order_id from reservations
              where status = 'RESERVED' and created_at < now() - make_interval(secs => $1)
-             order by created_at limit 1 for update skip locked",
+               and order_id <> all($2::uuid[])
+             order by created_at limit 1",
         )
         .bind(timeout.as_secs_f64())
+        .bind(&skipped)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(order_id) = order_id else {
+        let Some(order_id) = candidate else {
             return Ok(expired);
         };
+        lock_products(&mut tx, &[], &[order_id]).await?;
+        let still_held: Option<Uuid> = sqlx::query_scalar(
+            "select order_id from reservations where order_id = $1 and status = 'RESERVED'
+             for update skip locked",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still_held.is_none() {
+            // Decided meanwhile, or being decided: nothing to release.
+            skipped.push(order_id);
+            continue;
+        }
         let event = SagaEvent::HoldExpired { order_id };
         match apply(&mut tx, order_id, &event, None).await {
             Ok(()) => tx.commit().await?,

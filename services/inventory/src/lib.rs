@@ -5,7 +5,7 @@ mod catalog;
 mod config;
 pub mod domain;
 pub mod handler;
-mod hold_expiry;
+pub mod hold_expiry;
 mod routes;
 mod startup;
 

@@ -1,6 +1,7 @@
 //! A consumer batch locks every product its events touch before applying any of them, in sku
 //! order (`EventHandler::lock_shared_rows`), so that concurrent batches never deadlock on
-//! stock. On a fresh PostgreSQL database; needs `DATABASE_URL`: run `cargo xtask test`.
+//! stock; the hold expiry worker locks in the same order. On a fresh PostgreSQL database; needs
+//! `DATABASE_URL`: run `cargo xtask test`.
 
 use axum::http::{Method, StatusCode};
 use inventory_service::domain::SagaEvent;
@@ -74,4 +75,80 @@ async fn a_batch_locks_the_products_of_new_and_decided_orders_and_no_other() {
         "apple and pear are held by the batch"
     );
     holder.rollback().await.unwrap();
+}
+
+/// The hold expiry worker locks as a batch does: the reservation's products first, then the
+/// reservation. While a batch holds the product, the waiting worker holds no reservation (so
+/// the batch can take it), and it releases the hold once the product is free.
+#[tokio::test]
+async fn the_hold_expiry_worker_locks_the_products_before_the_reservation() {
+    let pool = shared::testing::fresh_database("inventory_expiry_locks").await;
+    inventory_service::migrate(&pool).await.expect("migrating");
+    let app = TestApp::new(inventory_service::router(pool.clone()), pool.clone());
+    let product = json!({"sku": "pear", "name": "pear", "price_cents": 100, "stock": 10});
+    let (status, body) = app.send(Method::POST, "/products", Some(product)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let order_id = Uuid::now_v7();
+    let event = created(order_id, &["pear"]);
+    let SagaEvent::OrderCreated(order) = &event else {
+        unreachable!("created() makes an OrderCreated")
+    };
+    let mut tx = pool.begin().await.unwrap();
+    InventoryEventHandler
+        .handle(
+            &mut tx,
+            &Envelope::new("test", order_id, None, order),
+            &event,
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // A batch holds the product; the worker (every hold expired at once) waits for it.
+    let mut batch = pool.begin().await.unwrap();
+    let confirmed = SagaEvent::OrderConfirmed(OrderConfirmed { order_id });
+    InventoryEventHandler
+        .lock_shared_rows(&mut batch, &[&confirmed])
+        .await
+        .unwrap();
+    let worker = tokio::spawn({
+        let pool = pool.clone();
+        async move { inventory_service::hold_expiry::sweep(&pool, std::time::Duration::ZERO).await }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never waited for the product"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The batch can still lock the reservation: the waiting worker does not hold it.
+    let reservation: Uuid = sqlx::query_scalar(
+        "select order_id from reservations where order_id = $1 for update nowait",
+    )
+    .bind(order_id)
+    .fetch_one(&mut *batch)
+    .await
+    .expect("the reservation is free while the worker waits for its product");
+    assert_eq!(reservation, order_id);
+    batch.rollback().await.unwrap();
+
+    assert_eq!(worker.await.unwrap().unwrap(), 1, "the hold was released");
+    let status: String = sqlx::query_scalar("select status from reservations where order_id = $1")
+        .bind(order_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "RELEASED");
 }

@@ -59,17 +59,7 @@ impl EventHandler for PaymentEventHandler {
                 SagaEvent::HoldExpired { order_id } => decided.push(*order_id),
             }
         }
-        sqlx::query(
-            "select 1 from accounts
-             where customer_id = any($1::text[] || array(
-                 select customer_id from payments where order_id = any($2::uuid[])))
-             order by customer_id for update",
-        )
-        .bind(&customers)
-        .bind(&decided)
-        .execute(conn)
-        .await?;
-        Ok(())
+        lock_accounts(conn, &customers, &decided).await
     }
 
     async fn handle(
@@ -102,6 +92,27 @@ impl EventHandler for PaymentEventHandler {
         }
         refund_failed(conn, envelope.order_id, Some(envelope.id), reason).await
     }
+}
+
+/// Locks the accounts of `customers` and of the customers of the `decided` orders' payments,
+/// in customer order: what a consumer batch ([`EventHandler::lock_shared_rows`]) and the hold
+/// expiry worker lock before any payment, so that neither waits for the other while holding one.
+pub(crate) async fn lock_accounts(
+    conn: &mut PgConnection,
+    customers: &[&str],
+    decided: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "select 1 from accounts
+         where customer_id = any($1::text[] || array(
+             select customer_id from payments where order_id = any($2::uuid[])))
+         order by customer_id for update",
+    )
+    .bind(customers)
+    .bind(decided)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Loads and locks the order's payment, lets [`decide`] apply `event` and stores the result

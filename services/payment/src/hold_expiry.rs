@@ -1,9 +1,10 @@
 //! The hold timeout: a charge that neither `order.confirmed` nor `order.cancelled` reached
 //! within `HOLD_TIMEOUT_MS` (its order was lost by the order service, or never existed) is
 //! refunded as for `order.cancelled`, with reason `hold_expired`. One transaction per charge,
-//! locked like the consumer locks it (`for update`; `skip locked` so replicas share the work
-//! and a decision being applied wins); [`decide`](crate::domain::decide) checks again that it
-//! is still a hold.
+//! which locks what a consumer batch locks, in the same order: the customer's account first,
+//! then the payment (`skip locked`, so replicas share the work and a decision being applied
+//! wins), so the worker and a batch never deadlock; [`decide`](crate::domain::decide) checks
+//! again that it is still a hold.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::SagaEvent;
-use crate::handler::{apply, refund_failed};
+use crate::handler::{apply, lock_accounts, refund_failed};
 
 /// At most this many charges per sweep.
 const BATCH: usize = 100;
@@ -24,20 +25,38 @@ pub async fn sweep(
     charged_version: u32,
 ) -> Result<usize, sqlx::Error> {
     let mut expired = 0;
-    while expired < BATCH {
+    // Charges another transaction held when their turn came: left to the next sweep.
+    let mut skipped: Vec<Uuid> = Vec::new();
+    for _ in 0..BATCH {
         let mut tx = pool.begin().await?;
-        let order_id: Option<Uuid> = sqlx::query_scalar(
+        let candidate: Option<Uuid> = sqlx::query_scalar(
             "select order_id from payments
              where status = 'CHARGED' and confirmed_at is null
                and created_at < now() - make_interval(secs => $1)
-             order by created_at limit 1 for update skip locked",
+               and order_id <> all($2::uuid[])
+             order by created_at limit 1",
         )
         .bind(timeout.as_secs_f64())
+        .bind(&skipped)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(order_id) = order_id else {
+        let Some(order_id) = candidate else {
             return Ok(expired);
         };
+        lock_accounts(&mut tx, &[], &[order_id]).await?;
+        let still_held: Option<Uuid> = sqlx::query_scalar(
+            "select order_id from payments
+             where order_id = $1 and status = 'CHARGED' and confirmed_at is null
+             for update skip locked",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still_held.is_none() {
+            // Decided meanwhile, or being decided: nothing to refund.
+            skipped.push(order_id);
+            continue;
+        }
         let event = SagaEvent::HoldExpired { order_id };
         match apply(&mut tx, order_id, &event, None, charged_version).await {
             Ok(()) => tx.commit().await?,

@@ -7,7 +7,7 @@ pub mod accounts;
 mod config;
 pub mod domain;
 pub mod handler;
-mod hold_expiry;
+pub mod hold_expiry;
 pub mod ledger;
 mod routes;
 mod startup;

@@ -1,7 +1,7 @@
 //! A consumer batch locks the account of every order its events concern before applying any
 //! of them, in customer order (`EventHandler::lock_shared_rows`), so that concurrent batches
-//! never deadlock on balances. On a fresh PostgreSQL database; needs `DATABASE_URL`: run
-//! `cargo xtask test`.
+//! never deadlock on balances; the hold expiry worker locks in the same order. On a fresh
+//! PostgreSQL database; needs `DATABASE_URL`: run `cargo xtask test`.
 
 use axum::http::{Method, StatusCode};
 use payment_service::domain::SagaEvent;
@@ -78,4 +78,77 @@ async fn a_batch_locks_the_accounts_of_new_and_decided_orders_and_no_other() {
         "alice and carol are held by the batch"
     );
     holder.rollback().await.unwrap();
+}
+
+/// The hold expiry worker locks as a batch does: the customer's account first, then the
+/// payment. While a batch holds the account, the waiting worker holds no payment (so the batch
+/// can take it), and it refunds the hold once the account is free.
+#[tokio::test]
+async fn the_hold_expiry_worker_locks_the_account_before_the_payment() {
+    let pool = shared::testing::fresh_database("payment_expiry_locks").await;
+    payment_service::migrate(&pool).await.expect("migrating");
+    let app = TestApp::new(payment_service::router(pool.clone()), pool.clone());
+    let account = json!({"customer_id": "carol", "balance_cents": 1_000});
+    let (status, body) = app.send(Method::POST, "/accounts", Some(account)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let handler = PaymentEventHandler { charged_version: 2 };
+    let order_id = Uuid::now_v7();
+    let reservation = reserved(order_id, "carol");
+    let envelope = Envelope::new("test", order_id, None, &reservation);
+    let mut tx = pool.begin().await.unwrap();
+    handler
+        .handle(&mut tx, &envelope, &SagaEvent::StockReserved(reservation))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // A batch holds the account; the worker (every hold expired at once) waits for it.
+    let mut batch = pool.begin().await.unwrap();
+    let cancelled = SagaEvent::OrderCancelled(OrderCancelled {
+        order_id,
+        reason: CancellationReason::CancelledByCustomer,
+    });
+    handler
+        .lock_shared_rows(&mut batch, &[&cancelled])
+        .await
+        .unwrap();
+    let worker = tokio::spawn({
+        let pool = pool.clone();
+        async move { payment_service::hold_expiry::sweep(&pool, std::time::Duration::ZERO, 2).await }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never waited for the account"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The batch can still lock the payment: the waiting worker does not hold it.
+    let payment: Uuid =
+        sqlx::query_scalar("select order_id from payments where order_id = $1 for update nowait")
+            .bind(order_id)
+            .fetch_one(&mut *batch)
+            .await
+            .expect("the payment is free while the worker waits for its account");
+    assert_eq!(payment, order_id);
+    batch.rollback().await.unwrap();
+
+    assert_eq!(worker.await.unwrap().unwrap(), 1, "the hold was refunded");
+    let status: String = sqlx::query_scalar("select status from payments where order_id = $1")
+        .bind(order_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "REFUNDED");
 }

@@ -243,6 +243,29 @@ pub async fn fresh_database(name_prefix: &str) -> PgPool {
         .expect("connecting to the test database")
 }
 
+/// Waits until a session of `pool`'s database waits for a lock (a transaction a test started
+/// is blocked behind one the test holds); panics after 30 s.
+pub async fn wait_for_a_lock_waiter(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("reading pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session waited for a lock within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// `deliveries` with some of them delivered again at a random later point (a duplicate or a
 /// re-delivery after a rewind; never before its first delivery): the original order and the
 /// order as delivered.

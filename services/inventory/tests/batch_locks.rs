@@ -30,6 +30,23 @@ fn created(order_id: Uuid, skus: &[&str]) -> SagaEvent {
     })
 }
 
+/// A new order of one `sku`, reserved as the consumer leaves it; returns its id.
+async fn reserve(pool: &sqlx::PgPool, sku: &str) -> Uuid {
+    let order_id = Uuid::now_v7();
+    let event = created(order_id, &[sku]);
+    let SagaEvent::OrderCreated(order) = &event else {
+        unreachable!("created() makes an OrderCreated")
+    };
+    let envelope = Envelope::new("test", order_id, None, order);
+    let mut tx = pool.begin().await.unwrap();
+    InventoryEventHandler
+        .handle(&mut tx, &envelope, &event)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    order_id
+}
+
 #[tokio::test]
 async fn a_batch_locks_the_products_of_new_and_decided_orders_and_no_other() {
     let pool = shared::testing::fresh_database("inventory_batch_locks").await;
@@ -41,18 +58,7 @@ async fn a_batch_locks_the_products_of_new_and_decided_orders_and_no_other() {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     // An order holding a reservation of pear, as the consumer leaves it.
-    let reserved = Uuid::now_v7();
-    let event = created(reserved, &["pear"]);
-    let SagaEvent::OrderCreated(order) = &event else {
-        unreachable!("created() makes an OrderCreated")
-    };
-    let envelope = Envelope::new("test", reserved, None, order);
-    let mut tx = pool.begin().await.unwrap();
-    InventoryEventHandler
-        .handle(&mut tx, &envelope, &event)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let reserved = reserve(&pool, "pear").await;
 
     // A batch: a new order of apple, and the confirmation of the pear order.
     let batch = [
@@ -88,21 +94,7 @@ async fn the_hold_expiry_worker_locks_the_products_before_the_reservation() {
     let product = json!({"sku": "pear", "name": "pear", "price_cents": 100, "stock": 10});
     let (status, body) = app.send(Method::POST, "/products", Some(product)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let order_id = Uuid::now_v7();
-    let event = created(order_id, &["pear"]);
-    let SagaEvent::OrderCreated(order) = &event else {
-        unreachable!("created() makes an OrderCreated")
-    };
-    let mut tx = pool.begin().await.unwrap();
-    InventoryEventHandler
-        .handle(
-            &mut tx,
-            &Envelope::new("test", order_id, None, order),
-            &event,
-        )
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let order_id = reserve(&pool, "pear").await;
 
     // A batch holds the product; the worker (every hold expired at once) waits for it.
     let mut batch = pool.begin().await.unwrap();
@@ -115,24 +107,7 @@ async fn the_hold_expiry_worker_locks_the_products_before_the_reservation() {
         let pool = pool.clone();
         async move { inventory_service::hold_expiry::sweep(&pool, std::time::Duration::ZERO).await }
     });
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never waited for the product"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    shared::testing::wait_for_a_lock_waiter(&pool).await;
     // The batch can still lock the reservation: the waiting worker does not hold it.
     let reservation: Uuid = sqlx::query_scalar(
         "select order_id from reservations where order_id = $1 for update nowait",

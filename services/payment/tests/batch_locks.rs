@@ -31,6 +31,20 @@ fn reserved(order_id: Uuid, customer_id: &str) -> StockReserved {
     }
 }
 
+/// A new order of `customer`'s, charged as the consumer leaves it; returns its id.
+async fn charge(pool: &sqlx::PgPool, handler: &PaymentEventHandler, customer: &str) -> Uuid {
+    let order_id = Uuid::now_v7();
+    let reservation = reserved(order_id, customer);
+    let envelope = Envelope::new("test", order_id, None, &reservation);
+    let mut tx = pool.begin().await.unwrap();
+    handler
+        .handle(&mut tx, &envelope, &SagaEvent::StockReserved(reservation))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    order_id
+}
+
 #[tokio::test]
 async fn a_batch_locks_the_accounts_of_new_and_decided_orders_and_no_other() {
     let pool = shared::testing::fresh_database("payment_batch_locks").await;
@@ -43,15 +57,7 @@ async fn a_batch_locks_the_accounts_of_new_and_decided_orders_and_no_other() {
     }
     let handler = PaymentEventHandler { charged_version: 2 };
     // Carol's order, charged as the consumer leaves it.
-    let charged = Uuid::now_v7();
-    let reservation = reserved(charged, "carol");
-    let envelope = Envelope::new("test", charged, None, &reservation);
-    let mut tx = pool.begin().await.unwrap();
-    handler
-        .handle(&mut tx, &envelope, &SagaEvent::StockReserved(reservation))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let charged = charge(&pool, &handler, "carol").await;
 
     // A batch: a new reservation for alice, and the cancellation of carol's order.
     let batch = [
@@ -92,15 +98,7 @@ async fn the_hold_expiry_worker_locks_the_account_before_the_payment() {
     let (status, body) = app.send(Method::POST, "/accounts", Some(account)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let handler = PaymentEventHandler { charged_version: 2 };
-    let order_id = Uuid::now_v7();
-    let reservation = reserved(order_id, "carol");
-    let envelope = Envelope::new("test", order_id, None, &reservation);
-    let mut tx = pool.begin().await.unwrap();
-    handler
-        .handle(&mut tx, &envelope, &SagaEvent::StockReserved(reservation))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let order_id = charge(&pool, &handler, "carol").await;
 
     // A batch holds the account; the worker (every hold expired at once) waits for it.
     let mut batch = pool.begin().await.unwrap();
@@ -116,24 +114,7 @@ async fn the_hold_expiry_worker_locks_the_account_before_the_payment() {
         let pool = pool.clone();
         async move { payment_service::hold_expiry::sweep(&pool, std::time::Duration::ZERO, 2).await }
     });
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker never waited for the account"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    shared::testing::wait_for_a_lock_waiter(&pool).await;
     // The batch can still lock the payment: the waiting worker does not hold it.
     let payment: Uuid =
         sqlx::query_scalar("select order_id from payments where order_id = $1 for update nowait")

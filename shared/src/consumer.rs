@@ -71,14 +71,14 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// Called once at the start of every transaction that applies events (a batch's, or one
     /// event's on the retry path), before any `handle`, with the inputs of every event it is
-    /// about to apply. A handler whose events lock rows that other
-    /// orders share (a product's stock, a customer's balance) locks all of them here in one
-    /// global order (e.g. `order by sku for update`): batches of different partitions run
-    /// concurrently, and two that each locked their events' rows event by event could take
-    /// them in opposite orders and deadlock (PostgreSQL breaks it after `deadlock_timeout`, a
-    /// second, and one batch starts again). Each `handle` then finds its rows already held.
-    /// It is also where a lock held for the whole transaction is taken once rather than per
-    /// event. Not called by [`EventHandler::give_up`]'s transaction.
+    /// about to apply. A handler whose events lock rows that other orders share (a product's
+    /// stock, a customer's balance) locks all of them here in one global order (e.g.
+    /// `order by sku for update`): batches of different partitions run concurrently, and two
+    /// that each locked their events' rows event by event could take them in opposite orders
+    /// and deadlock (PostgreSQL breaks it after `deadlock_timeout`, a second, and one batch
+    /// starts again). Each `handle` then finds its rows already held. It is also where a lock
+    /// held for the whole transaction is taken once rather than per event. Not called by
+    /// [`EventHandler::give_up`]'s transaction.
     fn lock_shared_rows(
         &self,
         conn: &mut PgConnection,

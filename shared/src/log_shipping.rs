@@ -265,10 +265,9 @@ fn count_dropped(reason: &'static str) {
 /// Starts shipping what the installed [`layer`] collects to the logs topic as `service`, on a
 /// task of the current runtime with a producer of its own (acks=1, one request in flight so a
 /// retry never reorders, a bounded queue: a record it cannot queue or deliver is dropped and
-/// counted). Does nothing when no layer is installed or
-/// shipping already started (several services in one process: the first one ships, records
-/// carry the `service` field of their spans); `enabled = false` closes the channel instead, so
-/// the layer stops building records.
+/// counted). Does nothing when no layer is installed or shipping already started (several
+/// services in one process: the first one ships, records carry the `service` field of their
+/// spans); `enabled = false` closes the channel instead, so the layer stops building records.
 pub fn start(service: &'static str, kafka: &KafkaConfig, enabled: bool) -> anyhow::Result<()> {
     let Some(mut receiver) = PENDING
         .lock()

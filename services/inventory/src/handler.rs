@@ -322,14 +322,20 @@ async fn save(
     }
     match (&state.reservation, &next.reservation) {
         (None, Some(reservation)) => {
+            // The trace it is made in, for the hold expiry worker to continue.
+            let trace = shared::traces::current_context();
             sqlx::query(
-                "insert into reservations (order_id, status, items, total_cents, reason) values ($1, $2, $3, $4, $5)",
+                "insert into reservations
+                     (order_id, status, items, total_cents, reason, traceparent, tracestate)
+                 values ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(order_id)
             .bind(reservation.status.as_str())
             .bind(Json(&reservation.items))
             .bind(reservation.total_cents)
             .bind(reservation.rejection.map(StockRejection::as_str))
+            .bind(trace.as_ref().map(|trace| trace.traceparent.as_str()))
+            .bind(trace.as_ref().and_then(|trace| trace.tracestate.as_deref()))
             .execute(&mut *conn)
             .await?;
         }

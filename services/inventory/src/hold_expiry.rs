@@ -4,10 +4,13 @@
 //! reservation, which locks what a consumer batch locks, in the same order: the reservation's
 //! products first, then the reservation (`skip locked`, so replicas share the work and a
 //! decision being applied wins), so the worker and a batch never deadlock;
-//! [`decide`](crate::domain::decide) checks again that it is still a hold.
+//! [`decide`](crate::domain::decide) checks again that it is still a hold. The release
+//! continues the trace the reservation was made in (stored with it), so it is part of the
+//! order's trace.
 
 use std::time::Duration;
 
+use shared::traces::{self, ServiceTracer, StoredContext};
 use shared::HandlerError;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -18,15 +21,20 @@ use crate::handler::{apply, lock_products, release_failed};
 /// At most this many reservations per sweep.
 const BATCH: usize = 100;
 
-/// Releases every reservation held longer than `timeout`; returns how many.
-pub async fn sweep(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Error> {
+/// Releases every reservation held longer than `timeout`, each in the trace it was made in
+/// (`tracer` makes the worker's span there); returns how many.
+pub async fn sweep(
+    pool: &PgPool,
+    tracer: &ServiceTracer,
+    timeout: Duration,
+) -> Result<usize, sqlx::Error> {
     let mut expired = 0;
     // Reservations another transaction held when their turn came: left to the next sweep.
     let mut skipped: Vec<Uuid> = Vec::new();
     for _ in 0..BATCH {
         let mut tx = pool.begin().await?;
-        let candidate: Option<Uuid> = sqlx::query_scalar(
-            "select order_id from reservations
+        let candidate: Option<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+            "select order_id, traceparent, tracestate from reservations
              where status = 'RESERVED' and created_at < now() - make_interval(secs => $1)
                and order_id <> all($2::uuid[])
              order by created_at limit 1",
@@ -35,7 +43,7 @@ pub async fn sweep(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Erro
         .bind(&skipped)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(order_id) = candidate else {
+        let Some((order_id, traceparent, tracestate)) = candidate else {
             return Ok(expired);
         };
         lock_products(&mut tx, &[], &[order_id]).await?;
@@ -51,18 +59,25 @@ pub async fn sweep(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Erro
             skipped.push(order_id);
             continue;
         }
-        let event = SagaEvent::HoldExpired { order_id };
-        match apply(&mut tx, order_id, &event, None).await {
-            Ok(()) => tx.commit().await?,
-            Err(HandlerError::Database(error)) => return Err(error),
-            Err(HandlerError::Failed(reason)) => {
-                // The release can never be made: recorded as for a cancelled order.
-                drop(tx);
-                let mut tx = pool.begin().await?;
-                release_failed(&mut tx, order_id, None, &reason).await?;
-                tx.commit().await?;
+        let release = async move {
+            let event = SagaEvent::HoldExpired { order_id };
+            match apply(&mut tx, order_id, &event, None).await {
+                Ok(()) => tx.commit().await,
+                Err(HandlerError::Database(error)) => Err(error),
+                Err(HandlerError::Failed(reason)) => {
+                    // The release can never be made: recorded as for a cancelled order.
+                    drop(tx);
+                    let mut tx = pool.begin().await?;
+                    release_failed(&mut tx, order_id, None, &reason).await?;
+                    tx.commit().await
+                }
             }
-        }
+        };
+        let stored = traceparent.map(|traceparent| StoredContext {
+            traceparent,
+            tracestate,
+        });
+        traces::continue_stored(tracer, stored.as_ref(), "hold expiry", order_id, release).await?;
         expired += 1;
     }
     Ok(expired)

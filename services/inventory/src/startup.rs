@@ -42,15 +42,15 @@ impl Application {
             .consumes(topology::INVENTORY.consumes, InventoryEventHandler)
             .retain(voided_retention(config.common.retention.inbox_retention_ms))
             .worker("hold-expiry", move |infrastructure, shutdown| {
-                let pool = infrastructure.pool.clone();
+                let (pool, tracer) = (infrastructure.pool.clone(), infrastructure.tracer.clone());
                 shared::periodic::run_every(
                     "hold-expiry",
                     sweep_every,
                     infrastructure.outbox.clone(),
                     shutdown,
                     move || {
-                        let pool = pool.clone();
-                        async move { hold_expiry::sweep(&pool, hold_timeout).await }
+                        let (pool, tracer) = (pool.clone(), tracer.clone());
+                        async move { hold_expiry::sweep(&pool, &tracer, hold_timeout).await }
                     },
                 )
             })

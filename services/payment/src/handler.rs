@@ -315,14 +315,20 @@ async fn save(
 ) -> Result<(), sqlx::Error> {
     match (&locked.state.payment, &next.payment) {
         (None, Some(payment)) => {
+            // The trace it is made in, for the hold expiry worker to continue.
+            let trace = shared::traces::current_context();
             sqlx::query(
-                "insert into payments (order_id, customer_id, amount_cents, status, reason) values ($1, $2, $3, $4, $5)",
+                "insert into payments
+                     (order_id, customer_id, amount_cents, status, reason, traceparent, tracestate)
+                 values ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(order_id)
             .bind(&payment.customer_id)
             .bind(payment.amount_cents)
             .bind(payment.status.as_str())
             .bind(payment.decline_reason.map(DeclineReason::as_str))
+            .bind(trace.as_ref().map(|trace| trace.traceparent.as_str()))
+            .bind(trace.as_ref().and_then(|trace| trace.tracestate.as_deref()))
             .execute(&mut *conn)
             .await?;
         }

@@ -51,25 +51,21 @@ impl Application {
             .routes(|infrastructure| router(infrastructure.pool.clone()))
             .consumes(
                 topology::PAYMENT.consumes,
-                PaymentEventHandler {
-                    charged_version,
-                },
+                PaymentEventHandler { charged_version },
             )
-            .retain(voided_retention(
-                config.common.retention.inbox_retention_ms,
-            ))
+            .retain(voided_retention(config.common.retention.inbox_retention_ms))
             .retain(deposit_key_retention(config.idempotency_key_retention_ms))
             .worker("hold-expiry", move |infrastructure, shutdown| {
-                let pool = infrastructure.pool.clone();
+                let (pool, tracer) = (infrastructure.pool.clone(), infrastructure.tracer.clone());
                 shared::periodic::run_every(
                     "hold-expiry",
                     sweep_every,
                     infrastructure.outbox.clone(),
                     shutdown,
                     move || {
-                        let pool = pool.clone();
+                        let (pool, tracer) = (pool.clone(), tracer.clone());
                         async move {
-                            hold_expiry::sweep(&pool, hold_timeout, charged_version).await
+                            hold_expiry::sweep(&pool, &tracer, hold_timeout, charged_version).await
                         }
                     },
                 )

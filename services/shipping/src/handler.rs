@@ -148,13 +148,19 @@ async fn save(
 ) -> Result<(), sqlx::Error> {
     match (shipment, next) {
         (None, Some(created)) => {
+            // The trace it is scheduled in, for the hold expiry worker to continue.
+            let trace = shared::traces::current_context();
             sqlx::query(
-                "insert into shipments (order_id, status, country, address) values ($1, $2, $3, $4)",
+                "insert into shipments
+                     (order_id, status, country, address, traceparent, tracestate)
+                 values ($1, $2, $3, $4, $5, $6)",
             )
             .bind(order_id)
             .bind(created.status.as_str())
             .bind(&created.country)
             .bind(created.address.as_ref().map(Json))
+            .bind(trace.as_ref().map(|trace| trace.traceparent.as_str()))
+            .bind(trace.as_ref().and_then(|trace| trace.tracestate.as_deref()))
             .execute(conn)
             .await?;
         }

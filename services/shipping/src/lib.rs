@@ -3,8 +3,8 @@
 
 mod config;
 pub mod domain;
-mod handler;
-mod hold_expiry;
+pub mod handler;
+pub mod hold_expiry;
 mod routes;
 mod startup;
 

@@ -47,15 +47,18 @@ impl Application {
             )
             .retain(voided_retention(config.common.retention.inbox_retention_ms))
             .worker("hold-expiry", move |infrastructure, shutdown| {
-                let pool = infrastructure.pool.clone();
+                let (pool, tracer) = (infrastructure.pool.clone(), infrastructure.tracer.clone());
                 shared::periodic::run_every(
                     "hold-expiry",
                     sweep_every,
                     infrastructure.outbox.clone(),
                     shutdown,
                     move || {
-                        let (pool, countries) = (pool.clone(), expiring.clone());
-                        async move { hold_expiry::sweep(&pool, &countries, hold_timeout).await }
+                        let (pool, tracer, countries) =
+                            (pool.clone(), tracer.clone(), expiring.clone());
+                        async move {
+                            hold_expiry::sweep(&pool, &tracer, &countries, hold_timeout).await
+                        }
                     },
                 )
             })

@@ -1,7 +1,8 @@
-//! A consumer batch locks the account of every order its events concern before applying any
-//! of them, in customer order (`EventHandler::lock_shared_rows`), so that concurrent batches
-//! never deadlock on balances; the hold expiry worker locks in the same order. On a fresh
-//! PostgreSQL database; needs `DATABASE_URL`: run `cargo xtask test`.
+//! Charges under concurrency and over time: a consumer batch locks the account of every order
+//! its events concern before applying any of them, in customer order
+//! (`EventHandler::lock_shared_rows`), so that concurrent batches never deadlock on balances;
+//! the hold expiry worker locks in the same order, and refunds a charge in the trace it was
+//! made in. On a fresh PostgreSQL database; needs `DATABASE_URL`: run `cargo xtask test`.
 
 use axum::http::{Method, StatusCode};
 use payment_service::domain::SagaEvent;
@@ -11,7 +12,9 @@ use shared::events::{
     CancellationReason, OrderCancelled, PricedLine, ShippingAddress, StockReserved,
 };
 use shared::testing::TestApp;
+use shared::traces::{self, ServiceTracer, StoredContext};
 use shared::{Envelope, EventHandler};
+use std::time::Duration;
 use uuid::Uuid;
 
 fn reserved(order_id: Uuid, customer_id: &str) -> StockReserved {
@@ -33,12 +36,26 @@ fn reserved(order_id: Uuid, customer_id: &str) -> StockReserved {
 
 /// A new order of `customer`'s, charged as the consumer leaves it; returns its id.
 async fn charge(pool: &sqlx::PgPool, handler: &PaymentEventHandler, customer: &str) -> Uuid {
+    charge_in(pool, handler, customer, None).await
+}
+
+/// [`charge`], applying the event in the trace `trace` (as the consumer applies it in the
+/// trace its `traceparent` header carries).
+async fn charge_in(
+    pool: &sqlx::PgPool,
+    handler: &PaymentEventHandler,
+    customer: &str,
+    trace: Option<&StoredContext>,
+) -> Uuid {
     let order_id = Uuid::now_v7();
-    let reservation = reserved(order_id, customer);
-    let envelope = Envelope::new("test", order_id, None, &reservation);
+    let reservation = SagaEvent::StockReserved(reserved(order_id, customer));
+    let SagaEvent::StockReserved(payload) = &reservation else {
+        unreachable!("made just above")
+    };
+    let envelope = Envelope::new("test", order_id, None, payload);
     let mut tx = pool.begin().await.unwrap();
-    handler
-        .handle(&mut tx, &envelope, &SagaEvent::StockReserved(reservation))
+    let applied = handler.handle(&mut tx, &envelope, &reservation);
+    traces::continue_stored(&ServiceTracer::default(), trace, "test", order_id, applied)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -112,7 +129,10 @@ async fn the_hold_expiry_worker_locks_the_account_before_the_payment() {
         .unwrap();
     let worker = tokio::spawn({
         let pool = pool.clone();
-        async move { payment_service::hold_expiry::sweep(&pool, std::time::Duration::ZERO, 2).await }
+        async move {
+            payment_service::hold_expiry::sweep(&pool, &ServiceTracer::default(), Duration::ZERO, 2)
+                .await
+        }
     });
     shared::testing::wait_for_a_lock_waiter(&pool).await;
     // The batch can still lock the payment: the waiting worker does not hold it.
@@ -132,4 +152,43 @@ async fn the_hold_expiry_worker_locks_the_account_before_the_payment() {
         .await
         .unwrap();
     assert_eq!(status, "REFUNDED");
+}
+
+/// A charge remembers the trace it was made in, and the hold expiry worker refunds it in that
+/// trace: the `payment.refunded` it writes carries the same trace id.
+#[tokio::test]
+async fn the_hold_expiry_worker_refunds_in_the_charges_trace() {
+    let pool = shared::testing::fresh_database("payment_expiry_trace").await;
+    payment_service::migrate(&pool).await.expect("migrating");
+    let app = TestApp::new(payment_service::router(pool.clone()), pool.clone());
+    let account = json!({"customer_id": "carol", "balance_cents": 1_000});
+    let (status, body) = app.send(Method::POST, "/accounts", Some(account)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let handler = PaymentEventHandler { charged_version: 2 };
+    let order_trace = StoredContext {
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        tracestate: None,
+    };
+    let order_id = charge_in(&pool, &handler, "carol", Some(&order_trace)).await;
+
+    let refunded =
+        payment_service::hold_expiry::sweep(&pool, &ServiceTracer::default(), Duration::ZERO, 2)
+            .await
+            .unwrap();
+    assert_eq!(refunded, 1);
+    let traceparent: Option<String> = sqlx::query_scalar(
+        "select traceparent from outbox
+         where message_key = $1 and event_type like 'payment.refunded%'",
+    )
+    .bind(order_id.to_string())
+    .fetch_one(&pool)
+    .await
+    .expect("the refund in the outbox");
+    assert_eq!(
+        traceparent
+            .as_deref()
+            .and_then(|traceparent| traceparent.split('-').nth(1)),
+        Some("0af7651916cd43dd8448eb211c80319c"),
+        "the refund continues the charge's trace"
+    );
 }

@@ -1,7 +1,8 @@
-//! A consumer batch locks every product its events touch before applying any of them, in sku
-//! order (`EventHandler::lock_shared_rows`), so that concurrent batches never deadlock on
-//! stock; the hold expiry worker locks in the same order. On a fresh PostgreSQL database; needs
-//! `DATABASE_URL`: run `cargo xtask test`.
+//! Reservations under concurrency and over time: a consumer batch locks every product its
+//! events touch before applying any of them, in sku order (`EventHandler::lock_shared_rows`),
+//! so that concurrent batches never deadlock on stock; the hold expiry worker locks in the same
+//! order, and releases a reservation in the trace it was made in. On a fresh PostgreSQL
+//! database; needs `DATABASE_URL`: run `cargo xtask test`.
 
 use axum::http::{Method, StatusCode};
 use inventory_service::domain::SagaEvent;
@@ -9,7 +10,9 @@ use inventory_service::handler::InventoryEventHandler;
 use serde_json::json;
 use shared::events::{OrderConfirmed, OrderCreated, OrderLine, ShippingAddress};
 use shared::testing::TestApp;
+use shared::traces::{self, ServiceTracer, StoredContext};
 use shared::{Envelope, EventHandler};
+use std::time::Duration;
 use uuid::Uuid;
 
 fn created(order_id: Uuid, skus: &[&str]) -> SagaEvent {
@@ -32,6 +35,12 @@ fn created(order_id: Uuid, skus: &[&str]) -> SagaEvent {
 
 /// A new order of one `sku`, reserved as the consumer leaves it; returns its id.
 async fn reserve(pool: &sqlx::PgPool, sku: &str) -> Uuid {
+    reserve_in(pool, sku, None).await
+}
+
+/// [`reserve`], applying the event in the trace `trace` (as the consumer applies it in the
+/// trace its `traceparent` header carries).
+async fn reserve_in(pool: &sqlx::PgPool, sku: &str, trace: Option<&StoredContext>) -> Uuid {
     let order_id = Uuid::now_v7();
     let event = created(order_id, &[sku]);
     let SagaEvent::OrderCreated(order) = &event else {
@@ -39,8 +48,9 @@ async fn reserve(pool: &sqlx::PgPool, sku: &str) -> Uuid {
     };
     let envelope = Envelope::new("test", order_id, None, order);
     let mut tx = pool.begin().await.unwrap();
-    InventoryEventHandler
-        .handle(&mut tx, &envelope, &event)
+    let tracer = ServiceTracer::default();
+    let applied = InventoryEventHandler.handle(&mut tx, &envelope, &event);
+    traces::continue_stored(&tracer, trace, "test", order_id, applied)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -105,7 +115,10 @@ async fn the_hold_expiry_worker_locks_the_products_before_the_reservation() {
         .unwrap();
     let worker = tokio::spawn({
         let pool = pool.clone();
-        async move { inventory_service::hold_expiry::sweep(&pool, std::time::Duration::ZERO).await }
+        async move {
+            inventory_service::hold_expiry::sweep(&pool, &ServiceTracer::default(), Duration::ZERO)
+                .await
+        }
     });
     shared::testing::wait_for_a_lock_waiter(&pool).await;
     // The batch can still lock the reservation: the waiting worker does not hold it.
@@ -126,4 +139,42 @@ async fn the_hold_expiry_worker_locks_the_products_before_the_reservation() {
         .await
         .unwrap();
     assert_eq!(status, "RELEASED");
+}
+
+/// A reservation remembers the trace it was made in, and the hold expiry worker releases it in
+/// that trace: the `inventory.released` it writes carries the same trace id.
+#[tokio::test]
+async fn the_hold_expiry_worker_releases_in_the_reservations_trace() {
+    let pool = shared::testing::fresh_database("inventory_expiry_trace").await;
+    inventory_service::migrate(&pool).await.expect("migrating");
+    let app = TestApp::new(inventory_service::router(pool.clone()), pool.clone());
+    let product = json!({"sku": "pear", "name": "pear", "price_cents": 100, "stock": 10});
+    let (status, body) = app.send(Method::POST, "/products", Some(product)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let order_trace = StoredContext {
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        tracestate: None,
+    };
+    let order_id = reserve_in(&pool, "pear", Some(&order_trace)).await;
+
+    let released =
+        inventory_service::hold_expiry::sweep(&pool, &ServiceTracer::default(), Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(released, 1);
+    let traceparent: Option<String> = sqlx::query_scalar(
+        "select traceparent from outbox
+         where message_key = $1 and event_type like 'inventory.released%'",
+    )
+    .bind(order_id.to_string())
+    .fetch_one(&pool)
+    .await
+    .expect("the release in the outbox");
+    assert_eq!(
+        traceparent
+            .as_deref()
+            .and_then(|traceparent| traceparent.split('-').nth(1)),
+        Some("0af7651916cd43dd8448eb211c80319c"),
+        "the release continues the reservation's trace"
+    );
 }

@@ -112,8 +112,9 @@ pub fn format_line(record: &LogRecord) -> String {
     line
 }
 
-/// Reads the logs topic `topic` from its start and hands every record `filter` lets through to
-/// `each`, until the end it had when called (`follow`: on for ever). A value that is not a
+/// Reads the logs topic `topic` from its start (from `filter.since`, when set, by the records'
+/// timestamps) and hands every record `filter` lets through to `each`, until the end it had
+/// when called (`follow`: on for ever). A value that is not a
 /// log record is skipped. Returns how many records were handed over.
 pub fn read(
     kafka: &KafkaConfig,
@@ -128,8 +129,11 @@ pub fn read(
         .set("enable.partition.eof", "false")
         .create()
         .context("creating a Kafka consumer")?;
+    // With `since`, each partition starts at its first record stamped at or after it (a
+    // record is stamped when it is produced, after it was logged: none that matches is skipped).
+    let since = filter.since.map(|since| since.timestamp_millis());
     let mut ends =
-        crate::kafka::assign_from_start(&consumer, topic, TIMEOUT).with_context(|| {
+        crate::kafka::assign_from_time(&consumer, topic, since, TIMEOUT).with_context(|| {
             format!("reading {topic} (is a service running with LOG_TOPIC_ENABLED on?)")
         })?;
     let mut shown = 0;

@@ -101,7 +101,8 @@ async fn an_orders_log_lines_come_from_every_saga_service() {
         ..LogFilter::default()
     };
     // The order service's `order accepted` line and an applied event of the order from each
-    // participant. Shipping is asynchronous (a retried batch lands later), so wait for them all.
+    // participant. Log records reach the topic asynchronously (a retried batch lands later), so
+    // wait for them all.
     let complete = |records: &[LogRecord]| {
         let accepted = records
             .iter()

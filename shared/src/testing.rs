@@ -243,6 +243,37 @@ pub async fn fresh_database(name_prefix: &str) -> PgPool {
         .expect("connecting to the test database")
 }
 
+/// A trace to apply an event in, as the consumer applies one in the trace its `traceparent`
+/// header carries; its trace id is [`A_TRACE_ID`].
+pub fn a_trace() -> crate::traces::StoredContext {
+    crate::traces::StoredContext {
+        traceparent: format!("00-{A_TRACE_ID}-b7ad6b7169203331-01"),
+        tracestate: None,
+    }
+}
+
+/// The trace id of [`a_trace`].
+pub const A_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// The trace id the outbox row of `order_id`'s event `event_type` (e.g. `inventory.released`,
+/// any version) carries; `None` when it carries no trace context. Panics when there is no
+/// such row.
+pub async fn outbox_trace_id(
+    pool: &PgPool,
+    order_id: uuid::Uuid,
+    event_type: &str,
+) -> Option<String> {
+    let traceparent: Option<String> = sqlx::query_scalar(
+        "select traceparent from outbox where message_key = $1 and event_type like $2 || '.v%'",
+    )
+    .bind(order_id.to_string())
+    .bind(event_type)
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|error| panic!("no {event_type} of {order_id} in the outbox: {error}"));
+    traceparent.and_then(|traceparent| traceparent.split('-').nth(1).map(str::to_owned))
+}
+
 /// Waits until a session of `pool`'s database waits for a lock (a transaction a test started
 /// is blocked behind one the test holds); panics after 30 s.
 pub async fn wait_for_a_lock_waiter(pool: &PgPool) {

@@ -9,7 +9,7 @@ use inventory_service::domain::SagaEvent;
 use inventory_service::handler::InventoryEventHandler;
 use serde_json::json;
 use shared::events::{OrderConfirmed, OrderCreated, OrderLine, ShippingAddress};
-use shared::testing::TestApp;
+use shared::testing::{self, TestApp};
 use shared::traces::{self, ServiceTracer, StoredContext};
 use shared::{Envelope, EventHandler};
 use std::time::Duration;
@@ -151,10 +151,7 @@ async fn the_hold_expiry_worker_releases_in_the_reservations_trace() {
     let product = json!({"sku": "pear", "name": "pear", "price_cents": 100, "stock": 10});
     let (status, body) = app.send(Method::POST, "/products", Some(product)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let order_trace = StoredContext {
-        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-        tracestate: None,
-    };
+    let order_trace = testing::a_trace();
     let order_id = reserve_in(&pool, "pear", Some(&order_trace)).await;
 
     let released =
@@ -162,19 +159,11 @@ async fn the_hold_expiry_worker_releases_in_the_reservations_trace() {
             .await
             .unwrap();
     assert_eq!(released, 1);
-    let traceparent: Option<String> = sqlx::query_scalar(
-        "select traceparent from outbox
-         where message_key = $1 and event_type like 'inventory.released%'",
-    )
-    .bind(order_id.to_string())
-    .fetch_one(&pool)
-    .await
-    .expect("the release in the outbox");
     assert_eq!(
-        traceparent
-            .as_deref()
-            .and_then(|traceparent| traceparent.split('-').nth(1)),
-        Some("0af7651916cd43dd8448eb211c80319c"),
+        testing::outbox_trace_id(&pool, order_id, "inventory.released")
+            .await
+            .as_deref(),
+        Some(testing::A_TRACE_ID),
         "the release continues the reservation's trace"
     );
 }

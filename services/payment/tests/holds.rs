@@ -11,7 +11,7 @@ use serde_json::json;
 use shared::events::{
     CancellationReason, OrderCancelled, PricedLine, ShippingAddress, StockReserved,
 };
-use shared::testing::TestApp;
+use shared::testing::{self, TestApp};
 use shared::traces::{self, ServiceTracer, StoredContext};
 use shared::{Envelope, EventHandler};
 use std::time::Duration;
@@ -165,10 +165,7 @@ async fn the_hold_expiry_worker_refunds_in_the_charges_trace() {
     let (status, body) = app.send(Method::POST, "/accounts", Some(account)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let handler = PaymentEventHandler { charged_version: 2 };
-    let order_trace = StoredContext {
-        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-        tracestate: None,
-    };
+    let order_trace = testing::a_trace();
     let order_id = charge_in(&pool, &handler, "carol", Some(&order_trace)).await;
 
     let refunded =
@@ -176,19 +173,11 @@ async fn the_hold_expiry_worker_refunds_in_the_charges_trace() {
             .await
             .unwrap();
     assert_eq!(refunded, 1);
-    let traceparent: Option<String> = sqlx::query_scalar(
-        "select traceparent from outbox
-         where message_key = $1 and event_type like 'payment.refunded%'",
-    )
-    .bind(order_id.to_string())
-    .fetch_one(&pool)
-    .await
-    .expect("the refund in the outbox");
     assert_eq!(
-        traceparent
-            .as_deref()
-            .and_then(|traceparent| traceparent.split('-').nth(1)),
-        Some("0af7651916cd43dd8448eb211c80319c"),
+        testing::outbox_trace_id(&pool, order_id, "payment.refunded")
+            .await
+            .as_deref(),
+        Some(testing::A_TRACE_ID),
         "the refund continues the charge's trace"
     );
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use shared::events::{PaymentCharged, PaymentMethod, ShippingAddress};
-use shared::traces::{self, ServiceTracer, StoredContext};
+use shared::testing;
+use shared::traces::{self, ServiceTracer};
 use shared::{Envelope, EventHandler};
 use shipping_service::domain::{Countries, SagaEvent};
 use shipping_service::handler::ShippingEventHandler;
@@ -32,10 +33,7 @@ async fn the_hold_expiry_worker_cancels_in_the_shipments_trace() {
         payment_method: PaymentMethod::AccountBalance,
     };
     let envelope = Envelope::new("test", order_id, None, &charged);
-    let order_trace = StoredContext {
-        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-        tracestate: None,
-    };
+    let order_trace = testing::a_trace();
     let tracer = ServiceTracer::default();
     let mut tx = pool.begin().await.unwrap();
     let event = SagaEvent::PaymentCharged(charged);
@@ -50,19 +48,11 @@ async fn the_hold_expiry_worker_cancels_in_the_shipments_trace() {
             .await
             .unwrap();
     assert_eq!(cancelled, 1);
-    let traceparent: Option<String> = sqlx::query_scalar(
-        "select traceparent from outbox
-         where message_key = $1 and event_type like 'shipment.cancelled%'",
-    )
-    .bind(order_id.to_string())
-    .fetch_one(&pool)
-    .await
-    .expect("the cancellation in the outbox");
     assert_eq!(
-        traceparent
-            .as_deref()
-            .and_then(|traceparent| traceparent.split('-').nth(1)),
-        Some("0af7651916cd43dd8448eb211c80319c"),
+        testing::outbox_trace_id(&pool, order_id, "shipment.cancelled")
+            .await
+            .as_deref(),
+        Some(testing::A_TRACE_ID),
         "the cancellation continues the shipment's trace"
     );
 }

@@ -114,8 +114,8 @@ pub fn format_line(record: &LogRecord) -> String {
 
 /// Reads the logs topic `topic` from its start (from `filter.since`, when set, by the records'
 /// timestamps) and hands every record `filter` lets through to `each`, until the end it had
-/// when called (`follow`: on for ever). A value that is not a
-/// log record is skipped. Returns how many records were handed over.
+/// when called (`follow`: on for ever). A value that is not a log record is skipped. Returns
+/// how many records were handed over.
 pub fn read(
     kafka: &KafkaConfig,
     topic: &str,

@@ -236,6 +236,15 @@ pub struct StoredContext {
 }
 
 impl StoredContext {
+    /// The context a row keeps in its `traceparent` and `tracestate` columns; `None` when it
+    /// was written outside any trace.
+    pub fn from_columns(traceparent: Option<String>, tracestate: Option<String>) -> Option<Self> {
+        traceparent.map(|traceparent| Self {
+            traceparent,
+            tracestate,
+        })
+    }
+
     fn of(span_context: &SpanContext) -> Option<Self> {
         if !span_context.is_valid() {
             return None;

@@ -73,10 +73,7 @@ pub async fn sweep(
                 }
             }
         };
-        let stored = traceparent.map(|traceparent| StoredContext {
-            traceparent,
-            tracestate,
-        });
+        let stored = StoredContext::from_columns(traceparent, tracestate);
         traces::continue_stored(tracer, stored.as_ref(), "hold expiry", order_id, release).await?;
         expired += 1;
     }

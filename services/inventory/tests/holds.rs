@@ -57,16 +57,22 @@ async fn reserve_in(pool: &sqlx::PgPool, sku: &str, trace: Option<&StoredContext
     order_id
 }
 
-#[tokio::test]
-async fn a_batch_locks_the_products_of_new_and_decided_orders_and_no_other() {
-    let pool = shared::testing::fresh_database("inventory_batch_locks").await;
+/// A fresh inventory database (named after `name`) stocking `skus`, 10 each at 100 cents.
+async fn stocking(name: &str, skus: &[&str]) -> sqlx::PgPool {
+    let pool = shared::testing::fresh_database(name).await;
     inventory_service::migrate(&pool).await.expect("migrating");
     let app = TestApp::new(inventory_service::router(pool.clone()), pool.clone());
-    for sku in ["apple", "kiwi", "pear", "plum"] {
+    for sku in skus {
         let product = json!({"sku": sku, "name": sku, "price_cents": 100, "stock": 10});
         let (status, body) = app.send(Method::POST, "/products", Some(product)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+    pool
+}
+
+#[tokio::test]
+async fn a_batch_locks_the_products_of_new_and_decided_orders_and_no_other() {
+    let pool = stocking("inventory_batch_locks", &["apple", "kiwi", "pear", "plum"]).await;
     // An order holding a reservation of pear, as the consumer leaves it.
     let reserved = reserve(&pool, "pear").await;
 
@@ -98,12 +104,7 @@ async fn a_batch_locks_the_products_of_new_and_decided_orders_and_no_other() {
 /// the batch can take it), and it releases the hold once the product is free.
 #[tokio::test]
 async fn the_hold_expiry_worker_locks_the_products_before_the_reservation() {
-    let pool = shared::testing::fresh_database("inventory_expiry_locks").await;
-    inventory_service::migrate(&pool).await.expect("migrating");
-    let app = TestApp::new(inventory_service::router(pool.clone()), pool.clone());
-    let product = json!({"sku": "pear", "name": "pear", "price_cents": 100, "stock": 10});
-    let (status, body) = app.send(Method::POST, "/products", Some(product)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let pool = stocking("inventory_expiry_locks", &["pear"]).await;
     let order_id = reserve(&pool, "pear").await;
 
     // A batch holds the product; the worker (every hold expired at once) waits for it.
@@ -145,12 +146,7 @@ async fn the_hold_expiry_worker_locks_the_products_before_the_reservation() {
 /// that trace: the `inventory.released` it writes carries the same trace id.
 #[tokio::test]
 async fn the_hold_expiry_worker_releases_in_the_reservations_trace() {
-    let pool = shared::testing::fresh_database("inventory_expiry_trace").await;
-    inventory_service::migrate(&pool).await.expect("migrating");
-    let app = TestApp::new(inventory_service::router(pool.clone()), pool.clone());
-    let product = json!({"sku": "pear", "name": "pear", "price_cents": 100, "stock": 10});
-    let (status, body) = app.send(Method::POST, "/products", Some(product)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let pool = stocking("inventory_expiry_trace", &["pear"]).await;
     let order_trace = testing::a_trace();
     let order_id = reserve_in(&pool, "pear", Some(&order_trace)).await;
 

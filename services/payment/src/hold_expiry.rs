@@ -75,10 +75,7 @@ pub async fn sweep(
                 }
             }
         };
-        let stored = traceparent.map(|traceparent| StoredContext {
-            traceparent,
-            tracestate,
-        });
+        let stored = StoredContext::from_columns(traceparent, tracestate);
         traces::continue_stored(tracer, stored.as_ref(), "hold expiry", order_id, refund).await?;
         expired += 1;
     }

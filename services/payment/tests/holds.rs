@@ -62,16 +62,23 @@ async fn charge_in(
     order_id
 }
 
-#[tokio::test]
-async fn a_batch_locks_the_accounts_of_new_and_decided_orders_and_no_other() {
-    let pool = shared::testing::fresh_database("payment_batch_locks").await;
+/// A fresh payment database (named after `name`) with an account of 1,000 cents for each of
+/// `customers`.
+async fn with_accounts(name: &str, customers: &[&str]) -> sqlx::PgPool {
+    let pool = shared::testing::fresh_database(name).await;
     payment_service::migrate(&pool).await.expect("migrating");
     let app = TestApp::new(payment_service::router(pool.clone()), pool.clone());
-    for customer in ["alice", "bob", "carol", "dave"] {
+    for customer in customers {
         let account = json!({"customer_id": customer, "balance_cents": 1_000});
         let (status, body) = app.send(Method::POST, "/accounts", Some(account)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+    pool
+}
+
+#[tokio::test]
+async fn a_batch_locks_the_accounts_of_new_and_decided_orders_and_no_other() {
+    let pool = with_accounts("payment_batch_locks", &["alice", "bob", "carol", "dave"]).await;
     let handler = PaymentEventHandler { charged_version: 2 };
     // Carol's order, charged as the consumer leaves it.
     let charged = charge(&pool, &handler, "carol").await;
@@ -108,12 +115,7 @@ async fn a_batch_locks_the_accounts_of_new_and_decided_orders_and_no_other() {
 /// can take it), and it refunds the hold once the account is free.
 #[tokio::test]
 async fn the_hold_expiry_worker_locks_the_account_before_the_payment() {
-    let pool = shared::testing::fresh_database("payment_expiry_locks").await;
-    payment_service::migrate(&pool).await.expect("migrating");
-    let app = TestApp::new(payment_service::router(pool.clone()), pool.clone());
-    let account = json!({"customer_id": "carol", "balance_cents": 1_000});
-    let (status, body) = app.send(Method::POST, "/accounts", Some(account)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let pool = with_accounts("payment_expiry_locks", &["carol"]).await;
     let handler = PaymentEventHandler { charged_version: 2 };
     let order_id = charge(&pool, &handler, "carol").await;
 
@@ -158,12 +160,7 @@ async fn the_hold_expiry_worker_locks_the_account_before_the_payment() {
 /// trace: the `payment.refunded` it writes carries the same trace id.
 #[tokio::test]
 async fn the_hold_expiry_worker_refunds_in_the_charges_trace() {
-    let pool = shared::testing::fresh_database("payment_expiry_trace").await;
-    payment_service::migrate(&pool).await.expect("migrating");
-    let app = TestApp::new(payment_service::router(pool.clone()), pool.clone());
-    let account = json!({"customer_id": "carol", "balance_cents": 1_000});
-    let (status, body) = app.send(Method::POST, "/accounts", Some(account)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let pool = with_accounts("payment_expiry_trace", &["carol"]).await;
     let handler = PaymentEventHandler { charged_version: 2 };
     let order_trace = testing::a_trace();
     let order_id = charge_in(&pool, &handler, "carol", Some(&order_trace)).await;

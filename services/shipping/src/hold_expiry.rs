@@ -46,10 +46,7 @@ pub async fn sweep(
             apply(&mut tx, countries, order_id, &event, None).await?;
             tx.commit().await
         };
-        let stored = traceparent.map(|traceparent| StoredContext {
-            traceparent,
-            tracestate,
-        });
+        let stored = StoredContext::from_columns(traceparent, tracestate);
         traces::continue_stored(tracer, stored.as_ref(), "hold expiry", order_id, cancel).await?;
         expired += 1;
     }
